@@ -1,0 +1,1 @@
+"""CFH: kernels (block max-correlation), Dask graphs and per-subject orchestration."""

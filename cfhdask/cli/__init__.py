@@ -1,0 +1,106 @@
+"""The ``cfhdask`` command line.
+
+Each sub-command lives in its own module of this package and exposes
+``add_parser(subparsers)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from cfhdask._version import __version__
+from cfhdask.errors import CfhdaskError
+
+#: Sub-commands, in the order ``--help`` lists them: name -> module.
+COMMANDS: dict[str, str] = {
+    "simulate": "cfhdask.cli.simulate",
+    "confounds": "cfhdask.cli.confounds",
+    "ingest": "cfhdask.cli.ingest",
+    "cfh": "cfhdask.cli.cfh",
+    "stats": "cfhdask.cli.stats",
+    "run": "cfhdask.cli.run",
+    "demo": "cfhdask.cli.demo",
+}
+
+
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that computes on Dask."""
+    g = p.add_argument_group("Dask cluster (default: an embedded LocalCluster on this machine)")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of a running Dask scheduler to attach to, e.g. tcp://head:8786")
+    g.add_argument("--scheduler-file", metavar="FILE",
+                   help="scheduler file written by `dask scheduler --scheduler-file FILE`")
+    g.add_argument("--cluster", choices=["local", "slurm", "pbs", "kubernetes"], default=None,
+                   help="start a cluster of this kind (settings in cfhdask.yaml, "
+                        "section cfhdask.cluster); default local")
+    g.add_argument("--n-workers", type=int, default=None,
+                   help="workers of the embedded LocalCluster (default: one per core)")
+    g.add_argument("--threads-per-worker", type=int, default=None,
+                   help="threads per worker of the embedded LocalCluster (default 1)")
+
+
+def cluster_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`cfhdask.cluster.dask_client` from parsed options."""
+    return {
+        "scheduler": args.scheduler,
+        "scheduler_file": args.scheduler_file,
+        "cluster": args.cluster,
+        "n_workers": args.n_workers,
+        "threads_per_worker": args.threads_per_worker,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="cfhdask",
+        description="Voxel-wise connectivity between functionally homotopic voxels (CFH) "
+                    "for resting-state fMRI, computed on Dask.",
+    )
+    parser.add_argument("--version", action="version", version=f"cfhdask {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v info is the default, -vv debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for modname in COMMANDS.values():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:  # a command not built into this install
+            if exc.name != modname:
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Log to stderr: INFO by default, DEBUG with -vv, WARNING with -q."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("cfhdask").setLevel(level)
+    for noisy in ("distributed", "bokeh", "tornado", "fsspec", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cfhdask`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except CfhdaskError as exc:
+        print(f"cfhdask {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("cfhdask: interrupted; finished subjects are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from cfhdask.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Clinical statistics: Table 1 and partial correlations with cluster CFH."""

@@ -1,0 +1,1 @@
+"""Preparation: grey-matter masks, input discovery, confounds and denoising."""

@@ -1,0 +1,1 @@
+"""Group inference: GLM, permutations on Dask, cluster and TFCE inference, atlas labels."""

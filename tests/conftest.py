@@ -1,0 +1,30 @@
+"""Shared fixtures of the cfhdask test suite."""
+
+from __future__ import annotations
+
+import os
+
+# Tests run on 2 cores: keep BLAS single-threaded inside the test process so
+# Dask threads x BLAS threads never oversubscribe.
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded random generator (the same stream in every test)."""
+    return np.random.default_rng(20241125)
+
+
+@pytest.fixture(scope="module")
+def local_client():
+    """A real 2-worker LocalCluster (processes) with its client, shared per module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client
