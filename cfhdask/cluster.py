@@ -96,6 +96,14 @@ def start_local_cluster(
     return cluster
 
 
+def jobqueue_kwargs() -> tuple[dict, int]:
+    """dask-jobqueue cluster keyword arguments and job count from ``cfhdask.cluster.jobqueue``."""
+    jq = dict(config.get("cluster.jobqueue") or {})
+    jobs = int(jq.pop("jobs", 1) or 1)
+    kwargs = {k.replace("-", "_"): v for k, v in jq.items() if v is not None}
+    return kwargs, jobs
+
+
 def _start_batch_cluster(kind: str):
     """Start a dask-jobqueue (SLURM/PBS) or dask-kubernetes cluster from config."""
     if kind in ("slurm", "pbs"):
@@ -105,11 +113,9 @@ def _start_batch_cluster(kind: str):
             raise CfhdaskInputError(
                 f"--cluster {kind} needs dask-jobqueue: pip install 'cfhdask[hpc]'"
             ) from exc
-        jq = dict(config.get("cluster.jobqueue"))
-        jobs = int(jq.pop("jobs", 1))
-        jq = {k.replace("-", "_"): v for k, v in jq.items() if v is not None}
+        kwargs, jobs = jobqueue_kwargs()
         cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
-        cluster = cls(**jq)
+        cluster = cls(**kwargs)
         cluster.scale(jobs=jobs)
         return cluster
     if kind == "kubernetes":
@@ -131,6 +137,7 @@ def dask_client(
     cluster: str | None = None,
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
+    timeout: str = "20s",
 ) -> Iterator[Client]:
     """A :class:`distributed.Client` for the duration of a ``with`` block.
 
@@ -144,6 +151,8 @@ def dask_client(
         Kind of cluster to start when no scheduler is given (default local).
     n_workers, threads_per_worker : int, optional
         Size of an embedded LocalCluster.
+    timeout : str
+        How long to wait for an existing scheduler to answer.
 
     Yields
     ------
@@ -157,8 +166,8 @@ def dask_client(
         if scheduler_file and not os.path.exists(scheduler_file):
             raise CfhdaskInputError(f"--scheduler-file: no such file: {scheduler_file}")
         try:
-            client = Client(address=scheduler, scheduler_file=scheduler_file, timeout="20s")
-        except OSError as exc:
+            client = Client(address=scheduler, scheduler_file=scheduler_file, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
             raise CfhdaskInputError(
                 f"could not reach the Dask scheduler at {scheduler or scheduler_file}: {exc}"
             ) from exc
