@@ -1,0 +1,406 @@
+"""Ingest 4D BOLD NIfTI images into a cohort store.
+
+Steps:
+
+1. name each input (BIDS ``sub-<label>[_ses-<label>]``, else the file stem);
+2. read and check every header (4D, enough volumes, one grid) before anything
+   is written;
+3. resolve the mask (``gm`` template or a user mask) and create the store, or
+   open the existing one, drop its interrupted subjects and skip complete ones
+   unless ``overwrite``;
+4. per subject, a Dask graph ``prepare`` (load -> drop volumes -> mask ->
+   float32; pluggable, e.g. denoising) -> chunk-aligned Zarr write; subjects run
+   in parallel on the Dask client and each is marked complete as soon as it is
+   written.  A failed subject is removed, the others are kept, and ingest
+   raises at the end listing the failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import posixpath
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import fsspec
+import numpy as np
+
+from cfhdask._version import __version__
+from cfhdask.errors import CfhdaskError, CfhdaskInputError
+from cfhdask.inputs import SubjectInput
+from cfhdask.io.nifti import NiftiInfo, check_bold, check_same_grid, masked_series, read_header
+from cfhdask.io.store import CohortStore, now_iso
+from cfhdask.prep.mask import GM_THRESHOLD, resolve_mask
+
+log = logging.getLogger(__name__)
+
+_SUB = re.compile(r"(?:^|_)(sub-[A-Za-z0-9]+)(?=_|$)")
+_SES = re.compile(r"(?:^|_)(ses-[A-Za-z0-9]+)(?=_|$)")
+_NII = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What a ``prepare`` function needs to produce one subject's series.
+
+    Attributes
+    ----------
+    url : str
+        The store URL.
+    grid_shape : tuple of int
+        Data grid.
+    affine : ndarray (4, 4)
+        Voxel-to-MNI affine.
+    ijk : ndarray (n_voxels, 3)
+        Voxel indices in store order (left, right, midline).
+    drop_volumes : int
+        Initial volumes to discard.
+    header : NiftiInfo
+        Header of this subject's BOLD image (already validated).
+    storage_options : dict
+        fsspec options for reading inputs.
+    """
+
+    url: str
+    grid_shape: tuple[int, int, int]
+    affine: np.ndarray
+    ijk: np.ndarray
+    drop_volumes: int
+    header: NiftiInfo
+    storage_options: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_voxels(self) -> int:
+        """Voxels in the store."""
+        return int(len(self.ijk))
+
+
+#: ``prepare(inp, info) -> (series (voxel, time) float32 dask array, subject attrs)``
+PrepareFn = Callable[[SubjectInput, StoreInfo], tuple[da.Array, dict]]
+
+
+def subject_id(path: str) -> str:
+    """Subject id from a file name: BIDS ``sub-<label>`` (+ ``_ses-<label>``), else the stem.
+
+    Examples
+    --------
+    >>> subject_id("data/sub-01/ses-2/func/sub-01_ses-2_task-rest_bold.nii.gz")
+    'sub-01_ses-2'
+    >>> subject_id("s3://bucket/rest_patient7.nii")
+    'rest_patient7'
+    """
+    name = posixpath.basename(str(path).replace("\\", "/").rstrip("/"))
+    stem = _NII.sub("", name)
+    sub = _SUB.search(stem)
+    if sub:
+        ses = _SES.search(stem)
+        return sub.group(1) + (f"_{ses.group(1)}" if ses else "")
+    return stem
+
+
+def _check_subject_name(inp: SubjectInput) -> None:
+    name = inp.subject
+    if not name or "/" in name or name in (".", "..") or name.startswith("__"):
+        raise CfhdaskInputError(f"{inp.bold}: cannot use {name!r} as a subject id")
+
+
+def as_subject_inputs(inputs: Sequence[str | SubjectInput]) -> list[SubjectInput]:
+    """Normalise inputs to :class:`SubjectInput` and check ids are unique.
+
+    Raises
+    ------
+    CfhdaskInputError
+        No input, or two inputs with the same subject id (naming both files).
+    """
+    if isinstance(inputs, str | SubjectInput):
+        inputs = [inputs]
+    out: list[SubjectInput] = []
+    seen: dict[str, str] = {}
+    for item in inputs:
+        inp = item if isinstance(item, SubjectInput) else SubjectInput(
+            subject=subject_id(str(item)), bold=str(item))
+        _check_subject_name(inp)
+        if inp.subject in seen:
+            raise CfhdaskInputError(
+                f"duplicate subject id {inp.subject!r}: {seen[inp.subject]} and {inp.bold}")
+        seen[inp.subject] = inp.bold
+        out.append(inp)
+    if not out:
+        raise CfhdaskInputError("no BOLD image to ingest")
+    return out
+
+
+def _sidecar_tr(url: str, storage_options: dict | None) -> float | None:
+    try:
+        with fsspec.open(url, "rt", **(storage_options or {})) as f:
+            tr = json.load(f).get("RepetitionTime")
+    except (OSError, ValueError) as exc:
+        raise CfhdaskInputError(f"{url}: unreadable JSON sidecar: {exc}") from exc
+    return float(tr) if tr is not None else None
+
+
+def subject_tr(inp: SubjectInput, header: NiftiInfo,
+               storage_options: dict | None = None) -> float | None:
+    """Repetition time: the user's, else the sidecar's, else the NIfTI header's."""
+    if inp.tr is not None:
+        return float(inp.tr)
+    if inp.sidecar:
+        tr = _sidecar_tr(inp.sidecar, storage_options)
+        if tr is not None:
+            return tr
+    return header.tr
+
+
+def load_series(inp: SubjectInput, info: StoreInfo) -> tuple[da.Array, dict]:
+    """The default ``prepare``: masked series without denoising (lazy).
+
+    Loads the image, drops the first ``info.drop_volumes`` volumes, extracts
+    the store's voxels and casts to float32.
+
+    Returns
+    -------
+    series : dask.array.Array (n_voxels, n_time) float32
+    attrs : dict
+        ``tr``, ``n_volumes``, ``n_dropped``, ``preprocessing``.
+    """
+    series = masked_series(info.header, info.ijk, info.drop_volumes, info.storage_options)
+    attrs = {
+        "tr": subject_tr(inp, info.header, info.storage_options),
+        "n_volumes": int(series.shape[1]),
+        "n_dropped": int(info.drop_volumes),
+        "preprocessing": {"pipeline": "none", "drop_volumes": int(info.drop_volumes)},
+    }
+    return series, attrs
+
+
+def _store_state(url: str, storage_options: dict | None) -> bool:
+    """Whether a cohort store exists at ``url`` (error if something else is there)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    except (ValueError, ImportError, TypeError) as exc:
+        raise CfhdaskInputError(f"--out {url}: cannot use this path or URL: {exc}") from exc
+    if fs.exists(posixpath.join(path, "zarr.json")):
+        return True
+    if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
+        raise CfhdaskInputError(f"--out {url}: exists and is not a cohort store")
+    return False
+
+
+def _remove_store(url: str, storage_options: dict | None) -> None:
+    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _default_client():
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _run_writes(store: CohortStore, writes: dict, client) -> dict[str, BaseException]:
+    """Compute the per-subject write graphs; mark each complete as it finishes."""
+    failures: dict[str, BaseException] = {}
+    n, done = len(writes), 0
+
+    def finished(subject: str) -> None:
+        nonlocal done
+        store.finish_subject(subject)
+        done += 1
+        log.info("Ingested %s (%d/%d)", subject, done, n)
+
+    def failed(subject: str, exc: BaseException) -> None:
+        store.remove_subject(subject)
+        failures[subject] = exc
+        log.error("Ingest of %s failed: %s", subject, exc)
+
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(list(writes.values()))
+        by_key = {f.key: s for f, s in zip(futures, writes, strict=True)}
+        try:
+            for fut in as_completed(futures):
+                subject = by_key[fut.key]
+                if fut.status == "finished":
+                    finished(subject)
+                else:
+                    failed(subject, fut.exception())
+        except BaseException:
+            for fut, subject in zip(futures, writes, strict=True):
+                if subject not in store.subjects():
+                    fut.cancel()
+                    store.remove_subject(subject)
+            raise
+        return failures
+    for subject, graph in writes.items():
+        try:
+            dask.compute(graph)
+        except Exception as exc:  # the subject fails, the others go on
+            failed(subject, exc)
+        except BaseException:
+            store.remove_subject(subject)
+            raise
+        else:
+            finished(subject)
+    return failures
+
+
+def ingest(
+    inputs: Sequence[str | SubjectInput],
+    store_url: str,
+    *,
+    mask: str | None = None,
+    gm_threshold: float = GM_THRESHOLD,
+    drop_volumes: int = 0,
+    overwrite: bool = False,
+    client=None,
+    voxel_chunk: int | None = None,
+    storage_options: dict | None = None,
+    prepare: PrepareFn | None = None,
+) -> CohortStore:
+    """Ingest 4D BOLD images into a (new or existing) cohort store.
+
+    Parameters
+    ----------
+    inputs : sequence of str or SubjectInput
+        BOLD NIfTI paths/URLs (subject ids from the BIDS names) or prepared inputs.
+    store_url : str
+        Directory or fsspec URL of the store.
+    mask : str, optional
+        ``"gm"`` (grey-matter template > ``gm_threshold``) or a mask NIfTI on
+        the data grid.  Default: ``"gm"`` for a new store; an existing store
+        keeps its own mask (a different one given here is an error).
+    gm_threshold : float
+        Grey-matter probability threshold of the ``gm`` mask (default 0.2).
+    drop_volumes : int
+        Initial volumes to discard; at least 10 must remain.
+    overwrite : bool
+        Re-ingest subjects already complete in the store.
+    client : distributed.Client, optional
+        Where to run; default the current client if any, else the local
+        threaded scheduler, one subject after another.
+    voxel_chunk : int, optional
+        Voxels per Zarr chunk of a new store (``cfhdask.store.voxel-chunk``).
+    storage_options : dict, optional
+        fsspec options for the store and the inputs (e.g. S3 credentials).
+    prepare : callable, optional
+        ``prepare(inp, info) -> (series, attrs)`` producing a subject's
+        (voxel, time) float32 Dask array; default :func:`load_series`.
+
+    Returns
+    -------
+    CohortStore
+        The store, opened for reading and writing.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Any bad input (checked before writing), or, at the end, the subjects
+        whose data failed (the others are kept).
+    """
+    prepare = prepare or load_series
+    so = dict(storage_options or {})
+    drop_volumes = int(drop_volumes)
+    if drop_volumes < 0:
+        raise CfhdaskInputError(f"--drop-volumes {drop_volumes}: must be >= 0")
+    subject_inputs = as_subject_inputs(inputs)
+    headers = {inp.subject: read_header(inp.bold, so) for inp in subject_inputs}
+    for info in headers.values():
+        check_bold(info, drop_volumes)
+
+    exists = _store_state(store_url, so)
+    if exists:
+        store = CohortStore.open(store_url, mode="r+", storage_options=so)
+        check_same_grid(list(headers.values()), store.grid_shape, store.affine,
+                        reference=f"store {store_url}")
+        if mask is not None:
+            wanted, _ = resolve_mask(mask, store.grid_shape, store.affine,
+                                     gm_threshold=gm_threshold, storage_options=so)
+            if not np.array_equal(wanted, store.mask):
+                raise CfhdaskInputError(
+                    f"--mask {mask}: differs from the mask of store {store_url} "
+                    f"({store.attrs['mask'].get('source')}); omit --mask to use the store's")
+        store.cleanup_incomplete()
+    else:
+        first = next(iter(headers.values()))
+        check_same_grid(list(headers.values()))
+        mask_arr, mask_info = resolve_mask(mask or "gm", first.grid_shape, first.affine,
+                                           gm_threshold=gm_threshold, storage_options=so)
+        store = CohortStore.create(store_url, grid_shape=first.grid_shape,
+                                   affine=first.affine, mask=mask_arr, mask_info=mask_info,
+                                   voxel_chunk=voxel_chunk, storage_options=so)
+
+    complete = set(store.subjects())
+    todo = [inp for inp in subject_inputs if overwrite or inp.subject not in complete]
+    skipped = [inp.subject for inp in subject_inputs if inp not in todo]
+    if skipped:
+        log.info("Skipping %d subject(s) already in the store: %s", len(skipped),
+                 ", ".join(skipped))
+
+    ijk = store.ijk
+    writes: dict = {}
+    failures: dict[str, BaseException] = {}
+    try:
+        for inp in todo:
+            header = headers[inp.subject]
+            info = StoreInfo(url=store.url, grid_shape=store.grid_shape, affine=store.affine,
+                             ijk=ijk, drop_volumes=drop_volumes, header=header,
+                             storage_options=so)
+            try:
+                series, attrs = prepare(inp, info)
+                if series.ndim != 2 or series.shape[0] != store.n_voxels:
+                    raise CfhdaskInputError(
+                        f"{inp.bold}: prepared series has shape {series.shape}, "
+                        f"expected ({store.n_voxels}, n_time)")
+            except CfhdaskInputError as exc:
+                failures[inp.subject] = exc
+                continue
+            attrs = {
+                "subject": inp.subject,
+                "source": {"bold": inp.bold, "confounds": inp.confounds,
+                           "realign": inp.realign, "sidecar": inp.sidecar, **inp.extra},
+                "input_shape": list(header.shape),
+                "input_bytes": header.nbytes,
+                "input_dtype": str(header.dtype),
+                "cfhdask_version": __version__,
+                "ingested": now_iso(),
+                **attrs,
+            }
+            target = store.begin_subject(inp.subject, int(series.shape[1]), attrs)
+            writes[inp.subject] = store.bold_store_graph(series, target)
+        failures.update(_run_writes(store, writes, client or _default_client()))
+    except BaseException:
+        for subject in writes:
+            if subject not in store.subjects():
+                store.remove_subject(subject)
+        if not exists and not store.subjects():
+            _remove_store(store_url, so)
+        raise
+
+    written = [s for s in writes if s not in failures]
+    if not exists and not written:
+        _remove_store(store_url, so)
+    elif written:
+        store.append_history("ingest", {
+            "inputs": [inp.bold for inp in subject_inputs],
+            "written": written, "skipped": skipped, "failed": sorted(failures),
+            "mask": mask or store.attrs["mask"].get("source"), "gm_threshold": gm_threshold,
+            "drop_volumes": drop_volumes, "overwrite": overwrite,
+            "voxel_chunk": store.voxel_chunk,
+            "input_bytes": int(sum(headers[s].nbytes for s in written)),
+        })
+    if failures:
+        lines = "; ".join(f"{s}: {exc}" for s, exc in sorted(failures.items()))
+        bad_input = all(isinstance(e, CfhdaskInputError) for e in failures.values())
+        raise (CfhdaskInputError if bad_input else CfhdaskError)(
+            f"ingest failed for {len(failures)} subject(s) (the others are kept): {lines}")
+    return store

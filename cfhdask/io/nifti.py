@@ -1,0 +1,344 @@
+"""Reading 4D BOLD NIfTI images from local paths or fsspec URLs.
+
+Headers are read first (cheap) so that a whole cohort can be validated before
+anything is written; the data are then read lazily, as a Dask array of masked
+time series whose blocks each read a range of volumes.  Uncompressed ``.nii``
+files are read in several blocks (each seeks to its volumes); ``.nii.gz``
+files are decompressed once, in one block, volume batch by volume batch, so
+memory stays bounded.  Every problem with a file is a
+:class:`~cfhdask.errors.CfhdaskInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import fsspec
+import nibabel as nib
+import numpy as np
+
+from cfhdask.errors import CfhdaskInputError
+from cfhdask.grid import same_grid
+
+log = logging.getLogger(__name__)
+
+#: Fewest volumes a series may keep after dropping the first ones.
+MIN_VOLUMES = 10
+#: Target bytes of (unmasked) image data read per block / batch.
+_BLOCK_BYTES = 64 * 2**20
+
+_TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
+
+@dataclass(frozen=True)
+class NiftiInfo:
+    """What the header of an image says.
+
+    Attributes
+    ----------
+    url : str
+        Path or URL as given.
+    shape : tuple of int
+        Image shape (4 entries for a BOLD series).
+    affine : ndarray (4, 4)
+        Voxel-to-world affine (sform, else qform).
+    tr : float or None
+        Repetition time in seconds from ``pixdim[4]``, None when absent.
+    dtype : numpy.dtype
+        On-disk data type.
+    nbytes : int
+        Size of the image data on disk (uncompressed).
+    compressed : bool
+        Whether the file is gzip-compressed.
+    """
+
+    url: str
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    tr: float | None
+    dtype: np.dtype
+    nbytes: int
+    compressed: bool
+
+    @property
+    def n_volumes(self) -> int:
+        """Number of volumes (1 for a 3D image)."""
+        return int(self.shape[3]) if len(self.shape) >= 4 else 1
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        """The spatial shape (first three axes)."""
+        return tuple(int(s) for s in self.shape[:3])
+
+
+def tr_from_header(header) -> float | None:
+    """Repetition time in seconds from a NIfTI header, or None.
+
+    ``pixdim[4]`` converted with the header's time units (``sec``, ``msec``,
+    ``usec``; unknown units are taken as seconds).  None when it is not a
+    positive finite number.
+    """
+    try:
+        zooms = header.get_zooms()
+    except Exception:  # pragma: no cover - exotic headers
+        return None
+    if len(zooms) < 4:
+        return None
+    tr = float(zooms[3])
+    if not np.isfinite(tr) or tr <= 0:
+        return None
+    try:
+        unit = header.get_xyzt_units()[1]
+    except Exception:  # pragma: no cover
+        unit = "unknown"
+    return tr * _TIME_UNITS.get(unit, 1.0)
+
+
+def _is_gz(url: str) -> bool:
+    return str(url).lower().endswith(".gz")
+
+
+def _fs_path(url: str, storage_options: dict | None):
+    try:
+        return fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    except (ValueError, ImportError, TypeError) as exc:
+        raise CfhdaskInputError(f"{url}: cannot open this path or URL: {exc}") from exc
+
+
+def _image_from_stream(fileobj, url: str):
+    """A NIfTI-1 or NIfTI-2 image whose data proxy reads from ``fileobj``."""
+    fileobj.seek(0)
+    head = fileobj.read(4)
+    magic_size = int(np.frombuffer(head, dtype="<i4")[0]) if len(head) == 4 else 0
+    fileobj.seek(0)
+    cls = nib.Nifti2Image if magic_size in (540, 0x1C020000) else nib.Nifti1Image
+    try:
+        return cls.from_stream(fileobj)
+    except Exception as exc:
+        raise CfhdaskInputError(f"{url}: not a readable NIfTI image: {exc}") from exc
+
+
+@contextlib.contextmanager
+def open_image(url: str, storage_options: dict | None = None) -> Iterator:
+    """Open a NIfTI (``.nii``/``.nii.gz``) for reading; yields a nibabel image.
+
+    The image's data proxy is valid inside the ``with`` block only.  Local
+    uncompressed files are memory-mapped.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Missing file, bad URL or unreadable file (the message names it).
+    """
+    url = str(url)
+    fs, path = _fs_path(url, storage_options)
+    try:
+        exists = fs.exists(path)
+    except Exception as exc:
+        raise CfhdaskInputError(f"{url}: cannot access: {exc}") from exc
+    if not exists or fs.isdir(path):
+        raise CfhdaskInputError(f"{url}: no such file")
+    if "file" in np.atleast_1d(fs.protocol):
+        try:
+            img = nib.load(path, mmap="r", keep_file_open=True)
+        except Exception as exc:
+            raise CfhdaskInputError(f"{url}: not a readable NIfTI image: {exc}") from exc
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise CfhdaskInputError(f"{url}: not a NIfTI image ({type(img).__name__})")
+        yield img
+        return
+    try:
+        fobj = fs.open(path, mode="rb", compression="gzip" if _is_gz(url) else None)
+    except FileNotFoundError as exc:
+        raise CfhdaskInputError(f"{url}: no such file") from exc
+    except Exception as exc:
+        raise CfhdaskInputError(f"{url}: cannot open: {exc}") from exc
+    with fobj:
+        try:
+            img = _image_from_stream(fobj, url)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CfhdaskInputError(f"{url}: not a readable NIfTI image: {exc}") from exc
+        yield img
+
+
+def read_header(url: str, storage_options: dict | None = None) -> NiftiInfo:
+    """Read and check the header of a NIfTI file (no data is read).
+
+    Uncompressed files are also checked for truncation (file smaller than the
+    header says).
+
+    Raises
+    ------
+    CfhdaskInputError
+        Missing, unreadable or truncated file; bad URL.
+    """
+    url = str(url)
+    with open_image(url, storage_options) as img:
+        hdr = img.header
+        shape = tuple(int(s) for s in img.shape)
+        dtype = np.dtype(hdr.get_data_dtype())
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        info = NiftiInfo(url=url, shape=shape, affine=np.asarray(img.affine, dtype=np.float64),
+                         tr=tr_from_header(hdr), dtype=dtype, nbytes=nbytes,
+                         compressed=_is_gz(url))
+        offset = int(hdr.get_data_offset())
+    if not info.compressed:
+        fs, path = _fs_path(url, storage_options)
+        size = int(fs.size(path))
+        if size < offset + nbytes:
+            raise CfhdaskInputError(
+                f"{url}: truncated file ({size} bytes, the header needs {offset + nbytes})")
+    return info
+
+
+def check_bold(info: NiftiInfo, drop_volumes: int = 0, min_volumes: int = MIN_VOLUMES) -> None:
+    """Check that a header describes a usable 4D BOLD series.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Not 4D, or fewer than ``min_volumes`` volumes left after dropping.
+    """
+    if len(info.shape) != 4:
+        raise CfhdaskInputError(
+            f"{info.url}: expected a 4D BOLD image, got {len(info.shape)}D shape {info.shape}")
+    left = info.n_volumes - int(drop_volumes)
+    if left < min_volumes:
+        raise CfhdaskInputError(
+            f"{info.url}: {info.n_volumes} volumes, {left} after dropping {drop_volumes}; "
+            f"at least {min_volumes} are needed")
+
+
+def check_same_grid(infos: Sequence[NiftiInfo], shape: Sequence[int] | None = None,
+                    affine: np.ndarray | None = None, reference: str | None = None) -> None:
+    """Check that every image lies on one grid (shape, affine within 1e-3 mm).
+
+    Parameters
+    ----------
+    infos : sequence of NiftiInfo
+        Headers to compare.
+    shape, affine : optional
+        The reference grid (e.g. an existing store's); default the first image's.
+    reference : str, optional
+        Name of the reference in messages.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Naming the first image off the reference grid.
+    """
+    if not infos:
+        return
+    if shape is None or affine is None:
+        shape, affine, reference = infos[0].grid_shape, infos[0].affine, infos[0].url
+    for info in infos:
+        if not same_grid(info.grid_shape, info.affine, shape, affine):
+            raise CfhdaskInputError(
+                f"{info.url}: grid {info.grid_shape} with affine "
+                f"{np.round(info.affine, 3).tolist()} differs from the grid of {reference} "
+                f"{tuple(shape)} with affine {np.round(np.asarray(affine), 3).tolist()}")
+
+
+def read_volume(url: str, storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The whole image data (float32) and affine of a small image, e.g. a mask."""
+    with open_image(url, storage_options) as img:
+        try:
+            data = np.asarray(img.get_fdata(dtype=np.float32))
+        except Exception as exc:
+            raise CfhdaskInputError(f"{url}: unreadable or truncated data: {exc}") from exc
+        return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _masked_volumes(img, ijk: np.ndarray, start: int, stop: int, batch: int,
+                    url: str) -> np.ndarray:
+    out = np.empty((len(ijk), stop - start), dtype=np.float32)
+    i, j, k = ijk[:, 0], ijk[:, 1], ijk[:, 2]
+    for b0 in range(start, stop, batch):
+        b1 = min(stop, b0 + batch)
+        try:
+            vols = np.asarray(img.dataobj[..., b0:b1])
+        except Exception as exc:
+            raise CfhdaskInputError(
+                f"{url}: unreadable or truncated data (volumes {b0}-{b1 - 1}): {exc}") from exc
+        out[:, b0 - start:b1 - start] = vols[i, j, k, :]
+    bad = ~np.isfinite(out)
+    if bad.any():
+        t = int(np.flatnonzero(bad.any(axis=0))[0]) + start
+        raise CfhdaskInputError(
+            f"{url}: {int(bad.sum())} NaN/Inf values inside the mask (first in volume {t})")
+    return out
+
+
+def load_masked(url: str, ijk: np.ndarray, start: int, stop: int,
+                storage_options: dict | None = None) -> np.ndarray:
+    """Masked time series of volumes ``start:stop`` of a 4D image.
+
+    Parameters
+    ----------
+    url : str
+        Path or fsspec URL.
+    ijk : ndarray (n_voxels, 3)
+        Voxel indices to extract, in the order wanted.
+    start, stop : int
+        Volume range.
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    ndarray (n_voxels, stop - start) float32
+
+    Raises
+    ------
+    CfhdaskInputError
+        Unreadable/truncated data, or NaN/Inf values in the masked voxels.
+    """
+    with open_image(url, storage_options) as img:
+        vol_bytes = int(np.prod(img.shape[:3])) * 8
+        batch = max(1, _BLOCK_BYTES // max(1, vol_bytes))
+        return _masked_volumes(img, np.asarray(ijk), int(start), int(stop), batch, str(url))
+
+
+def masked_series(info: NiftiInfo, ijk: np.ndarray, drop_volumes: int = 0,
+                  storage_options: dict | None = None) -> da.Array:
+    """A lazy Dask array of the masked series, dropping the first volumes.
+
+    Parameters
+    ----------
+    info : NiftiInfo
+        Header of the image (from :func:`read_header`).
+    ijk : ndarray (n_voxels, 3)
+        Voxels to extract, in store order.
+    drop_volumes : int
+        Initial volumes to discard.
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    dask.array.Array (n_voxels, n_volumes - drop_volumes) float32
+        Chunked along time: one block per ~64 MiB of volumes for ``.nii``,
+        a single block (one decompression pass) for ``.nii.gz``.
+    """
+    ijk = np.asarray(ijk, dtype=np.int64)
+    start, stop = int(drop_volumes), info.n_volumes
+    if info.compressed:
+        per_block = stop - start
+    else:
+        vol_bytes = int(np.prod(info.grid_shape)) * max(info.dtype.itemsize, 4)
+        per_block = max(1, _BLOCK_BYTES // vol_bytes)
+    ijk_key = dask.delayed(ijk, pure=True)
+    blocks = []
+    for b0 in range(start, stop, per_block):
+        b1 = min(stop, b0 + per_block)
+        name = f"load-bold-{dask.base.tokenize(info.url, b0, b1, ijk, storage_options)}"
+        part = dask.delayed(load_masked, pure=True)(
+            info.url, ijk_key, b0, b1, storage_options, dask_key_name=name)
+        blocks.append(da.from_delayed(part, shape=(len(ijk), b1 - b0), dtype=np.float32))
+    return da.concatenate(blocks, axis=1)

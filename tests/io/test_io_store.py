@@ -1,0 +1,191 @@
+"""The cohort store: layout, voxel order, atomic subject writes, versions."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from iohelpers import AFFINE, SHAPE
+
+from cfhdask.errors import CfhdaskInputError, StoreVersionError
+from cfhdask.io.store import CohortStore, open_store
+
+_N = [0]
+
+
+def _url() -> str:
+    _N[0] += 1
+    return f"memory://cfhdask-test-store-{_N[0]}"
+
+
+def _create(mask, url=None, affine=AFFINE, chunk=50) -> CohortStore:
+    return CohortStore.create(url or _url(), grid_shape=mask.shape, affine=affine, mask=mask,
+                              mask_info={"source": "test"}, voxel_chunk=chunk)
+
+
+class _CountingScheduler:
+    """A scheduler that counts how often it is asked to compute."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.n += 1
+        return dask.get(dsk, keys, **kwargs)
+
+
+def test_round_trip_xarray_views(user_mask, rng, tmp_path):
+    url = str(tmp_path / "store.zarr")
+    store = _create(user_mask, url)
+    a = rng.standard_normal((store.n_voxels, 20)).astype(np.float32)
+    b = rng.standard_normal((store.n_voxels, 13)).astype(np.float32)
+    store.write_subject("sub-01", a, {"source": "a.nii", "tr": 2.0})
+    store.write_subject("sub-02", da.from_array(b, chunks=(17, 5)), {"tr": 2.5})
+
+    again = open_store(url)
+    assert again.subjects() == ["sub-01", "sub-02"]
+    np.testing.assert_array_equal(again.bold("sub-01").compute(), a)
+    np.testing.assert_array_equal(again.bold("sub-02").compute(), b)
+    assert again.subject_attrs("sub-02")["tr"] == 2.5
+
+    ds = xr.open_zarr(url, consolidated=False)
+    assert ds["ijk"].dims == ("voxel", "axis") and ds["ijk"].dtype == np.int32
+    assert ds["xyz"].dtype == np.float32 and ds["hemisphere"].dims == ("voxel",)
+    assert ds.attrs["cfhdask_store_version"] == 1
+    assert ds.attrs["grid_shape"] == list(SHAPE)
+    tree = xr.open_datatree(url, engine="zarr", consolidated=False)
+    sub = tree["subjects/sub-02"]
+    assert sub["bold"].dims == ("voxel", "time") and sub["bold"].shape == (store.n_voxels, 13)
+    assert sub["bold"].dtype == np.float32
+    zarr_bold = zarr.open_array(f"{url}/subjects/sub-02/bold", mode="r")
+    assert zarr_bold.chunks == (50, 13)
+    assert again.bold("sub-02").chunksize == zarr_bold.chunks
+
+
+def test_voxel_order_and_hemispheres_brute_force(user_mask):
+    for affine in (AFFINE, np.diag([3.0, 3.0, 3.0, 1.0]) + np.array(
+            [[0, 0, 0, -15.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])):
+        store = _create(user_mask, affine=affine)
+        ijk = store.ijk
+        assert np.array_equal(store.mask, user_mask)
+        # brute force: world x of each voxel with a python loop
+        x = np.array([affine[0, :3] @ v + affine[0, 3] for v in ijk.astype(float)])
+        assert np.all(x[store.left] < 0) and np.all(x[store.right] > 0)
+        assert np.all(x[store.midline] == 0)
+        assert store.n_midline == user_mask[5].sum() > 0
+        assert store.n_left + store.n_right + store.n_midline == user_mask.sum()
+        expected_hemi = np.sign(x).astype(np.int8)
+        np.testing.assert_array_equal(store.hemisphere, expected_hemi)
+        np.testing.assert_allclose(store.xyz, ijk @ affine[:3, :3].T + affine[:3, 3])
+        for sl in (store.left, store.right, store.midline):
+            flat = np.ravel_multi_index(tuple(ijk[sl].T), SHAPE)
+            assert np.all(np.diff(flat) > 0)  # C order inside each block
+
+
+def test_to_volume(user_mask, rng):
+    store = _create(user_mask)
+    v = rng.standard_normal(store.n_voxels).astype(np.float32)
+    vol = store.to_volume(v, fill=-5.0)
+    assert vol.shape == SHAPE and vol.dtype == np.float32
+    np.testing.assert_array_equal(vol[tuple(store.ijk.T)], v)
+    assert np.all(vol[~user_mask] == -5.0)
+    four = store.to_volume(np.stack([v, 2 * v]))
+    assert four.shape == (*SHAPE, 2)
+    np.testing.assert_array_equal(four[tuple(store.ijk.T)][:, 1], 2 * v)
+    with pytest.raises(ValueError):
+        store.to_volume(v[:-1])
+
+
+def test_failed_write_leaves_nothing(user_mask, rng):
+    store = _create(user_mask)
+    good = rng.standard_normal((store.n_voxels, 20)).astype(np.float32)
+    store.write_subject("sub-01", good, {})
+
+    def boom(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == block_info[0]["num-chunks"][0] - 1:
+            raise RuntimeError("disk full")
+        return block
+
+    bad = da.from_array(good, chunks=(50, 20)).map_blocks(boom, dtype=np.float32)
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.write_subject("sub-02", bad, {})
+    assert store.subjects() == ["sub-01"] and store.incomplete_subjects() == []
+    # a failing overwrite of a complete subject removes it rather than leaving a mix
+    with pytest.raises(RuntimeError):
+        store.write_subject("sub-01", bad, {})
+    assert store.subjects() == []
+
+
+def test_incomplete_subject_invisible_then_cleaned(user_mask, rng, tmp_path):
+    url = str(tmp_path / "s.zarr")
+    store = _create(user_mask, url)
+    store.write_subject("sub-01", np.ones((store.n_voxels, 12), np.float32), {})
+    store.begin_subject("sub-02", 12, {"source": "x"})  # interrupted: never finished
+    assert store.subjects() == ["sub-01"] and store.incomplete_subjects() == ["sub-02"]
+    with pytest.raises(CfhdaskInputError, match="sub-02"):
+        store.bold("sub-02")
+    assert list(store.datatree()["subjects"].children) == ["sub-01"]
+    assert store.cleanup_incomplete() == ["sub-02"]
+    assert "sub-02" not in zarr.open_group(url, mode="r")["subjects"]
+
+
+def test_cfh_write_and_lazy_maps(user_mask, rng):
+    store = _create(user_mask)
+    n = store.n_voxels
+    for s in ("sub-01", "sub-02", "sub-03"):
+        store.write_subject(s, rng.standard_normal((n, 12)).astype(np.float32), {})
+    cfh = {s: rng.standard_normal(n).astype(np.float32) for s in ("sub-01", "sub-02")}
+    for s, v in cfh.items():
+        store.write_cfh(s, v, np.arange(n)[::-1], np.tanh(v), {"cfh_params": {"block": 8}})
+    assert store.subjects("cfh") == ["sub-01", "sub-02"]
+    sched = _CountingScheduler()
+    with dask.config.set(scheduler=sched):
+        maps = store.cfh_maps()
+        cps = store.cfh_maps(var="counterpart")
+    assert sched.n == 0
+    assert maps.dims == ("subject", "voxel") and isinstance(maps.data, da.Array)
+    assert list(maps.subject.values) == ["sub-01", "sub-02"]
+    np.testing.assert_array_equal(maps.values, np.stack([cfh["sub-01"], cfh["sub-02"]]))
+    assert cps.dtype == np.int32 and cps.values[0, 0] == n - 1
+    assert store.subject_attrs("sub-01")["cfh_params"] == {"block": 8}
+
+    def boom(block):
+        raise RuntimeError("crash")
+
+    bad = da.from_array(np.zeros(n, np.float32), chunks=50).map_blocks(boom, dtype=np.float32)
+    with pytest.raises(RuntimeError):
+        store.write_cfh("sub-03", bad, np.zeros(n), np.zeros(n), {})
+    assert store.subjects("cfh") == ["sub-01", "sub-02"]
+    with pytest.raises(CfhdaskInputError):
+        store.cfh_maps(["sub-03"])
+
+
+def test_open_errors_and_version(user_mask, tmp_path):
+    url = str(tmp_path / "v.zarr")
+    _create(user_mask, url)
+    zarr.open_group(url, mode="r+").attrs.update({"cfhdask_store_version": 99})
+    with pytest.raises(StoreVersionError, match=r"v\.zarr.*version 99"):
+        open_store(url)
+    with pytest.raises(CfhdaskInputError, match="no cohort store"):
+        open_store(str(tmp_path / "nothing.zarr"))
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(CfhdaskInputError, match="not a cfhdask cohort store"):
+        open_store(str(tmp_path / "plain.zarr"))
+    with pytest.raises(CfhdaskInputError, match="already exists"):
+        _create(user_mask, str(tmp_path / "plain.zarr"))
+
+
+def test_read_only_and_history(user_mask):
+    url = _url()
+    store = _create(user_mask, url)
+    store.append_history("ingest", {"n": np.int64(3), "shape": (1, 2)})
+    ro = open_store(url)
+    assert ro.attrs["history"][0]["command"] == "ingest"
+    assert ro.attrs["history"][0]["parameters"] == {"n": 3, "shape": [1, 2]}
+    with pytest.raises(CfhdaskInputError, match="read-only"):
+        ro.write_subject("sub-01", np.zeros((ro.n_voxels, 12), np.float32), {})
+    with pytest.raises(CfhdaskInputError, match="no voxel"):
+        _create(np.zeros(SHAPE, bool))
