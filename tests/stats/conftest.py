@@ -1,0 +1,48 @@
+"""Fixtures of the group-inference tests: tiny CFH-like data on the 3 mm grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cfhdask.grid import MNI_3MM_AFFINE, MNI_3MM_SHAPE, ijk_to_xyz, xyz_to_ijk
+
+#: Planted centre: left putamen (AAL Putamen_L, Harvard-Oxford Left_Putamen).
+PLANTED_XYZ = np.array([-24.0, 6.0, 3.0])
+
+
+def make_dataset(rng, n_per_group=12, box=(9, 10, 8), effect=1.5, sigma_mm=5.0,
+                 centre_xyz=PLANTED_XYZ, nan_voxels=0):
+    """Maps (n, V) on a box of the 3 mm grid around ``centre_xyz``, with a table."""
+    c = xyz_to_ijk(centre_xyz, MNI_3MM_AFFINE)[0]
+    lo = c - np.array(box) // 2
+    ijk = np.argwhere(np.ones(box, bool)) + lo
+    xyz = ijk_to_xyz(ijk, MNI_3MM_AFFINE)
+    n = 2 * n_per_group
+    group = np.array(["patient"] * n_per_group + ["control"] * n_per_group)
+    age = rng.normal(40, 10, n)
+    sex = rng.choice(["F", "M"], n)
+    Y = rng.standard_normal((n, len(ijk))) + 0.02 * (age[:, None] - 40)
+    d2 = ((xyz - centre_xyz) ** 2).sum(axis=1)
+    Y[group == "patient"] += effect * np.exp(-d2 / (2 * sigma_mm**2))
+    if nan_voxels:
+        Y[rng.integers(0, n, nan_voxels), rng.choice(len(ijk), nan_voxels, replace=False)] = np.nan
+    table = pd.DataFrame({
+        "participant_id": [f"sub-{i + 1:02d}" for i in range(n)],
+        "group": group, "age": age, "sex": sex,
+    })
+    return {"Y": Y, "ijk": ijk, "table": table, "grid_shape": MNI_3MM_SHAPE,
+            "affine": MNI_3MM_AFFINE, "centre_ijk": c}
+
+
+@pytest.fixture
+def dataset(rng):
+    """A planted patient > control effect in the left putamen."""
+    return make_dataset(rng, effect=2.5, sigma_mm=6.0)
+
+
+@pytest.fixture
+def dataset_factory():
+    """:func:`make_dataset`, for tests that need other sizes or effects."""
+    return make_dataset
