@@ -592,6 +592,11 @@ class CohortStore:
             tree[SUBJECTS] = tree[SUBJECTS].drop_nodes(bad)
         return tree
 
+    def set_attrs(self, **attrs: Any) -> None:
+        """Set root attributes (JSON-able values), e.g. a study's fingerprint."""
+        self._require_writable()
+        self._root.attrs.update(_jsonable(attrs))
+
     def append_history(self, command: str, parameters: dict) -> None:
         """Record a command run on the store (provenance)."""
         self._require_writable()
