@@ -31,7 +31,7 @@ import fsspec
 import numpy as np
 
 from cfhdask._version import __version__
-from cfhdask.errors import CfhdaskError, CfhdaskInputError
+from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput
 from cfhdask.io.nifti import NiftiInfo, check_bold, check_same_grid, masked_series, read_header
 from cfhdask.io.store import CohortStore, now_iso
@@ -82,6 +82,22 @@ class StoreInfo:
 
 #: ``prepare(inp, info) -> (series (voxel, time) float32 dask array, subject attrs)``
 PrepareFn = Callable[[SubjectInput, StoreInfo], tuple[da.Array, dict]]
+
+
+class SubjectsFailed(CfhdaskInputError):
+    """Some subjects could not be ingested; the others were written.
+
+    Attributes
+    ----------
+    failures : dict of str -> BaseException
+    store : CohortStore or None
+        The store holding the subjects that were written.
+    """
+
+    def __init__(self, message: str, *, failures: dict, store=None):
+        super().__init__(message)
+        self.failures = failures
+        self.store = store
 
 
 def subject_id(path: str) -> str:
@@ -400,7 +416,7 @@ def ingest(
         })
     if failures:
         lines = "; ".join(f"{s}: {exc}" for s, exc in sorted(failures.items()))
-        bad_input = all(isinstance(e, CfhdaskInputError) for e in failures.values())
-        raise (CfhdaskInputError if bad_input else CfhdaskError)(
-            f"ingest failed for {len(failures)} subject(s) (the others are kept): {lines}")
+        raise SubjectsFailed(
+            f"ingest failed for {len(failures)} subject(s) (the others are kept): {lines}",
+            failures=failures, store=store if written or exists else None)
     return store

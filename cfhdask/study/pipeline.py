@@ -241,7 +241,7 @@ def run_study(config: str | dict, *, client: Any = None, base_dir: str = ".",
 
 def _run(cfg, participants, inputs, skips, client, on_stage) -> StudyResult:
     from cfhdask.cfh.compute import compute_cfh
-    from cfhdask.io.ingest import ingest
+    from cfhdask.io.ingest import SubjectsFailed, ingest
     from cfhdask.io.store import CohortStore
     from cfhdask.prep.pipeline import make_prepare
 
@@ -272,9 +272,12 @@ def _run(cfg, participants, inputs, skips, client, on_stage) -> StudyResult:
                 drop_volumes=cfg["preprocessing"]["drop_volumes"],
                 client=client, storage_options=cfg["storage_options"],
                 prepare=make_prepare(params) if params else None)
-        except CfhdaskInputError as exc:
+        except SubjectsFailed as exc:
             # subjects that failed are reported; the study goes on with the others
-            _check_partial_failure(url, cfg, exc)
+            if exc.store is None or not exc.store.subjects():
+                raise
+            log.warning("%s — continuing with the %d complete subjects", exc,
+                        len(exc.store.subjects()))
             skipped["ingest"] = str(exc)
         store = CohortStore.open(url, mode="r+", storage_options=cfg["storage_options"])
         if store.attrs.get("study_fingerprint") is None:
@@ -326,19 +329,6 @@ def _run(cfg, participants, inputs, skips, client, on_stage) -> StudyResult:
     return StudyResult(output=cfg["output"], store=url, stats_dir=stats_dir,
                        report=str(report), clusters=clusters, table1=t1,
                        correlations=corr, timings=timings, skipped=skipped)
-
-
-def _check_partial_failure(url: str, cfg: dict, exc: Exception) -> None:
-    from cfhdask.io.store import CohortStore
-
-    try:
-        store = CohortStore.open(url, storage_options=cfg["storage_options"])
-    except CfhdaskInputError:
-        raise exc from None
-    if not store.subjects():
-        raise exc
-    log.warning("ingest: %s — continuing with the %d subjects that are complete",
-                exc, len(store.subjects()))
 
 
 def _clinical(cfg, participants, store, stats_dir, clusters, subjects):
