@@ -21,13 +21,11 @@ Prints medians of repeats and the ratios measured in this run::
 from __future__ import annotations
 
 import argparse
-import threading
-import time
 
 import dask.array as da
 import distributed
 import numpy as np
-import psutil
+from _bench_util import PeakMemory, median_time  # benchmarks/ is sys.path[0]
 from threadpoolctl import threadpool_limits
 
 from cfhdask.cfh.graph import cfh_graph, standardize_graph
@@ -35,50 +33,6 @@ from cfhdask.cluster import available_cores, dask_client
 
 #: voxels per hemisphere of the MNI grey-matter mask on each grid
 SIZES = {"quick": 3000, "3mm": 32000, "2mm": 100000}
-
-
-class PeakMemory:
-    """Peak summed RSS of this process and its children, sampled in a thread."""
-
-    def __init__(self, interval: float = 0.05):
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss(self) -> int:
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = self._rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def gemm_floor(left: np.ndarray, right: np.ndarray, max_bytes: float = 1 << 26) -> None:

@@ -79,7 +79,10 @@ def assemble_maps(store, res: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _progress(futures: list, enabled: bool) -> None:
-    if not enabled:
+    """A progress bar for a subject's tasks, on terminals only (logs get a line per subject)."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
         return
     try:
         from distributed import progress
@@ -223,7 +226,7 @@ def _run_subjects(store, todo: list[str], client, params: dict,
                         {"cfh_params": params, "n_constant": n_const})
         n_constant[subject] = n_const
         valid = np.isfinite(maps["cfh"])
-        log.info("CFH %s: %d voxels, %d constant excluded, mean z %.4f (%.1f s)",
-                 subject, int(valid.sum()), n_const,
+        log.info("CFH %s (%d/%d): %d voxels, %d constant excluded, mean z %.4f (%.1f s)",
+                 subject, k + 1, len(todo), int(valid.sum()), n_const,
                  float(maps["cfh"][valid].mean()) if valid.any() else float("nan"),
                  time.perf_counter() - t0)

@@ -193,7 +193,12 @@ def simulate_cohort(
         counters[group] += 1
     t1 = time.perf_counter()
     if client is not None:
+        from distributed import as_completed
+
         futures = client.map(_simulate_one, tasks, pure=False)
+        for k, fut in enumerate(as_completed(futures), 1):
+            if fut.status == "finished" and (k % 10 == 0 or k == len(tasks)):
+                log.info("Simulated %d/%d subjects", k, len(tasks))
         results = client.gather(futures)
     else:
         n_jobs = max(1, int(n_jobs or available_cores()))

@@ -34,7 +34,8 @@ def demo_config(sim_dir: str, out_dir: str, *, n_perm: int, seed: int) -> dict:
 
 def run_demo(out_dir: str, *, n_patients: int = 30, n_controls: int = 30,
              n_volumes: int = 230, n_perm: int = 5000, seed: int = 0,
-             effect_size: float = 1.0, grid: str = "3mm", client: Any = None):
+             effect_size: float = 1.0, grid: str = "3mm", client: Any = None,
+             on_stage: Any = None):
     """Simulate the paper-like cohort and run the whole study on it.
 
     Parameters
@@ -53,6 +54,8 @@ def run_demo(out_dir: str, *, n_patients: int = 30, n_controls: int = 30,
     grid : str
         "3mm" (the paper's 61x73x61) or a coarser grid for quick runs.
     client : distributed.Client, optional
+    on_stage : callable, optional
+        Passed to :func:`cfhdask.study.run_study` (called around each stage).
 
     Returns
     -------
@@ -75,7 +78,7 @@ def run_demo(out_dir: str, *, n_patients: int = 30, n_controls: int = 30,
     cfg = demo_config(sim_dir, out_dir, n_perm=n_perm, seed=seed)
     with open(os.path.join(out_dir, "study.yaml"), "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
-    res = run_study(os.path.join(out_dir, "study.yaml"), client=client)
+    res = run_study(os.path.join(out_dir, "study.yaml"), client=client, on_stage=on_stage)
     timings = {"simulate": t_sim, **res.timings}
     return res, timings
 
