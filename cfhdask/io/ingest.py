@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import posixpath
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,16 +31,13 @@ import numpy as np
 
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.inputs import SubjectInput
+from cfhdask.inputs import SubjectInput, subject_id
 from cfhdask.io.nifti import NiftiInfo, check_bold, check_same_grid, masked_series, read_header
 from cfhdask.io.store import CohortStore, now_iso
 from cfhdask.prep.mask import GM_THRESHOLD, resolve_mask
 
 log = logging.getLogger(__name__)
 
-_SUB = re.compile(r"(?:^|_)(sub-[A-Za-z0-9]+)(?=_|$)")
-_SES = re.compile(r"(?:^|_)(ses-[A-Za-z0-9]+)(?=_|$)")
-_NII = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -98,25 +94,6 @@ class SubjectsFailed(CfhdaskInputError):
         super().__init__(message)
         self.failures = failures
         self.store = store
-
-
-def subject_id(path: str) -> str:
-    """Subject id from a file name: BIDS ``sub-<label>`` (+ ``_ses-<label>``), else the stem.
-
-    Examples
-    --------
-    >>> subject_id("data/sub-01/ses-2/func/sub-01_ses-2_task-rest_bold.nii.gz")
-    'sub-01_ses-2'
-    >>> subject_id("s3://bucket/rest_patient7.nii")
-    'rest_patient7'
-    """
-    name = posixpath.basename(str(path).replace("\\", "/").rstrip("/"))
-    stem = _NII.sub("", name)
-    sub = _SUB.search(stem)
-    if sub:
-        ses = _SES.search(stem)
-        return sub.group(1) + (f"_{ses.group(1)}" if ses else "")
-    return stem
 
 
 def _check_subject_name(inp: SubjectInput) -> None:

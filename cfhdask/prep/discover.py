@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import fsspec
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.inputs import SubjectInput
+from cfhdask.inputs import SubjectInput, strip_ext, subject_id
 
 log = logging.getLogger(__name__)
 
@@ -37,36 +37,6 @@ Skip = tuple[str, str]
 
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|run)-([A-Za-z0-9]+)")
 _NIFTI = (".nii.gz", ".nii")
-
-
-def _strip_ext(name: str) -> str:
-    for ext in (".nii.gz", ".nii", ".tsv", ".csv", ".txt", ".json", ".gz"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return os.path.splitext(name)[0]
-
-
-def subject_id(path: str, *, with_run: bool = True) -> str:
-    """Store subject id of a file: ``sub-<l>[_ses-<l>][_run-<i>]``, else the stem.
-
-    Parameters
-    ----------
-    path : str
-        File path or URL; only the base name is used.
-    with_run : bool
-        Append the ``run-`` entity when the name has one.
-    """
-    name = posixpath.basename(str(path).rstrip("/"))
-    ents = dict((k, v) for k, v in _ENTITY.findall(name))
-    if "sub" not in ents:
-        stem = _strip_ext(name)
-        return stem[3:] if stem.startswith("rp_") else stem
-    out = f"sub-{ents['sub']}"
-    if "ses" in ents:
-        out += f"_ses-{ents['ses']}"
-    if with_run and "run" in ents:
-        out += f"_run-{ents['run']}"
-    return out
 
 
 def _fs(url: str):
@@ -152,7 +122,7 @@ def discover_fmriprep(
             skipped.append((sub, f"{_full(fs, bold)}: no confounds table "
                                  f"{prefix}_desc-confounds_timeseries.tsv next to it"))
             continue
-        sidecar = posixpath.join(folder, _strip_ext(name) + ".json")
+        sidecar = posixpath.join(folder, strip_ext(name) + ".json")
         found.append(SubjectInput(
             subject=sub,
             bold=_full(fs, bold),
@@ -278,7 +248,7 @@ def pair_files(
             continue
         side = None
         if "://" not in f or f.startswith("file://"):
-            cand = _strip_ext(f) + ".json"
+            cand = strip_ext(f) + ".json"
             side = cand if os.path.exists(cand) else None
         found.append(SubjectInput(
             subject=sub, bold=f,

@@ -19,7 +19,9 @@ from cfhdask.io.store import open_store
 
 @pytest.mark.parametrize("path, expected", [
     ("d/sub-01/func/sub-01_task-rest_bold.nii.gz", "sub-01"),
-    ("sub-01_ses-2_task-rest_run-1_bold.nii", "sub-01_ses-2"),
+    ("sub-01_ses-2_task-rest_run-1_bold.nii", "sub-01_ses-2_run-1"),
+    ("sub-01_ses-2_task-rest_bold.NII.GZ", "sub-01_ses-2"),
+    ("/d/Filtered_4DVolume.nii.GZ", "Filtered_4DVolume"),
     ("s3://bucket/x/task-rest_sub-P07_ses-pre_bold.nii.gz", "sub-P07_ses-pre"),
     ("/data/patient7_rest.nii.gz", "patient7_rest"),
     ("/data/Filtered_4DVolume.NII", "Filtered_4DVolume"),
