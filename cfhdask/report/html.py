@@ -103,10 +103,27 @@ def _cluster_t_threshold(p: Mapping[str, Any], outputs: StatsOutputs, contrast: 
     return 3.0
 
 
+def _contrast_order(contrasts: list[str], table: pd.DataFrame) -> list[str]:
+    """Contrasts with the most significant cluster first (ties: as given)."""
+    if "p_fwe" not in table.columns or "contrast" not in table.columns:
+        return list(contrasts)
+    best = table.groupby("contrast")["p_fwe"].min().to_dict()
+    return sorted(contrasts, key=lambda c: best.get(c, 1.0))
+
+
+def _clusters_to_show(rows: pd.DataFrame, alpha: float, max_clusters: int) -> pd.DataFrame:
+    """Significant clusters (by p_fwe, then size); if none, the 3 largest."""
+    if "p_fwe" not in rows.columns:
+        return rows.head(max_clusters)
+    rows = rows.sort_values(["p_fwe", "size_voxels"], ascending=[True, False], kind="stable")
+    sig = rows[rows["p_fwe"] < alpha]
+    return (sig if len(sig) else rows.head(3)).head(max_clusters)
+
+
 def _stats_figures(figs: _Figures, outputs: StatsOutputs, p: Mapping[str, Any], *,
                    max_clusters: int, alpha: float) -> None:
     table = outputs.clusters
-    for contrast in outputs.contrasts:
+    for contrast in _contrast_order(outputs.contrasts, table):
         timg = load_img(outputs.tstat[contrast])
         thr = _cluster_t_threshold(p, outputs, contrast)
         figs.add("Group difference", f"{contrast}: glass brain of the t-map (|t| > {thr:.2f})",
@@ -114,10 +131,7 @@ def _stats_figures(figs: _Figures, outputs: StatsOutputs, p: Mapping[str, Any], 
                      timg, threshold=thr, title=f"{c}: t"))
         if contrast not in outputs.clusters_img or "contrast" not in table.columns:
             continue
-        rows = table[table["contrast"] == contrast]
-        if "p_fwe" in rows.columns:
-            rows = rows.sort_values("p_fwe", kind="stable")
-        rows = rows.head(max_clusters)
+        rows = _clusters_to_show(table[table["contrast"] == contrast], alpha, max_clusters)
         if rows.empty:
             continue
         peaks = [tuple(float(r[k]) for k in ("peak_x", "peak_y", "peak_z"))
