@@ -30,7 +30,8 @@ _API: dict[str, str] = {
     "group_inference": "cfhdask.stats.inference",
     "table1": "cfhdask.clinical.table1",
     "cluster_correlations": "cfhdask.clinical.correlations",
-    "denoise_subject": "cfhdask.prep.pipeline",
+    "prepare_series": "cfhdask.prep.pipeline",
+    "DenoiseParams": "cfhdask.prep.pipeline",
     "discover_inputs": "cfhdask.prep.discover",
     "run_study": "cfhdask.study",
 }
