@@ -9,8 +9,10 @@ Reported (all measured in this run, medians of ``--repeats``):
 * nilearn ``permuted_ols`` (same design, same threshold, two-sided max-T,
   cluster size and mass, ``n_jobs`` = workers) run with ``--nilearn-perm``
   permutations and extrapolated linearly to ``--n-perm`` (said in the output);
-* the same with TFCE (``--tfce-perm`` permutations for both tools, extrapolated);
-* peak traced memory of the in-process run for 1x and 4x the permutations.
+* the same with TFCE (cfhdask ``--tfce-cfh-perm``, nilearn ``--tfce-perm``
+  permutations, each extrapolated linearly to ``--n-perm``);
+* peak traced memory of the in-process run for 1x and 4x the permutations;
+* the load average at start and end (shared machine), and a summary of the ratios.
 
 Usage: ``python benchmarks/bench_stats.py [--quick] [--n-perm 5000]``.
 """
@@ -18,6 +20,7 @@ Usage: ``python benchmarks/bench_stats.py [--quick] [--n-perm 5000]``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import tracemalloc
@@ -117,38 +120,42 @@ def main() -> None:
     ap.add_argument("--n-perm", type=int, default=5000, help="cfhdask permutations")
     ap.add_argument("--nilearn-perm", type=int, default=200,
                     help="nilearn permutations (extrapolated linearly to --n-perm)")
-    ap.add_argument("--tfce-perm", type=int, default=200,
-                    help="TFCE permutations for both tools (extrapolated to --n-perm)")
+    ap.add_argument("--tfce-perm", type=int, default=40,
+                    help="nilearn TFCE permutations (extrapolated linearly to --n-perm)")
+    ap.add_argument("--tfce-cfh-perm", type=int, default=1000,
+                    help="cfhdask TFCE permutations (extrapolated linearly to --n-perm)")
     ap.add_argument("--n-subjects", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=1, help="repeats (medians reported)")
+    ap.add_argument("--tfce-repeats", type=int, default=1, help="repeats of the TFCE runs")
     ap.add_argument("--skip-tfce", action="store_true")
     args = ap.parse_args()
     mask = gm_mask()
     if args.quick:
-        args.n_perm, args.nilearn_perm, args.tfce_perm = 64, 16, 16
+        args.n_perm, args.nilearn_perm, args.tfce_perm, args.tfce_cfh_perm = 64, 16, 8, 32
         mask[:, :, 30:] = False
         mask[:30] = False
     Y, ijk, table = make_data(mask, args.n_subjects)
     print(f"data: {Y.shape[0]} subjects x {Y.shape[1]} voxels (3 mm GM > 0.2), "
           f"cluster p < 0.001, connectivity 18, two contrasts")
+    print(f"load average at start: {os.getloadavg()} on {os.cpu_count()} cores")
 
-    def med(f, *a, **k):
-        return statistics.median(f(*a, **k) for _ in range(args.repeats))
+    def med(f, *a, repeats=None, **k):
+        return statistics.median(f(*a, **k) for _ in range(repeats or args.repeats))
+
+    def extrapolate(f, n_small, n_big, *a, repeats=None, **k):
+        """Time at n_small/2 and n_small; linear fit (start-up + per-perm) to n_big."""
+        t_half = med(f, Y, ijk, table, n_small // 2, *a, repeats=repeats, **k)
+        t_full = med(f, Y, ijk, table, n_small, *a, repeats=repeats, **k)
+        if t_full <= t_half:  # timing noise: fall back to proportional scaling
+            return t_full, t_full * n_big / n_small
+        per = (t_full - t_half) / (n_small - n_small // 2)
+        return t_full, t_full + per * (n_big - n_small)
 
     res = {}
     for w in (1, 2):
         res[("cfh", w)] = med(run_cfhdask, Y, ijk, table, args.n_perm, w)
         print(f"cfhdask  {args.n_perm} perms, {w} worker(s): {res[('cfh', w)]:8.1f} s")
     print(f"cfhdask scaling 1 -> 2 workers: {res[('cfh', 1)] / res[('cfh', 2)]:.2f}x")
-    def extrapolate(f, n_small, n_big, *a, **k):
-        """Time at n_small/2 and n_small; linear fit (start-up + per-perm) to n_big."""
-        t_half = med(f, Y, ijk, table, n_small // 2, *a, **k)
-        t_full = med(f, Y, ijk, table, n_small, *a, **k)
-        if t_full <= t_half:  # timing noise: fall back to proportional scaling
-            return t_full, t_full * n_big / n_small
-        per = (t_full - t_half) / (n_small - n_small // 2)
-        return t_full, t_full + per * (n_big - n_small)
-
     for w in (1, 2):
         t, res[("nil", w)] = extrapolate(run_nilearn, args.nilearn_perm, args.n_perm, w)
         print(f"nilearn  {args.nilearn_perm} perms, n_jobs={w}: {t:8.1f} s  -> extrapolated "
@@ -157,15 +164,38 @@ def main() -> None:
               f"{res[('nil', w)] / res[('cfh', w)]:.1f}x faster")
     if not args.skip_tfce:
         for w in (1, 2):
-            a, ax = extrapolate(run_cfhdask, args.tfce_perm, args.n_perm, w, tfce=True)
-            b, bx = extrapolate(run_nilearn, args.tfce_perm, args.n_perm, w, tfce=True)
-            print(f"TFCE {args.tfce_perm} perms, {w} worker(s): cfhdask {a:8.1f} s, "
-                  f"nilearn {b:8.1f} s; extrapolated to {args.n_perm}: {ax:.0f} s vs "
-                  f"{bx:.0f} s; cfhdask is {bx / ax:.1f}x faster")
-    small = max(8, args.n_perm // 20)
+            a, res[("cfh_tfce", w)] = extrapolate(run_cfhdask, args.tfce_cfh_perm, args.n_perm,
+                                                  w, tfce=True, repeats=args.tfce_repeats)
+            b, res[("nil_tfce", w)] = extrapolate(run_nilearn, args.tfce_perm, args.n_perm, w,
+                                                  tfce=True, repeats=args.tfce_repeats)
+            print(f"TFCE, {w} worker(s): cfhdask {args.tfce_cfh_perm} perms {a:8.1f} s, "
+                  f"nilearn {args.tfce_perm} perms {b:8.1f} s; extrapolated (linear fit on "
+                  f"half and full) to {args.n_perm}: {res[('cfh_tfce', w)]:.0f} s vs "
+                  f"{res[('nil_tfce', w)]:.0f} s; cfhdask is "
+                  f"{res[('nil_tfce', w)] / res[('cfh_tfce', w)]:.1f}x faster")
+    small = max(16, args.n_perm // 20)
     m1, m4 = peak_memory(Y, ijk, table, small), peak_memory(Y, ijk, table, 4 * small)
     print(f"peak traced memory (in-process): {small} perms {m1:.0f} MiB, "
           f"{4 * small} perms {m4:.0f} MiB (ratio {m4 / m1:.2f})")
+    print(f"load average at end: {os.getloadavg()}")
+    nil_best = min(res[("nil", 1)], res[("nil", 2)])
+    print(f"SUMMARY cluster inference, {args.n_perm} perms, {Y.shape[0]} x {Y.shape[1]} "
+          f"(medians of {args.repeats}): cfhdask {res[('cfh', 1)]:.1f} s (1 worker), "
+          f"{res[('cfh', 2)]:.1f} s (2 workers); vs nilearn n_jobs=1: "
+          f"{res[('nil', 1)] / res[('cfh', 1)]:.1f}x, n_jobs=2: "
+          f"{res[('nil', 2)] / res[('cfh', 2)]:.1f}x, 2 workers vs best nilearn: "
+          f"{nil_best / res[('cfh', 2)]:.1f}x; scaling 1 -> 2 workers "
+          f"{res[('cfh', 1)] / res[('cfh', 2)]:.2f}x")
+    if not args.skip_tfce:
+        nil_best = min(res[("nil_tfce", 1)], res[("nil_tfce", 2)])
+        print(f"SUMMARY TFCE (extrapolated to {args.n_perm}): cfhdask "
+              f"{res[('cfh_tfce', 1)]:.0f} s / {res[('cfh_tfce', 2)]:.0f} s (1 / 2 workers); "
+              f"vs nilearn n_jobs=1: {res[('nil_tfce', 1)] / res[('cfh_tfce', 1)]:.1f}x, "
+              f"n_jobs=2: {res[('nil_tfce', 2)] / res[('cfh_tfce', 2)]:.1f}x, 2 workers vs "
+              f"best nilearn: {nil_best / res[('cfh_tfce', 2)]:.1f}x; scaling 1 -> 2 workers "
+              f"{res[('cfh_tfce', 1)] / res[('cfh_tfce', 2)]:.2f}x")
+    print(f"SUMMARY memory: peak {m1:.0f} MiB at {small} perms, {m4:.0f} MiB at "
+          f"{4 * small} perms (ratio {m4 / m1:.2f})")
 
 
 if __name__ == "__main__":

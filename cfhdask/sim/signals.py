@@ -12,8 +12,8 @@ For subject *s* and brain voxel *v* (unit-variance fluctuation ``x``)::
 * ``g[:, p] = sqrt(0.3) * net[:, network(p)] + sqrt(0.7) * own[:, p]``: band-limited
   (0.008-0.1 Hz, 1/f-shaped) signals, subject-specific; networks make some
   long-range heterotopic correlation too.
-* ``w_s = clip(f_s * (1 + 0.05 u_s[pair]) * (loading + effect))``: a subject
-  coupling factor ``f_s ~ N(1, 0.08)``, a per-pair jitter, and for subjects of an
+* ``w_s = clip(f_s * (1 + PAIR_JITTER_SD u_s[pair]) * (loading + effect))``: a subject
+  coupling factor ``f_s ~ N(1, COUPLING_SD)``, a per-pair jitter, and for subjects of an
   effect's group ``effect_size * k_s * effect_delta`` with ``k_s ~ N(1, 0.25)``
   (clipped at 0.2) per effect.
 * ``c``: AR(1) time courses (phi ~ U(0.3, 0.6) per subject) mixing the shared
@@ -33,6 +33,12 @@ import numpy as np
 from cfhdask.sim.anatomy import GLOBAL_VAR, MAX_LOADING, MOTION_VAR, N_NETWORKS, Anatomy
 
 NETWORK_SHARE = 0.3
+#: Between-subject SD of the whole-brain coupling factor and of each pair's jitter.  A
+#: whole-brain factor shifts every voxel's CFH together; too large, it makes permutation
+#: nulls of cluster size heavy-tailed (whole-brain clusters whenever the permuted labels
+#: happen to follow it).
+COUPLING_SD = 0.03
+PAIR_JITTER_SD = 0.03
 SMOOTH_SHARE = 0.6
 BAND_HZ = (0.008, 0.1)
 
@@ -128,8 +134,8 @@ def simulate_subject_series(anatomy: Anatomy, rng: np.random.Generator, group: s
     n = anatomy.n_voxels
     t_len = int(n_volumes)
     # --- scalar subject factors ---------------------------------------------
-    coupling = float(np.clip(rng.normal(1.0, 0.08), 0.7, 1.3))
-    pair_jitter = 1.0 + 0.05 * rng.standard_normal(anatomy.n_pairs)
+    coupling = float(np.clip(rng.normal(1.0, COUPLING_SD), 0.7, 1.3))
+    pair_jitter = 1.0 + PAIR_JITTER_SD * rng.standard_normal(anatomy.n_pairs)
     effect_k = np.clip(rng.normal(1.0, 0.25, size=len(anatomy.effects)), 0.2, None)
     phi = float(rng.uniform(0.3, 0.6))
     motion_level = float(np.exp(rng.normal(0.0, 0.4)))

@@ -14,6 +14,15 @@ so a batch of B permutations is one ``(B (1+q), n) @ (n, V)`` product.
 *Draper–Stoneman* permutes ``x`` (covariates fixed): with ``x_k = R_z P x``,
 ``a = x_k' E``, ``SSE = ||E||^2 - a^2/||x_k||^2``, ``t = a / (||x_k|| sqrt(SSE/df))``.
 The identity permutation gives the ordinary OLS t of the full model.
+When the intercept is among the nuisance columns, ``Q_z`` is rotated so that
+its first column is the constant: ``1' P E = 1' E = 0`` for every ``P``, so
+only the other columns (``Q_v``) enter the GEMM.
+
+:func:`permuted_t` is the float64 reference.  :func:`permuted_t_fast` runs the
+same algebra with float32 GEMMs on cache-sized voxel chunks (the null
+distribution's hot loop); :func:`exact_t` recomputes chosen voxels of one
+permutation in float64, so that callers can make every threshold decision on
+float64 values (see :mod:`cfhdask.stats.null`).
 Kernels are NumPy/CuPy agnostic (:func:`cfhdask.backend.array_module`).
 """
 
@@ -29,7 +38,9 @@ SCHEMES = ("freedman-lane", "draper-stoneman")
 #: Permutations per GEMM inside a task.  Fixed and aligned on the global
 #: permutation index so that results are bitwise identical whatever the task
 #: batch size or the number of workers.
-MICRO_BATCH = 8
+MICRO_BATCH = 16
+#: Voxels per GEMM chunk of :func:`permuted_t_fast` (keeps the products in cache).
+VOXEL_CHUNK = 4096
 
 
 @dataclass
@@ -50,6 +61,11 @@ class GLMPrep:
         Orthonormal basis of the nuisance columns.
     df : int
         ``n - rank(X)``.
+    Qv : ndarray (n, q')
+        The columns of ``Qz`` that a permutation can change (all but the
+        constant, when the intercept is in the nuisance space).
+    E32 : ndarray (n, V), float32
+        ``E`` in single precision, for :func:`permuted_t_fast`.
     """
 
     E: np.ndarray
@@ -58,6 +74,8 @@ class GLMPrep:
     xr: np.ndarray
     Qz: np.ndarray
     df: int
+    Qv: np.ndarray
+    E32: np.ndarray
 
     @property
     def n(self) -> int:
@@ -106,7 +124,14 @@ def prepare_glm(Y: np.ndarray, x: np.ndarray, Z: np.ndarray, dtype=np.float64) -
     E = Y - Qz @ (Qz.T @ Y)
     xr = x - Qz @ (Qz.T @ x)
     rank = Qz.shape[1] + int(float(xp.linalg.norm(xr)) > 1e-10 * float(xp.linalg.norm(x)))
-    return GLMPrep(E=E, ss=(E * E).sum(axis=0), x=x, xr=xr, Qz=Qz, df=Y.shape[0] - rank)
+    n = Y.shape[0]
+    one = xp.full((n, 1), 1.0 / np.sqrt(n), dtype=dtype)
+    Qv = Qz
+    if Qz.shape[1] and float(xp.linalg.norm(one - Qz @ (Qz.T @ one))) < 1e-8:
+        rest = Qz - one @ (one.T @ Qz)
+        Qv = orthonormal_basis(rest, rtol=1e-8)[:, :Qz.shape[1] - 1]
+    return GLMPrep(E=E, ss=(E * E).sum(axis=0), x=x, xr=xr, Qz=Qz, df=n - rank, Qv=Qv,
+                   E32=xp.ascontiguousarray(E, dtype=np.float32))
 
 
 def _t_from_parts(a, ss, bss, s2, df):
@@ -139,10 +164,10 @@ def permuted_t(prep: GLMPrep, perms: np.ndarray, scheme: str = "freedman-lane") 
     perms = np.asarray(perms)
     B, n = perms.shape
     if scheme == "freedman-lane":
-        q = prep.Qz.shape[1]
-        # rows [P'x_r ; P'Q_z] for each permutation: (P'v)[p[i]] = v[i]
+        q = prep.Qv.shape[1]
+        # rows [P'x_r ; P'Q_v] for each permutation: (P'v)[p[i]] = v[i]
         M = xp.zeros((B, 1 + q, n), dtype=prep.E.dtype)
-        cols = xp.concatenate([prep.xr[:, None], prep.Qz], axis=1).T  # (1+q, n)
+        cols = xp.concatenate([prep.xr[:, None], prep.Qv], axis=1).T  # (1+q, n)
         pidx = xp.asarray(perms)
         for k in range(B):
             M[k][:, pidx[k]] = cols
@@ -158,6 +183,78 @@ def permuted_t(prep: GLMPrep, perms: np.ndarray, scheme: str = "freedman-lane") 
         s2 = (xk * xk).sum(axis=1)
         return _t_from_parts(a, prep.ss, 0.0, s2, prep.df)
     raise ValueError(f"unknown permutation scheme {scheme!r} ({', '.join(SCHEMES)})")
+
+
+def _design_rows(prep: GLMPrep, perms, scheme: str):
+    """GEMM rows of a batch, grouped by kind: ``(M (r B, n), s2 (B,))``.
+
+    Freedman–Lane: rows ``0..B-1`` are ``P'x_r``, then ``B`` rows per column of
+    ``Q_v``; Draper–Stoneman: ``B`` rows ``R_z P x``.
+    """
+    xp = array_module(prep.E)
+    pidx = xp.asarray(perms)
+    if scheme == "freedman-lane":
+        inv = xp.argsort(pidx, axis=1)  # (P'v) = v[inv]
+        cols = xp.concatenate([prep.xr[:, None], prep.Qv], axis=1).T  # (r, n)
+        M = cols[:, inv].reshape(-1, pidx.shape[1])
+        s2 = xp.full(pidx.shape[0], float(prep.xr @ prep.xr))
+        return M, s2
+    if scheme == "draper-stoneman":
+        xk = prep.x[pidx]
+        xk = xk - (xk @ prep.Qz) @ prep.Qz.T
+        return xk, (xk * xk).sum(axis=1)
+    raise ValueError(f"unknown permutation scheme {scheme!r} ({', '.join(SCHEMES)})")
+
+
+def permuted_t_fast(prep: GLMPrep, perms: np.ndarray, scheme: str = "freedman-lane",
+                    chunk: int = VOXEL_CHUNK) -> np.ndarray:
+    """:func:`permuted_t` with float32 GEMMs on voxel chunks (the null's hot loop).
+
+    Sums of squares of the data stay float64-derived; the t-values differ from
+    the float64 reference by ~1e-6 (use :func:`exact_t` where a decision
+    depends on the last digits).  Deterministic for a given ``perms`` and
+    ``chunk``.
+
+    Returns
+    -------
+    ndarray of float32, shape (B, V)
+    """
+    xp = array_module(prep.E)
+    B = len(perms)
+    M, s2 = _design_rows(prep, perms, scheme)
+    M = xp.ascontiguousarray(M, dtype=np.float32)
+    scale = xp.sqrt(prep.df / s2).astype(np.float32)[:, None]
+    inv_s2 = (1.0 / s2).astype(np.float32)[:, None]
+    ss = prep.ss.astype(np.float32)
+    V = prep.n_voxels
+    out = xp.empty((B, V), dtype=np.float32)
+    G = xp.empty((M.shape[0], min(chunk, V)), dtype=np.float32)
+    for c0 in range(0, V, chunk):
+        c1 = min(c0 + chunk, V)
+        g = G[:, :c1 - c0]
+        xp.matmul(M, prep.E32[:, c0:c1], out=g)
+        a = g[:B]
+        sse = ss[c0:c1] - a * a * inv_s2
+        if M.shape[0] > B:
+            b = g[B:]
+            xp.square(b, out=b)
+            sse -= b.reshape(-1, B, c1 - c0).sum(axis=0)
+        o = out[:, c0:c1]
+        xp.sqrt(sse, out=sse, where=sse > 0)
+        xp.divide(a, sse, out=o, where=sse > 0)
+        o[~(sse > 0)] = 0.0
+        o *= scale
+    return out
+
+
+def exact_t(prep: GLMPrep, perm: np.ndarray, idx: np.ndarray,
+            scheme: str = "freedman-lane") -> np.ndarray:
+    """Float64 t of one permutation at voxels ``idx`` (same algebra as :func:`permuted_t`)."""
+    M, s2 = _design_rows(prep, np.asarray(perm)[None], scheme)
+    G = M @ prep.E[:, idx]
+    a = G[:1]
+    bss = (G[1:] ** 2).sum(axis=0)[None] if G.shape[0] > 1 else 0.0
+    return _t_from_parts(a, prep.ss[idx], bss, s2, prep.df)[0]
 
 
 def ols_t(Y: np.ndarray, X: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, int]:
