@@ -32,14 +32,15 @@ log = logging.getLogger(__name__)
 CFH_VARIABLES = ("cfh", "counterpart", "r_max")
 
 
-def _open(store: Any):
+def _open(store: Any, storage_options: dict | None = None):
     from cfhdask.io.store import CohortStore, open_store
 
     if isinstance(store, CohortStore):
         if not store.writable:
-            return open_store(store.url, mode="r+", storage_options=store.storage_options)
+            return open_store(store.url, mode="r+",
+                              storage_options=storage_options or store.storage_options)
         return store
-    return open_store(str(store), mode="r+")
+    return open_store(str(store), mode="r+", storage_options=storage_options)
 
 
 def subject_graph(store, subject: str, *, block: int, split_every: int,
@@ -105,6 +106,7 @@ def compute_cfh(
     overwrite: bool = False,
     backend: str = "numpy",
     show_progress: bool = True,
+    storage_options: dict | None = None,
 ) -> xr.Dataset:
     """Compute and store the CFH maps of every subject that lacks them.
 
@@ -134,6 +136,9 @@ def compute_cfh(
         CuPy and a GPU on the workers.
     show_progress : bool
         Show a progress bar per subject.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) of a remote store given as a
+        URL; the workers read and write the store with them.
 
     Returns
     -------
@@ -155,7 +160,7 @@ def compute_cfh(
     split_every = int(split_every or config.get("cfh.split-every", 8))
     if block < 2:
         raise CfhdaskInputError(f"--block must be at least 2, got {block}")
-    store = _open(store)
+    store = _open(store, storage_options)
     ingested = store.subjects("ingested")
     if subjects is None:
         wanted = ingested

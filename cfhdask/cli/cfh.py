@@ -35,6 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
                    help="array backend of the kernels (cupy needs a GPU on the workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help='fsspec options of a remote STORE (credentials, endpoint), e.g. '
+                        '\'{"anon": false, "client_kwargs": {"endpoint_url": "http://..."}}\'')
     add_cluster_options(p)
     p.set_defaults(func=run)
     return p
@@ -43,12 +46,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run ``cfhdask cfh``; prints a short summary."""
     from cfhdask.cfh.compute import compute_cfh
+    from cfhdask.cli.ingest import parse_storage_options
     from cfhdask.cluster import dask_client
 
     t0 = time.perf_counter()
     kwargs = dict(subjects=args.subjects, block=args.block, split_every=args.split_every,
                   export=args.export, overwrite=args.overwrite, backend=args.backend,
-                  show_progress=not args.no_progress)
+                  show_progress=not args.no_progress,
+                  storage_options=parse_storage_options(args.storage_options))
     ckw = cluster_kwargs(args)
     if any(ckw[k] is not None for k in ("cluster", "n_workers", "threads_per_worker")):
         with dask_client(**ckw) as client:

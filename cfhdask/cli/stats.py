@@ -53,6 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="permutations per Dask task (default cfhdask.stats.batch-size)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help='fsspec options for a remote store URL, e.g. \'{"anon": true}\'')
     add_cluster_options(p)
     p.set_defaults(func=run)
     return p
@@ -68,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_perm is not None and args.n_perm < 1:
         raise CfhdaskInputError(f"--n-perm must be >= 1, got {args.n_perm}")
-    store = open_store(args.store)
+    from cfhdask.cli.ingest import parse_storage_options
+
+    store = open_store(args.store, storage_options=parse_storage_options(args.storage_options))
     with dask_client(**cluster_kwargs(args)) as client:
         res = group_inference(
             store, args.participants, group=args.group, groups=args.groups,

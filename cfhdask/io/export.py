@@ -26,7 +26,8 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path, description: str) ->
 
 
 def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,
-                subjects: Sequence[str] | None = None) -> list[Path]:
+                subjects: Sequence[str] | None = None,
+                storage_options: dict | None = None) -> list[Path]:
     """Write each subject's CFH map and counterpart coordinates as NIfTI.
 
     Parameters
@@ -37,6 +38,8 @@ def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,
         Output directory (created if needed).
     subjects : sequence of str, optional
         Default: every subject with complete CFH results.
+    storage_options : dict, optional
+        fsspec options of a remote store given as a URL.
 
     Returns
     -------
@@ -46,7 +49,7 @@ def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,
         (4D, 3 volumes: the counterpart's MNI x, y, z in mm; 0 where none).
     """
     if not isinstance(store, CohortStore):
-        store = open_store(str(store))
+        store = open_store(str(store), storage_options=storage_options)
     available = store.subjects("cfh")
     names = list(available if subjects is None else subjects)
     missing = [s for s in names if s not in available]

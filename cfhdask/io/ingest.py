@@ -177,9 +177,13 @@ def _store_state(url: str, storage_options: dict | None) -> bool:
         fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
     except (ValueError, ImportError, TypeError) as exc:
         raise CfhdaskInputError(f"--out {url}: cannot use this path or URL: {exc}") from exc
-    if fs.exists(posixpath.join(path, "zarr.json")):
-        return True
-    if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
+    try:
+        if fs.exists(posixpath.join(path, "zarr.json")):
+            return True
+        occupied = fs.exists(path) and (not fs.isdir(path) or bool(fs.ls(path)))
+    except Exception as exc:  # unreachable endpoint, denied access (botocore errors)
+        raise CfhdaskInputError(f"--out {url}: cannot access: {exc}") from exc
+    if occupied:
         raise CfhdaskInputError(f"--out {url}: exists and is not a cohort store")
     return False
 

@@ -167,7 +167,7 @@ class CohortStore:
         except (FileExistsError, zarr.errors.ContainsGroupError,
                 zarr.errors.ContainsArrayError) as exc:
             raise CfhdaskInputError(f"store {url}: already exists") from exc
-        except (ValueError, ImportError, OSError) as exc:
+        except Exception as exc:  # bad URL/options, unreachable endpoint, no bucket...
             raise CfhdaskInputError(f"store {url}: cannot create: {exc}") from exc
         for name, values, dims in (
             ("ijk", table.ijk.astype(np.int32), ["voxel", "axis"]),
@@ -227,7 +227,7 @@ class CohortStore:
                                    use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
             raise CfhdaskInputError(f"store {url}: no cohort store there") from exc
-        except (ValueError, ImportError, OSError) as exc:
+        except Exception as exc:  # bad URL/options, unreachable endpoint (botocore errors)
             raise CfhdaskInputError(f"store {url}: cannot open: {exc}") from exc
         attrs = dict(root.attrs)
         version = attrs.get("cfhdask_store_version")

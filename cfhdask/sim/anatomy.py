@@ -98,8 +98,8 @@ class Effect:
 
 #: The paper's result: increased CFH in patients at the left putamen and left precentral gyrus.
 DEFAULT_EFFECTS: tuple[Effect, ...] = (
-    Effect("left_putamen", (-30.0, -2.0, 10.0), radius=7.0),
-    Effect("left_precentral", (-42.0, 0.0, 54.0), radius=6.0),
+    Effect("left_putamen", (-30.0, -2.0, 10.0), radius=10.0),
+    Effect("left_precentral", (-42.0, 0.0, 54.0), radius=9.0),
 )
 
 
