@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
                    help="volumes per run before dropping the first 10 (default 230)")
     p.add_argument("--n-perm", type=int, default=5000, help="permutations (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of simulation and permutations")
-    p.add_argument("--effect-size", type=float, default=1.0,
-                   help="scale of the planted effects (0 = null cohort; default 1)")
+    p.add_argument("--effect-size", type=float, default=0.6,
+                   help="scale of the planted effects (0 = null cohort; default 0.6)")
     p.add_argument("--grid", default="3mm",
                    help="voxel grid: 3mm (the paper's, default) or e.g. 6mm for a quick look")
     p.add_argument("--n-workers", type=int, default=None,

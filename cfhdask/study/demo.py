@@ -34,7 +34,7 @@ def demo_config(sim_dir: str, out_dir: str, *, n_perm: int, seed: int) -> dict:
 
 def run_demo(out_dir: str, *, n_patients: int = 30, n_controls: int = 30,
              n_volumes: int = 230, n_perm: int = 5000, seed: int = 0,
-             effect_size: float = 1.0, grid: str = "3mm", client: Any = None,
+             effect_size: float = 0.6, grid: str = "3mm", client: Any = None,
              on_stage: Any = None):
     """Simulate the paper-like cohort and run the whole study on it.
 
@@ -100,7 +100,7 @@ def planted_findings(clusters, alpha: float = 0.05) -> dict[str, dict]:
                           ("aal_peak", "harvard_oxford_peak", "aal_regions",
                            "harvard_oxford_regions"))
         out[name] = {"found": bool(d.min() <= 12.0), "distance_mm": float(d.min()),
-                     "peak": (row["peak_x"], row["peak_y"], row["peak_z"]),
+                     "peak": tuple(int(row[k]) for k in ("peak_x", "peak_y", "peak_z")),
                      "peak_t": float(row["peak_t"]), "size": int(row["size_voxels"]),
                      "p_fwe": float(row["p_fwe"]),
                      "label_ok": aal in labels or ho in labels}

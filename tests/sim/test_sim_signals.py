@@ -78,9 +78,13 @@ def test_band_limited_spectrum():
 
 
 def test_effect_mask_sizes():
+    from cfhdask.sim.anatomy import DEFAULT_EFFECTS
+
     m = effect_mask("3mm")
-    n1, n2 = (m == 1).sum(), (m == 2).sum()
-    assert 10 <= n1 <= 60 and 5 <= n2 <= 40  # full-effect cores of radius 7 and 6 mm spheres
+    for k, e in enumerate(DEFAULT_EFFECTS, 1):
+        # profile >= 0.5 inside 0.75 * radius: a ball of that radius in 27 mm^3 voxels
+        expected = 4 / 3 * np.pi * (0.75 * e.radius) ** 3 / 27.0
+        assert 0.75 * expected <= (m == k).sum() <= 1.25 * expected
     from cfhdask.grid import MNI_3MM_AFFINE, xyz_to_ijk
     assert m[tuple(xyz_to_ijk([-30, -2, 10], MNI_3MM_AFFINE)[0])] == 1
     assert m[tuple(xyz_to_ijk([30, -2, 10], MNI_3MM_AFFINE)[0])] == 0
