@@ -111,6 +111,25 @@ def _contrast_order(contrasts: list[str], table: pd.DataFrame) -> list[str]:
     return sorted(contrasts, key=lambda c: best.get(c, 1.0))
 
 
+def _clusters_for_table(table: pd.DataFrame, alpha: float, n_other: int = 5) -> pd.DataFrame:
+    """Per contrast: every significant cluster, then the ``n_other`` largest others.
+
+    The full list stays in ``clusters.tsv``; singletons of noise would bury the findings.
+    """
+    if table is None or table.empty or "contrast" not in table.columns:
+        return table
+    parts = []
+    for _, rows in table.groupby("contrast", sort=False):
+        if "p_fwe" in rows.columns:
+            rows = rows.sort_values(["p_fwe", "size_voxels"], ascending=[True, False],
+                                    kind="stable")
+            sig = rows["p_fwe"] < alpha
+            rows = pd.concat([rows[sig], rows[~sig].head(n_other)])
+        parts.append(rows)
+    order = _contrast_order(list(table["contrast"].unique()), table)
+    return pd.concat(sorted(parts, key=lambda r: order.index(r["contrast"].iloc[0])))
+
+
 def _clusters_to_show(rows: pd.DataFrame, alpha: float, max_clusters: int) -> pd.DataFrame:
     """Significant clusters (by p_fwe, then size); if none, the 3 largest."""
     if "p_fwe" not in rows.columns:
@@ -379,7 +398,7 @@ def build_report(
                       autoescape=select_autoescape(["html", "j2"]))
     tables = {
         "table1": _html_table(_table1_display(table1, groups)) if table1 is not None else "",
-        "clusters": _html_table(outputs.clusters, CLUSTER_COLUMNS),
+        "clusters": _html_table(_clusters_for_table(outputs.clusters, alpha), CLUSTER_COLUMNS),
         "correlations": _html_table(correlations, ("cluster", "variable", "method", "n", "r",
                                                    "ci_low", "ci_high", "p", "p_fdr"))
         if correlations is not None else "",
