@@ -34,7 +34,8 @@ from cfhdask.report.methods import collect_parameters, methods_paragraphs, packa
 log = logging.getLogger(__name__)
 
 CLUSTER_COLUMNS = ("contrast", "cluster", "size_voxels", "size_mm3", "peak_t", "peak_x",
-                   "peak_y", "peak_z", "p_fwe", "mass_p_fwe", "aal_peak", "harvard_oxford_peak")
+                   "peak_y", "peak_z", "p_fwe", "mass_p_fwe", "tfce_p_fwe", "aal_peak",
+                   "aal_regions", "harvard_oxford_peak")
 P_COLUMNS = ("p", "p_fwe", "mass_p_fwe", "p_fdr", "tfce_p_fwe")
 
 
