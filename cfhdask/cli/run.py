@@ -29,8 +29,12 @@ def print_result(res) -> None:
     cols = [c for c in ("contrast", "cluster", "size_voxels", "peak_t", "peak_x", "peak_y",
                         "peak_z", "p_fwe", "aal_peak", "harvard_oxford_peak")
             if c in res.clusters.columns]
-    print("\nClusters (voxel p < cluster-forming threshold, cluster-level FWE):")
-    print(res.clusters[cols].to_string(index=False) if len(res.clusters) else "  none")
+    from cfhdask.stats.outputs import summary_clusters
+
+    print("\nClusters (voxel p < cluster-forming threshold, cluster-level FWE; significant ones "
+          "and the 5 largest others per contrast):")
+    print(summary_clusters(res.clusters, alpha=0.05)[cols].to_string(index=False)
+          if len(res.clusters) else "  none")
     print("\nStage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items()))
     print(f"Store:   {res.store}\nStats:   {res.stats_dir}\nReport:  {res.report}")
     for k, v in res.skipped.items():

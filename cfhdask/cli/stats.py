@@ -88,9 +88,17 @@ def run(args: argparse.Namespace) -> int:
     if p["dropped_subjects"]:
         print(f"dropped: {p['dropped_subjects']}")
     if len(res.clusters):
+        from cfhdask.stats.outputs import summary_clusters
+
+        shown = summary_clusters(res.clusters, alpha=0.05)
+        cols = [c for c in ("contrast", "cluster", "size_voxels", "peak_t", "peak_x", "peak_y",
+                            "peak_z", "p_fwe", "mass_p_fwe", "tfce_p_fwe", "aal_peak",
+                            "harvard_oxford_peak") if c in shown.columns]
         with pd.option_context("display.width", 200, "display.max_columns", 30,
-                               "display.max_colwidth", 60):
-            print(res.clusters.to_string(index=False))
+                               "display.max_colwidth", 40):
+            print(shown[cols].to_string(index=False))
+        print(f"(significant clusters and the 5 largest others per contrast; all "
+              f"{len(res.clusters)} in {args.out}/clusters.tsv)")
     else:
         print("no cluster above the cluster-forming threshold")
     print(f"outputs in {args.out}")

@@ -30,6 +30,7 @@ from cfhdask.report.data import (
     read_stats_dir,
 )
 from cfhdask.report.methods import collect_parameters, methods_paragraphs, package_versions
+from cfhdask.stats.outputs import clusters_to_show, contrast_order, summary_clusters
 
 log = logging.getLogger(__name__)
 
@@ -104,46 +105,10 @@ def _cluster_t_threshold(p: Mapping[str, Any], outputs: StatsOutputs, contrast: 
     return 3.0
 
 
-def _contrast_order(contrasts: list[str], table: pd.DataFrame) -> list[str]:
-    """Contrasts with the most significant cluster first (ties: as given)."""
-    if "p_fwe" not in table.columns or "contrast" not in table.columns:
-        return list(contrasts)
-    best = table.groupby("contrast")["p_fwe"].min().to_dict()
-    return sorted(contrasts, key=lambda c: best.get(c, 1.0))
-
-
-def _clusters_for_table(table: pd.DataFrame, alpha: float, n_other: int = 5) -> pd.DataFrame:
-    """Per contrast: every significant cluster, then the ``n_other`` largest others.
-
-    The full list stays in ``clusters.tsv``; singletons of noise would bury the findings.
-    """
-    if table is None or table.empty or "contrast" not in table.columns:
-        return table
-    parts = []
-    for _, rows in table.groupby("contrast", sort=False):
-        if "p_fwe" in rows.columns:
-            rows = rows.sort_values(["p_fwe", "size_voxels"], ascending=[True, False],
-                                    kind="stable")
-            sig = rows["p_fwe"] < alpha
-            rows = pd.concat([rows[sig], rows[~sig].head(n_other)])
-        parts.append(rows)
-    order = _contrast_order(list(table["contrast"].unique()), table)
-    return pd.concat(sorted(parts, key=lambda r: order.index(r["contrast"].iloc[0])))
-
-
-def _clusters_to_show(rows: pd.DataFrame, alpha: float, max_clusters: int) -> pd.DataFrame:
-    """Significant clusters (by p_fwe, then size); if none, the 3 largest."""
-    if "p_fwe" not in rows.columns:
-        return rows.head(max_clusters)
-    rows = rows.sort_values(["p_fwe", "size_voxels"], ascending=[True, False], kind="stable")
-    sig = rows[rows["p_fwe"] < alpha]
-    return (sig if len(sig) else rows.head(3)).head(max_clusters)
-
-
 def _stats_figures(figs: _Figures, outputs: StatsOutputs, p: Mapping[str, Any], *,
                    max_clusters: int, alpha: float) -> None:
     table = outputs.clusters
-    for contrast in _contrast_order(outputs.contrasts, table):
+    for contrast in contrast_order(outputs.contrasts, table):
         timg = load_img(outputs.tstat[contrast])
         thr = _cluster_t_threshold(p, outputs, contrast)
         figs.add("Group difference", f"{contrast}: glass brain of the t-map (|t| > {thr:.2f})",
@@ -151,7 +116,7 @@ def _stats_figures(figs: _Figures, outputs: StatsOutputs, p: Mapping[str, Any], 
                      timg, threshold=thr, title=f"{c}: t"))
         if contrast not in outputs.clusters_img or "contrast" not in table.columns:
             continue
-        rows = _clusters_to_show(table[table["contrast"] == contrast], alpha, max_clusters)
+        rows = clusters_to_show(table[table["contrast"] == contrast], alpha, max_clusters)
         if rows.empty:
             continue
         peaks = [tuple(float(r[k]) for k in ("peak_x", "peak_y", "peak_z"))
@@ -399,7 +364,7 @@ def build_report(
                       autoescape=select_autoescape(["html", "j2"]))
     tables = {
         "table1": _html_table(_table1_display(table1, groups)) if table1 is not None else "",
-        "clusters": _html_table(_clusters_for_table(outputs.clusters, alpha), CLUSTER_COLUMNS),
+        "clusters": _html_table(summary_clusters(outputs.clusters, alpha), CLUSTER_COLUMNS),
         "correlations": _html_table(correlations, ("cluster", "variable", "method", "n", "r",
                                                    "ci_low", "ci_high", "p", "p_fdr"))
         if correlations is not None else "",

@@ -19,6 +19,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from cfhdask.errors import CfhdaskInputError
 
@@ -123,3 +124,39 @@ def _json(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def contrast_order(contrasts: list[str], table: pd.DataFrame) -> list[str]:
+    """Contrasts with the most significant cluster first (ties: as given)."""
+    if "p_fwe" not in table.columns or "contrast" not in table.columns:
+        return list(contrasts)
+    best = table.groupby("contrast")["p_fwe"].min().to_dict()
+    return sorted(contrasts, key=lambda c: best.get(c, 1.0))
+
+
+def summary_clusters(table: pd.DataFrame, alpha: float, n_other: int = 5) -> pd.DataFrame:
+    """Per contrast: every significant cluster, then the ``n_other`` largest others.
+
+    The full list stays in ``clusters.tsv``; singletons of noise would bury the findings.
+    """
+    if table is None or table.empty or "contrast" not in table.columns:
+        return table
+    parts = []
+    for _, rows in table.groupby("contrast", sort=False):
+        if "p_fwe" in rows.columns:
+            rows = rows.sort_values(["p_fwe", "size_voxels"], ascending=[True, False],
+                                    kind="stable")
+            sig = rows["p_fwe"] < alpha
+            rows = pd.concat([rows[sig], rows[~sig].head(n_other)])
+        parts.append(rows)
+    order = contrast_order(list(table["contrast"].unique()), table)
+    return pd.concat(sorted(parts, key=lambda r: order.index(r["contrast"].iloc[0])))
+
+
+def clusters_to_show(rows: pd.DataFrame, alpha: float, max_clusters: int) -> pd.DataFrame:
+    """Significant clusters (by p_fwe, then size); if none, the 3 largest."""
+    if "p_fwe" not in rows.columns:
+        return rows.head(max_clusters)
+    rows = rows.sort_values(["p_fwe", "size_voxels"], ascending=[True, False], kind="stable")
+    sig = rows[rows["p_fwe"] < alpha]
+    return (sig if len(sig) else rows.head(3)).head(max_clusters)
