@@ -88,6 +88,7 @@ def start_local_cluster(
             host="127.0.0.1",
             dashboard_address=dashboard_address,
             memory_limit=config.get("cluster.memory-limit", "auto"),
+            silence_logs=logging.WARNING,
         )
     log.info(
         "Embedded LocalCluster: %d workers x %d threads, BLAS threads %d; dashboard %s",

@@ -77,14 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _QuietLibraries(logging.Filter):
+    """Drop INFO chatter of Dask and its web stack (warnings and errors still show)."""
+
+    NOISY = ("distributed", "bokeh", "tornado", "fsspec", "asyncio", "aiobotocore")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.NOISY)
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Log to stderr: INFO by default, DEBUG with -vv, WARNING with -q."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("cfhdask").setLevel(level)
-    for noisy in ("distributed", "bokeh", "tornado", "fsspec", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if verbose < 2:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietLibraries())
+        for noisy in _QuietLibraries.NOISY:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
