@@ -65,6 +65,7 @@ def run_demo(out_dir: str, *, n_patients: int = 30, n_controls: int = 30,
     from cfhdask.sim.cohort import simulate_cohort
     from cfhdask.study.pipeline import run_study
 
+    out_dir = os.path.abspath(out_dir)  # study.yaml resolves relative paths against its folder
     os.makedirs(out_dir, exist_ok=True)
     sim_dir = os.path.join(out_dir, "sim")
     t0 = time.perf_counter()

@@ -46,3 +46,13 @@ def test_demo_config_is_valid(tmp_path):
     cfg = validate_config(demo_config(str(sim), str(tmp_path), n_perm=100, seed=1))
     assert cfg["stats"]["scheme"] == "draper-stoneman" and cfg["stats"]["n_perm"] == 100
     assert cfg["preprocessing"]["drop_volumes"] == 10
+
+
+def test_run_demo_with_a_relative_output_folder(tmp_path, monkeypatch, local_client):
+    from cfhdask.study.demo import run_demo
+
+    monkeypatch.chdir(tmp_path)
+    res, timings = run_demo("demo_out", n_patients=4, n_controls=4, n_volumes=60, n_perm=20,
+                            grid="6mm", client=local_client)
+    assert res.report.startswith(str(tmp_path / "demo_out"))
+    assert set(timings) == {"simulate", "ingest", "cfh", "stats", "clinical", "report"}
