@@ -104,7 +104,7 @@ def compute_cfh(
     scheduler_file: str | None = None,
     export: str | None = None,
     overwrite: bool = False,
-    backend: str = "numpy",
+    backend: str | None = None,
     show_progress: bool = True,
     storage_options: dict | None = None,
 ) -> xr.Dataset:
@@ -131,8 +131,8 @@ def compute_cfh(
         Directory for NIfTI maps (:func:`cfhdask.io.export.export_maps`).
     overwrite : bool
         Recompute subjects that already have complete results.
-    backend : {"numpy", "cupy"}
-        Array backend of the kernels (config ``cfh.backend``); ``cupy`` needs
+    backend : {"numpy", "cupy"}, optional
+        Array backend of the kernels (default: config ``cfh.backend``, "numpy"); ``cupy`` needs
         CuPy and a GPU on the workers.
     show_progress : bool
         Show a progress bar per subject.

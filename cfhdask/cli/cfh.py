@@ -32,8 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="only these subjects (default: every ingested subject)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute subjects that already have complete CFH results")
-    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
-                   help="array backend of the kernels (cupy needs a GPU on the workers)")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default=None,
+                   help="array backend of the kernels (default: config cfhdask.cfh.backend, "
+                        "numpy; cupy needs CuPy and a GPU on the workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--storage-options", default=None, metavar="JSON",
                    help='fsspec options of a remote STORE (credentials, endpoint), e.g. '

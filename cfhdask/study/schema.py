@@ -72,8 +72,9 @@ SCHEMA: dict[str, Any] = {
     "cfh": {
         "block": Key((int, type(None)), None, "Voxels per side of a correlation block "
                                               "(null: config cfhdask.cfh.block)."),
-        "backend": Key((str,), "numpy", "Array backend of the kernels.",
-                       choices=("numpy", "cupy")),
+        "backend": Key(_OPT_STR, None, "Array backend of the kernels "
+                       "(null: config cfhdask.cfh.backend, numpy).",
+                       choices=("numpy", "cupy", None)),
     },
     "participants": Key((str,), None, "Participants TSV/CSV with participant_id.",
                         required=True, path=True),
