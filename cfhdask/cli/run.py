@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise CfhdaskInputError("give the study YAML file (or --schema)")
     cfg = load_config(args.config)
     if args.check:
-        from cfhdask.study.pipeline import check_columns, discover, read_participants
+        from cfhdask.stats.design import read_participants
+        from cfhdask.study.pipeline import check_columns, discover
 
         check_columns(cfg, read_participants(cfg["participants"]))
         inputs, skips = discover(cfg)

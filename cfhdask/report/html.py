@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from cfhdask._version import package_versions
 from cfhdask.clinical.correlations import partial_residuals, significant_cluster_values
 from cfhdask.clinical.table1 import format_p
 from cfhdask.clinical.table1 import table1 as compute_table1
@@ -29,7 +30,7 @@ from cfhdask.report.data import (
     observed_for_null,
     read_stats_dir,
 )
-from cfhdask.report.methods import collect_parameters, methods_paragraphs, package_versions
+from cfhdask.report.methods import collect_parameters, methods_paragraphs
 from cfhdask.stats.outputs import clusters_to_show, contrast_order, summary_clusters
 
 log = logging.getLogger(__name__)

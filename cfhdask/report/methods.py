@@ -9,10 +9,10 @@ whose parameters are unknown is left out rather than guessed.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterable, Mapping
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from cfhdask._version import package_versions
 
 #: canonical parameter -> names it may have in params / stats.json / store attrs
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -54,22 +54,6 @@ SCHEMES = {
     "draper-stoneman": "Draper\u2013Stoneman (group labels permuted with the covariates "
                        "fixed, as SnPM)",
 }
-
-#: Distributions whose versions the report lists.
-PACKAGES = ("cfhdask", "numpy", "scipy", "pandas", "dask", "distributed", "xarray", "zarr",
-            "nibabel", "nilearn", "statsmodels", "pingouin", "matplotlib")
-
-
-def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
-    """Installed versions of ``packages`` (and Python); missing ones are skipped."""
-    out = {"python": platform.python_version()}
-    for name in packages:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
-
 
 def find_key(tree: Any, names: Iterable[str]) -> Any:
     """First value of any of ``names`` in a nested dict/list tree (breadth first), or None."""

