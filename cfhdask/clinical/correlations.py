@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -389,10 +390,8 @@ def partial_residuals(
 def write_correlations(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a correlation table (or cluster values) as TSV, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    df.to_csv(tmp, sep="\t", index=df.index.name is not None, float_format="%.6g", na_rep="n/a")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, sep="\t", index=df.index.name is not None,
+                                             float_format="%.6g", na_rep="n/a"))
     return path
 
 

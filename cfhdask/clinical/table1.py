@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,6 @@ def write_table1(df: pd.DataFrame, path: str | Path) -> Path:
     Path
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    df.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, sep="\t", index=False,
+                                             float_format="%.6g", na_rep="n/a"))
     return path

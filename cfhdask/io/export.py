@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.io.atomic import atomic_write
 from cfhdask.io.store import CohortStore, open_store
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,7 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path, description: str) ->
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = description.encode()[:79]
-    tmp = path.with_name("." + path.name)  # hidden, same extension
-    nib.save(img, tmp)
-    os.replace(tmp, path)  # never leave a half-written image under the final name
+    atomic_write(path, lambda tmp: nib.save(img, tmp))  # never a half-written image
 
 
 def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,

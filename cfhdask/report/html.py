@@ -22,6 +22,7 @@ from cfhdask.clinical.correlations import partial_residuals, significant_cluster
 from cfhdask.clinical.table1 import format_p
 from cfhdask.clinical.table1 import table1 as compute_table1
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.io.atomic import atomic_write
 from cfhdask.report import figures
 from cfhdask.report.data import (
     StatsOutputs,
@@ -378,10 +379,7 @@ def build_report(
         generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         build_seconds=f"{time.perf_counter() - t_start:.1f}",
     )
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_html.with_name(out_html.name + ".part")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out_html)
+    atomic_write(out_html, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     log.info("report written to %s in %.1f s (figures: %s)", out_html,
              time.perf_counter() - t_start,
              ", ".join(f"{k[:30]} {v:.1f}s" for k, v in figs.timings.items()))

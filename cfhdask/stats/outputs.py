@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,24 +21,12 @@ import pandas as pd
 
 from cfhdask._version import package_versions
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.io.atomic import atomic_write
 
 if TYPE_CHECKING:
     from cfhdask.stats.inference import GroupResult
 
 log = logging.getLogger(__name__)
-
-def _atomic(path: str, write) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
 
 def _write_text(path: str, text: str) -> None:
     with open(path, "w") as f:
@@ -72,7 +59,7 @@ def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
             nib.save(img, tmp + ".nii.gz")
             os.replace(tmp + ".nii.gz", tmp)
 
-        _atomic(path, save)
+        atomic_write(path, save)
         written.append(path)
 
     for name, c in result.contrasts.items():
@@ -87,17 +74,17 @@ def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
         nifti(f"{name}_clusters.nii.gz", c.cluster_labels, np.int32)
         for stat, values in c.null.items():
             path = os.path.join(out_dir, f"{name}_null_{stat}.npy")
-            _atomic(path, lambda tmp, v=values: np.save(tmp, v))
+            atomic_write(path, lambda tmp, v=values: np.save(tmp, v))
             written.append(path)
     path = os.path.join(out_dir, "clusters.tsv")
-    _atomic(path, lambda tmp: result.clusters.to_csv(tmp, sep="\t", index=False,
+    atomic_write(path, lambda tmp: result.clusters.to_csv(tmp, sep="\t", index=False,
                                                      float_format="%.6g"))
     written.append(path)
     meta = dict(result.params)
     meta["versions"] = package_versions()
     meta["outputs"] = sorted(os.path.basename(p) for p in written)
     path = os.path.join(out_dir, "stats.json")
-    _atomic(path, lambda tmp: _write_text(tmp, json.dumps(meta, indent=2, default=_json)))
+    atomic_write(path, lambda tmp: _write_text(tmp, json.dumps(meta, indent=2, default=_json)))
     written.append(path)
     log.info("Wrote %d files to %s", len(written), out_dir)
     return written

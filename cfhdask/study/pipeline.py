@@ -23,12 +23,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.io.atomic import atomic_write
 from cfhdask.stats.design import read_participants
 from cfhdask.study.schema import load_config, validate_config
 
@@ -150,11 +152,10 @@ def _stage_done(folder: str, fp: str) -> bool:
 
 
 def _mark_stage(folder: str, fp: str, params: dict) -> None:
-    tmp = os.path.join(folder, ".stage.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"fingerprint": fp, "complete": True, "parameters": params,
-                   "cfhdask_version": __version__}, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(folder, "stage.json"))
+    info = {"fingerprint": fp, "complete": True, "parameters": params,
+            "cfhdask_version": __version__}
+    atomic_write(os.path.join(folder, "stage.json"), lambda tmp: Path(tmp).write_text(
+        json.dumps(info, indent=2, default=str)))
 
 
 class _Timer:

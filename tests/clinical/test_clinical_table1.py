@@ -120,7 +120,7 @@ def test_write_table1_roundtrip(tmp_path, rng):
     back = pd.read_csv(path, sep="\t")
     assert list(back.columns) == list(t1.columns)
     np.testing.assert_allclose(back["p"].to_numpy(float), t1["p"].to_numpy(float), rtol=1e-5)
-    assert not list(tmp_path.rglob("*.part"))
+    assert not list(tmp_path.rglob(".tmp-*"))  # no temporary file left
     assert format_p(0.0001) == "<0.001" and format_p(0.4812) == "0.481" and format_p(np.nan) == ""
 
 

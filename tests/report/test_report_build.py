@@ -72,7 +72,7 @@ def test_report_is_self_contained_with_every_figure(report):
     assert "6 patient and 6 control" in html
     assert "Mann" in html and "chi2 (Yates)" in html
     assert f"{corr.r.iloc[0]:.3g}" in html
-    assert not list(path.parent.glob("*.part"))
+    assert not list(path.parent.glob(".tmp-*"))  # no temporary file left
 
 
 def test_report_without_store_or_participants(synthetic_study, tmp_path):
