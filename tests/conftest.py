@@ -11,6 +11,11 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+# A plugin may have imported NumPy (and started OpenBLAS) before this file ran, in
+# which case the variables above came too late: pin the pools for the whole session.
+threadpool_limits(limits=1)
 
 
 @pytest.fixture

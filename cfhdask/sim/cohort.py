@@ -202,7 +202,8 @@ def simulate_cohort(
         results = client.gather(futures)
     else:
         n_jobs = max(1, int(n_jobs or available_cores()))
-        with threadpool_limits(limits=1 if n_jobs > 1 else None):
+        # one BLAS thread whatever n_jobs: the bytes written must not depend on it
+        with threadpool_limits(limits=1):
             if n_jobs == 1:
                 results = [_simulate_one(t) for t in tasks]
             else:
