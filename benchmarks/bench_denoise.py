@@ -74,9 +74,10 @@ def child_chunked(bold: str, out: str, memory_limit: str) -> None:
     import zarr
     from distributed import Client, LocalCluster
 
+    from cfhdask.grid import voxel_table
     from cfhdask.inputs import SubjectInput
     from cfhdask.io.nifti import read_header
-    from cfhdask.prep.mask import gm_mask, voxel_table
+    from cfhdask.prep.mask import gm_mask
     from cfhdask.prep.pipeline import DenoiseParams, denoise_graph, plan_subject
 
     header = read_header(bold)
@@ -101,8 +102,9 @@ def child_nilearn(bold: str, out: str) -> None:
     import nibabel as nib
     from nilearn import image, signal
 
+    from cfhdask.grid import voxel_table
     from cfhdask.prep.confounds import friston24, tissue_masks
-    from cfhdask.prep.mask import gm_mask, voxel_table
+    from cfhdask.prep.mask import gm_mask
 
     t0 = time.perf_counter()
     img = nib.load(bold)

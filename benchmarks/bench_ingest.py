@@ -26,7 +26,7 @@ import numpy as np
 
 from cfhdask.cluster import dask_client
 from cfhdask.grid import MNI_3MM_AFFINE, MNI_3MM_SHAPE
-from cfhdask.io.ingest import ingest
+from cfhdask.prep.ingest import ingest
 from cfhdask.prep.mask import gm_mask
 
 

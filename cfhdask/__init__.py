@@ -21,7 +21,7 @@ from cfhdask._version import __version__
 _API: dict[str, str] = {
     "CohortStore": "cfhdask.io.store",
     "open_store": "cfhdask.io.store",
-    "ingest": "cfhdask.io.ingest",
+    "ingest": "cfhdask.prep.ingest",
     "export_maps": "cfhdask.io.export",
     "simulate_cohort": "cfhdask.sim.cohort",
     "compute_cfh": "cfhdask.cfh.compute",

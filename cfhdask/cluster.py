@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import dask
 from distributed import Client, LocalCluster, get_client
 
-from cfhdask import config
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,10 @@ def local_layout(
     (n_workers, threads_per_worker, blas_threads)
     """
     cores = available_cores()
-    n_workers = n_workers or config.get("cluster.n-workers") or cores
-    threads_per_worker = threads_per_worker or config.get("cluster.threads-per-worker") or 1
-    blas = config.get("cluster.blas-threads") or max(1, cores // (n_workers * threads_per_worker))
+    cl = settings().cluster
+    n_workers = n_workers or cl.n_workers or cores
+    threads_per_worker = threads_per_worker or cl.threads_per_worker or 1
+    blas = cl.blas_threads or max(1, cores // (n_workers * threads_per_worker))
     return int(n_workers), int(threads_per_worker), int(blas)
 
 
@@ -75,10 +76,11 @@ def start_local_cluster(
 ) -> LocalCluster:
     """Start an embedded LocalCluster on localhost, sized to the machine."""
     n_workers, threads, blas = local_layout(n_workers, threads_per_worker)
+    cl = settings().cluster
     if processes is None:
-        processes = bool(config.get("cluster.processes", True))
+        processes = cl.processes
     if dashboard_address == "default":
-        dashboard_address = config.get("cluster.dashboard-address", "127.0.0.1:0")
+        dashboard_address = cl.dashboard_address
     env = blas_env(blas)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
         cluster = LocalCluster(
@@ -87,7 +89,7 @@ def start_local_cluster(
             processes=processes,
             host="127.0.0.1",
             dashboard_address=dashboard_address,
-            memory_limit=config.get("cluster.memory-limit", "auto"),
+            memory_limit=cl.memory_limit,
             silence_logs=logging.WARNING,
         )
     log.info(
@@ -99,9 +101,9 @@ def start_local_cluster(
 
 def jobqueue_kwargs() -> tuple[dict, int]:
     """dask-jobqueue cluster keyword arguments and job count from ``cfhdask.cluster.jobqueue``."""
-    jq = dict(config.get("cluster.jobqueue") or {})
-    jobs = int(jq.pop("jobs", 1) or 1)
-    kwargs = {k.replace("-", "_"): v for k, v in jq.items() if v is not None}
+    jq = settings().cluster.jobqueue.model_dump()
+    jobs = int(jq.pop("jobs"))
+    kwargs = {k: v for k, v in jq.items() if v is not None}
     return kwargs, jobs
 
 
@@ -126,8 +128,8 @@ def _start_batch_cluster(kind: str):
             raise CfhdaskInputError(
                 "--cluster kubernetes needs dask-kubernetes: pip install 'cfhdask[kubernetes]'"
             ) from exc
-        k8s = config.get("cluster.kubernetes")
-        return KubeCluster(name="cfhdask", image=k8s["image"], n_workers=int(k8s["n-workers"]))
+        k8s = settings().cluster.kubernetes
+        return KubeCluster(name="cfhdask", image=k8s.image, n_workers=k8s.n_workers)
     raise CfhdaskInputError(f"--cluster: unknown kind {kind!r} (local, slurm, pbs, kubernetes)")
 
 

@@ -1,4 +1,4 @@
-"""Voxel grids, world coordinates and hemispheres.
+"""Voxel grids, world coordinates, hemispheres and the voxel table of a mask.
 
 The paper's data live on the DPABI/SPM 3 mm MNI grid (61 x 73 x 61).  Hemispheres
 are defined by world x: x < 0 left, x > 0 right, x == 0 midline (never part of
@@ -6,6 +6,8 @@ CFH).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,4 +67,65 @@ def same_grid(shape_a, affine_a, shape_b, affine_b, tol: float = AFFINE_TOL_MM) 
     """Whether two (shape, affine) pairs describe the same voxel grid."""
     return tuple(shape_a)[:3] == tuple(shape_b)[:3] and bool(
         np.allclose(np.asarray(affine_a), np.asarray(affine_b), atol=tol, rtol=0)
+    )
+
+
+@dataclass(frozen=True)
+class VoxelTable:
+    """The mask's voxels in store order.
+
+    Attributes
+    ----------
+    ijk : ndarray (n_voxels, 3) int32
+        Voxel indices on the grid.
+    xyz : ndarray (n_voxels, 3) float64
+        World (MNI mm) coordinates.
+    hemisphere : ndarray (n_voxels,) int8
+        -1 left, +1 right, 0 midline.
+    n_left, n_right, n_midline : int
+        Block sizes (left block first, then right, then midline).
+    """
+
+    ijk: np.ndarray
+    xyz: np.ndarray
+    hemisphere: np.ndarray
+    n_left: int
+    n_right: int
+    n_midline: int
+
+    @property
+    def n_voxels(self) -> int:
+        """Number of voxels in the mask."""
+        return self.n_left + self.n_right + self.n_midline
+
+
+def voxel_table(mask: np.ndarray, affine: np.ndarray) -> VoxelTable:
+    """Voxels of a 3D mask in store order (left, right, midline; C order inside).
+
+    Parameters
+    ----------
+    mask : ndarray of bool, 3D
+        The analysis mask.
+    affine : ndarray of shape (4, 4)
+        Voxel-to-world affine of the mask's grid.
+
+    Returns
+    -------
+    VoxelTable
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3D, got shape {mask.shape}")
+    flat = np.flatnonzero(mask)  # increasing C-order index
+    ijk = np.stack(np.unravel_index(flat, mask.shape), axis=1)
+    xyz = ijk_to_xyz(ijk, affine)
+    hemi = hemisphere_of(xyz[:, 0])
+    order = np.concatenate([np.flatnonzero(hemi == code) for code in (LEFT, RIGHT, MIDLINE)])
+    return VoxelTable(
+        ijk=ijk[order].astype(np.int32),
+        xyz=xyz[order],
+        hemisphere=hemi[order],
+        n_left=int(np.count_nonzero(hemi == LEFT)),
+        n_right=int(np.count_nonzero(hemi == RIGHT)),
+        n_midline=int(np.count_nonzero(hemi == MIDLINE)),
     )

@@ -1,13 +1,21 @@
-"""What one subject brings to ingest: the BOLD image and its companions."""
+"""Subjects: what one brings to ingest, its store id, and the participant it belongs to.
+
+A store subject is named ``sub-<label>[_ses-<label>][_run-<index>]`` (BIDS)
+or by a file stem; a participants table has one row per participant, keyed by
+``participant_id``.  :func:`match_subjects` is the one place the two are paired.
+"""
 
 from __future__ import annotations
 
 import os
 import posixpath
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|run)-([A-Za-z0-9]+)")
+#: Key column of a participants table (BIDS).
+ID_COLUMN = "participant_id"
 
 
 @dataclass(frozen=True)
@@ -78,4 +86,30 @@ def subject_id(path: str, *, with_run: bool = True) -> str:
         out += f"_ses-{ents['ses']}"
     if with_run and "run" in ents:
         out += f"_run-{ents['run']}"
+    return out
+
+
+def participant_of(subject: str) -> str:
+    """The participant label part of a store subject id (``sub-01_ses-2_run-1`` -> ``sub-01``)."""
+    head = str(subject).split("_")[0]
+    return head if head.startswith("sub-") else str(subject)
+
+
+def match_subjects(table_ids: Iterable[str], subjects: Sequence[str]) -> dict[str, str]:
+    """Map each store subject to its ``participant_id`` row; unmatched subjects are absent.
+
+    A subject matches a row whose id equals it, or equals its participant part
+    (:func:`participant_of`), with or without the ``sub-`` prefix on either side.
+    """
+    norm: dict[str, str] = {}
+    for tid in map(str, table_ids):
+        norm.setdefault(tid, tid)
+        norm.setdefault(tid.removeprefix("sub-"), tid)
+    out = {}
+    for s in subjects:
+        for key in (s, s.removeprefix("sub-"), participant_of(s),
+                    participant_of(s).removeprefix("sub-")):
+            if key in norm:
+                out[s] = norm[key]
+                break
     return out

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from cfhdask import config
 from cfhdask._version import __version__
 from cfhdask.backend import cupy_available
 from cfhdask.cfh.graph import cfh_graph, standardize_graph
 from cfhdask.cfh.kernels import CONSTANT_RTOL, R_CLIP, fisher_z
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,13 @@ def compute_cfh(
     from cfhdask.cluster import dask_client
 
     t0 = time.perf_counter()
-    backend = backend or config.get("cfh.backend", "numpy")
+    backend = backend or settings().cfh.backend
     if backend not in ("numpy", "cupy"):
         raise CfhdaskInputError(f"--backend: unknown backend {backend!r} (numpy or cupy)")
     if backend == "cupy" and not cupy_available():
         raise CfhdaskInputError("--backend cupy: CuPy is not installed or sees no GPU")
-    block = int(block or config.get("cfh.block", 4096))
-    split_every = int(split_every or config.get("cfh.split-every", 8))
+    block = int(block or settings().cfh.block)
+    split_every = int(split_every or settings().cfh.split_every)
     if block < 2:
         raise CfhdaskInputError(f"--block must be at least 2, got {block}")
     store = _open(store, storage_options)

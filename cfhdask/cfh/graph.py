@@ -23,14 +23,14 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask._task_spec import Task, TaskRef
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from cfhdask import config
+from cfhdask._compat import Task, TaskRef
 from cfhdask.backend import to_backend, to_numpy
 from cfhdask.cfh.kernels import block_maxcorr, combine_many, standardize
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.settings import settings
 
 #: names of the outputs of :func:`cfh_graph`
 OUTPUTS = ("left_rmax", "left_arg", "right_rmax", "right_arg")
@@ -139,7 +139,7 @@ def standardize_graph(x: Any, *, block: int | None = None,
     z : dask array (voxel, time) float32, time in one chunk
     valid : dask array (voxel,) bool, False for constant series
     """
-    block = int(block or config.get("cfh.block", 4096))
+    block = int(block or settings().cfh.block)
     x = _as_series(x, block, "series")
     tok = tokenize(x, backend)
     sname, zname, vname = f"cfh-std-{tok}", f"cfh-z-{tok}", f"cfh-valid-{tok}"
@@ -200,8 +200,8 @@ def cfh_graph(
         none), ``left_arg`` (nL,) int64 index into ``right`` (-1 where none),
         ``right_rmax`` (nR,), ``right_arg`` (nR,) index into ``left``.
     """
-    block = int(block or config.get("cfh.block", 4096))
-    split_every = int(split_every or config.get("cfh.split-every", 8))
+    block = int(block or settings().cfh.block)
+    split_every = int(split_every or settings().cfh.split_every)
     if block < 1:
         raise CfhdaskInputError(f"cfh block must be >= 1, got {block}")
     if split_every < 2:

@@ -12,7 +12,10 @@ import logging
 import sys
 
 from cfhdask._version import __version__
+from cfhdask.cli.options import add_cluster_options, add_log_options, cluster_kwargs
 from cfhdask.errors import CfhdaskError
+
+__all__ = ["add_cluster_options", "build_parser", "cluster_kwargs", "main"]
 
 #: Sub-commands, in the order ``--help`` lists them: name -> module.
 COMMANDS: dict[str, str] = {
@@ -24,33 +27,6 @@ COMMANDS: dict[str, str] = {
     "run": "cfhdask.cli.run",
     "demo": "cfhdask.cli.demo",
 }
-
-
-def add_cluster_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that computes on Dask."""
-    g = p.add_argument_group("Dask cluster (default: an embedded LocalCluster on this machine)")
-    g.add_argument("--scheduler", metavar="ADDRESS",
-                   help="address of a running Dask scheduler to attach to, e.g. tcp://head:8786")
-    g.add_argument("--scheduler-file", metavar="FILE",
-                   help="scheduler file written by `dask scheduler --scheduler-file FILE`")
-    g.add_argument("--cluster", choices=["local", "slurm", "pbs", "kubernetes"], default=None,
-                   help="start a cluster of this kind (settings in cfhdask.yaml, "
-                        "section cfhdask.cluster); default local")
-    g.add_argument("--n-workers", type=int, default=None,
-                   help="workers of the embedded LocalCluster (default: one per core)")
-    g.add_argument("--threads-per-worker", type=int, default=None,
-                   help="threads per worker of the embedded LocalCluster (default 1)")
-
-
-def cluster_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`cfhdask.cluster.dask_client` from parsed options."""
-    return {
-        "scheduler": args.scheduler,
-        "scheduler_file": args.scheduler_file,
-        "cluster": args.cluster,
-        "n_workers": args.n_workers,
-        "threads_per_worker": args.threads_per_worker,
-    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for modname in COMMANDS.values():
+    for name, modname in COMMANDS.items():
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as exc:  # a command not built into this install
@@ -74,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.add_parser(sub)
+        add_log_options(sub.choices[name])
     return parser
 
 

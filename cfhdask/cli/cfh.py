@@ -7,7 +7,12 @@ import time
 
 import numpy as np
 
-from cfhdask.cli import add_cluster_options, cluster_kwargs
+from cfhdask.cli.options import (
+    add_cluster_options,
+    add_setting,
+    cluster_kwargs,
+    parse_storage_options,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -20,11 +25,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "write the Fisher-z CFH map and the counterpart index into the store. "
                     "Complete subjects are skipped (see --overwrite).")
     p.add_argument("store", metavar="STORE", help="cohort store (directory or fsspec URL)")
-    p.add_argument("--block", type=int, default=None, metavar="N",
-                   help="voxels per side of one correlation block (default: config "
-                        "cfhdask.cfh.block, 4096)")
-    p.add_argument("--split-every", type=int, default=None, metavar="K",
-                   help="fan-in of the tree reduction across blocks (default 8)")
+    add_setting(p, "--block", "cfh", type=int, metavar="N")
+    add_setting(p, "--split-every", "cfh", type=int, metavar="K")
     p.add_argument("--export", metavar="DIR", default=None,
                    help="also write <subject>_cfh.nii.gz and <subject>_counterpart.nii.gz "
                         "into DIR")
@@ -32,9 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="only these subjects (default: every ingested subject)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute subjects that already have complete CFH results")
-    p.add_argument("--backend", choices=["numpy", "cupy"], default=None,
-                   help="array backend of the kernels (default: config cfhdask.cfh.backend, "
-                        "numpy; cupy needs CuPy and a GPU on the workers)")
+    add_setting(p, "--backend", "cfh", choices=["numpy", "cupy"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--storage-options", default=None, metavar="JSON",
                    help='fsspec options of a remote STORE (credentials, endpoint), e.g. '
@@ -47,7 +47,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run ``cfhdask cfh``; prints a short summary."""
     from cfhdask.cfh.compute import compute_cfh
-    from cfhdask.cli.ingest import parse_storage_options
     from cfhdask.cluster import dask_client
 
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cfhdask.prep.options import add_denoise_options, denoise_params_from_args, inputs_from_args
+from cfhdask.cli.prep_options import add_denoise_options, denoise_params_from_args, inputs_from_args
 from cfhdask.prep.summary import format_plan_table, plan_inputs
 
 log = logging.getLogger(__name__)

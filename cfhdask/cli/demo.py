@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cfhdask.cli.options import add_setting
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -16,18 +18,15 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="demo_output",
                    help="output folder (default demo_output); a simulated cohort already "
                         "there is reused")
-    p.add_argument("--n-patients", type=int, default=30, help="patients (default 30)")
-    p.add_argument("--n-controls", type=int, default=30, help="controls (default 30)")
-    p.add_argument("--n-volumes", type=int, default=230,
-                   help="volumes per run before dropping the first 10 (default 230)")
-    p.add_argument("--n-perm", type=int, default=5000, help="permutations (default 5000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of simulation and permutations")
-    p.add_argument("--effect-size", type=float, default=0.6,
-                   help="scale of the planted effects (0 = null cohort; default 0.6)")
-    p.add_argument("--grid", default="3mm",
-                   help="voxel grid: 3mm (the paper's, default) or e.g. 6mm for a quick look")
-    p.add_argument("--n-workers", type=int, default=None,
-                   help="workers of the embedded LocalCluster (default: one per core)")
+    for flag, kind in (("--n-patients", int), ("--n-controls", int), ("--n-volumes", int),
+                       ("--effect-size", float)):
+        add_setting(p, flag, "simulate", type=kind)
+    add_setting(p, "--grid", "simulate",
+                help="Voxel grid: 3mm (the paper's) or e.g. 6mm for a quick look")
+    add_setting(p, "--seed", "simulate", type=int,
+                help="Seed of the simulation and the permutations")
+    add_setting(p, "--n-perm", "stats", type=int)
+    add_setting(p, "--n-workers", "cluster", type=int)
     p.set_defaults(func=run)
 
 
@@ -36,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cfhdask.cli.run import print_result
     from cfhdask.cluster import dask_client
+    from cfhdask.settings import settings
     from cfhdask.study.demo import planted_findings, run_demo
 
     t0 = time.perf_counter()
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
             n_volumes=args.n_volumes, n_perm=args.n_perm, seed=args.seed,
             effect_size=args.effect_size, grid=args.grid, client=client)
     res.timings = timings
+    effect_size = (args.effect_size if args.effect_size is not None
+                   else settings().simulate.effect_size)
     print_result(res)
     print(f"\nTotal wall time: {time.perf_counter() - t0:.0f} s")
     found = planted_findings(res.clusters)
@@ -59,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
             ok &= f["label_ok"]
         else:
             print(f"  {name}: not found")
-            ok = ok and args.effect_size == 0
+            ok = ok and effect_size == 0
     return 0 if ok else 1

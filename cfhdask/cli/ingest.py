@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from cfhdask.cli import add_cluster_options, cluster_kwargs
+from cfhdask.cli.options import (
+    add_cluster_options,
+    add_setting,
+    cluster_kwargs,
+    overrides,
+    parse_storage_options,
+)
+from cfhdask.cli.prep_options import add_denoise_options
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.prep.options import add_denoise_options
 
 
 def add_parser(subparsers) -> None:
@@ -28,16 +33,13 @@ def add_parser(subparsers) -> None:
                         "name (sub-<label>[_ses-<label>][_run-<n>]) or the file stem")
     p.add_argument("--out", required=True, metavar="STORE",
                    help="cohort store directory or URL (created if absent, else extended)")
-    p.add_argument("--mask", default=None, metavar="gm|MASK.nii.gz",
-                   help="'gm' (MNI152 grey-matter template > --gm-threshold; default for a "
-                        "new store) or a mask NIfTI on the data grid; an existing store "
-                        "keeps its mask")
-    p.add_argument("--gm-threshold", type=float, default=0.2, metavar="P",
-                   help="grey-matter probability threshold of the gm mask (default 0.2)")
+    add_setting(p, "--mask", "mask", "source", dest="mask", metavar="gm|MASK.nii.gz",
+                help="'gm' (MNI152 grey-matter template > --gm-threshold) or a mask NIfTI on "
+                     "the data grid, for a new store; an existing store keeps its mask")
+    add_setting(p, "--gm-threshold", "mask", type=float, metavar="P")
     p.add_argument("--overwrite", action="store_true",
                    help="re-ingest subjects that are already complete in the store")
-    p.add_argument("--voxel-chunk", type=int, default=None, metavar="N",
-                   help="voxels per Zarr chunk of a new store (default from cfhdask.yaml)")
+    add_setting(p, "--voxel-chunk", "store", type=int, metavar="N")
     p.add_argument("--storage-options", default=None, metavar="JSON",
                    help='fsspec options for remote URLs, e.g. \'{"anon": true}\'')
     add_denoise_options(p)
@@ -45,33 +47,22 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_storage_options(text: str | None) -> dict:
-    """The ``--storage-options`` JSON object as a dict."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CfhdaskInputError(f"--storage-options: not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise CfhdaskInputError("--storage-options: must be a JSON object")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``cfhdask ingest``."""
-    from cfhdask.cluster import dask_client
-    from cfhdask.io.ingest import SubjectsFailed, ingest
-    from cfhdask.io.nifti import check_bold, read_header
-    from cfhdask.prep.options import (
+    from cfhdask.cli.prep_options import (
         denoise_params_from_args,
         denoise_requested,
         inputs_from_args,
     )
+    from cfhdask.cluster import dask_client
+    from cfhdask.io.nifti import check_bold, read_header
+    from cfhdask.prep.ingest import SubjectsFailed, ingest
     from cfhdask.prep.pipeline import make_prepare
     from cfhdask.prep.summary import format_plan_table, plan_inputs
+    from cfhdask.settings import resolve
 
     so = parse_storage_options(args.storage_options)
+    mask = resolve("mask", overrides(args, ("gm_threshold",)), style="cli")
     if not (args.bold or args.bids_derivatives or args.dpabi):
         raise CfhdaskInputError("give BOLD files, --bids-derivatives DIR or --dpabi DIR")
     params = denoise_params_from_args(args)
@@ -88,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         inputs = [i for i in inputs if i.subject not in bad]
     else:
         for inp in inputs:  # cheap header checks before any cluster starts
-            check_bold(read_header(inp.bold, so), args.drop_volumes)
+            check_bold(read_header(inp.bold, so), params.drop_volumes)
         if args.dry_run:
             for inp in inputs:
                 print(f"{inp.subject}\t{inp.bold}\t(no denoising)")
@@ -98,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         with dask_client(**cluster_kwargs(args)) as client:
             try:
                 store = ingest(inputs, args.out, mask=args.mask,
-                               gm_threshold=args.gm_threshold,
+                               gm_threshold=mask.gm_threshold,
                                drop_volumes=params.drop_volumes, overwrite=args.overwrite,
                                client=client, voxel_chunk=args.voxel_chunk,
                                storage_options=so,

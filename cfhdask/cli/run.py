@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cfhdask.cli import add_cluster_options
+from cfhdask.cli.options import add_cluster_options
 
 
 def add_parser(sub) -> None:
@@ -43,7 +43,7 @@ def print_result(res) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cfhdask.errors import CfhdaskInputError
-    from cfhdask.study.schema import load_config, schema_markdown
+    from cfhdask.study.config import load_config, schema_markdown
 
     if args.schema:
         print(schema_markdown())
@@ -51,22 +51,21 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise CfhdaskInputError("give the study YAML file (or --schema)")
     cfg = load_config(args.config)
-    if args.check:
-        from cfhdask.stats.design import read_participants
-        from cfhdask.study.pipeline import check_columns, discover
+    from cfhdask.settings import resolve
 
-        check_columns(cfg, read_participants(cfg["participants"]))
-        inputs, skips = discover(cfg)
+    cfg.cluster = resolve("cluster", {
+        "scheduler": args.scheduler, "scheduler_file": args.scheduler_file,
+        "kind": args.cluster, "n_workers": args.n_workers,
+        "threads_per_worker": args.threads_per_worker}, style="cli", base=cfg.cluster)
+    if args.check:
+        from cfhdask.study.pipeline import check_study
+
+        inputs, skips = check_study(cfg)
         for i in inputs:
             print(f"{i.subject}\t{i.bold}")
         for s in skips:
             print(f"SKIP {s.subject}\t{s.reason}")
         return 1 if skips else 0
-    for key, val in (("scheduler", args.scheduler), ("scheduler_file", args.scheduler_file),
-                     ("kind", args.cluster), ("n_workers", args.n_workers),
-                     ("threads_per_worker", args.threads_per_worker)):
-        if val is not None:
-            cfg["cluster"][key] = val
     from cfhdask.study.pipeline import run_study
 
     res = run_study(cfg)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from cfhdask.cli import add_cluster_options, cluster_kwargs
-from cfhdask.errors import CfhdaskInputError
+from cfhdask.cli.options import (
+    add_cluster_options,
+    add_setting,
+    cluster_kwargs,
+    csv_list,
+    overrides,
+    parse_storage_options,
+)
 
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+#: Options -> fields of the ``stats`` and ``design`` settings.
+STATS_FIELDS = ("n_perm", "scheme", "cluster_p", "connectivity", "tfce", "seed", "metric",
+                "batch_size")
+DESIGN_FIELDS = ("covariates", "categorical", "drop_missing")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,33 +32,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="participants table (TSV or CSV) with a participant_id column")
     p.add_argument("--group", required=True, metavar="COLUMN",
                    help="column of the participants table holding the groups")
-    p.add_argument("--groups", type=_csv, default=None, metavar="A,B",
+    p.add_argument("--groups", type=csv_list, default=None, metavar="A,B",
                    help="the two groups to compare, e.g. patient,control (contrasts A_gt_B "
                         "and B_gt_A); default the column's two values, sorted")
-    p.add_argument("--covariates", type=_csv, default=["age", "sex", "education", "SDS", "SAS"],
-                   metavar="C1,C2", help="nuisance covariates (numeric ones mean-centred, "
-                                         "others dummy-coded); default age,sex,education,SDS,SAS; "
-                                         "'' for none")
-    p.add_argument("--n-perm", type=int, default=None,
-                   help="permutations incl. the identity (default cfhdask.stats.n-perm, 5000); "
-                        "fewer when exhaustive")
-    p.add_argument("--scheme", choices=["freedman-lane", "draper-stoneman"],
-                   default="freedman-lane",
-                   help="permutation scheme: freedman-lane (as randomise/PALM, default) or "
-                        "draper-stoneman (permute labels, as SnPM)")
-    p.add_argument("--cluster-p", type=float, default=0.001,
-                   help="cluster-forming voxel p, one-sided (default 0.001)")
-    p.add_argument("--connectivity", type=int, choices=[6, 18, 26], default=18,
-                   help="voxel connectivity of clusters (default 18, as SPM/SnPM)")
-    p.add_argument("--tfce", action="store_true", help="also TFCE (E=0.5, H=2) with FWE p")
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
-    p.add_argument("--metric", default="cfh", choices=["cfh", "r_max"],
-                   help="per-subject map of the store to analyse (default cfh)")
-    p.add_argument("--drop-missing", action="store_true",
-                   help="drop (and report) subjects missing from the table or the store, "
-                        "or with missing values, instead of stopping")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="permutations per Dask task (default cfhdask.stats.batch-size)")
+    add_setting(p, "--covariates", "design", kind="list", metavar="C1,C2",
+                help="Nuisance covariates: numeric ones mean-centred, those named in "
+                     "--categorical dummy-coded; '' for none")
+    add_setting(p, "--categorical", "design", kind="list", metavar="C1,C2")
+    add_setting(p, "--n-perm", "stats", type=int)
+    add_setting(p, "--scheme", "stats", choices=["draper-stoneman", "freedman-lane"])
+    add_setting(p, "--cluster-p", "stats", type=float)
+    add_setting(p, "--connectivity", "stats", type=int, choices=[6, 18, 26])
+    add_setting(p, "--tfce", "stats", kind="bool")
+    add_setting(p, "--seed", "stats", type=int)
+    add_setting(p, "--metric", "stats", choices=["cfh", "r_max"])
+    add_setting(p, "--drop-missing", "design", kind="bool")
+    add_setting(p, "--batch-size", "stats", type=int)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--storage-options", default=None, metavar="JSON",
                    help='fsspec options for a remote store URL, e.g. \'{"anon": true}\'')
@@ -66,20 +62,19 @@ def run(args: argparse.Namespace) -> int:
 
     from cfhdask.cluster import dask_client
     from cfhdask.io.store import open_store
+    from cfhdask.settings import resolve
     from cfhdask.stats.inference import group_inference
 
-    if args.n_perm is not None and args.n_perm < 1:
-        raise CfhdaskInputError(f"--n-perm must be >= 1, got {args.n_perm}")
-    from cfhdask.cli.ingest import parse_storage_options
-
+    st = resolve("stats", overrides(args, STATS_FIELDS), style="cli")
+    des = resolve("design", overrides(args, DESIGN_FIELDS), style="cli")
     store = open_store(args.store, storage_options=parse_storage_options(args.storage_options))
     with dask_client(**cluster_kwargs(args)) as client:
         res = group_inference(
             store, args.participants, group=args.group, groups=args.groups,
-            covariates=args.covariates, n_perm=args.n_perm, scheme=args.scheme,
-            cluster_p=args.cluster_p, connectivity=args.connectivity, tfce=args.tfce,
-            seed=args.seed, out_dir=args.out, client=client, metric=args.metric,
-            drop_missing=args.drop_missing, batch_size=args.batch_size)
+            covariates=des.covariates, categorical=des.categorical, n_perm=st.n_perm,
+            scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
+            tfce=st.tfce, seed=st.seed, out_dir=args.out, client=client, metric=st.metric,
+            drop_missing=des.drop_missing, batch_size=st.batch_size)
     p = res.params
     print(f"{len(p['subjects'])} subjects {p['n_per_group']}, df {p['df']}, "
           f"{p['mask']['n_voxels_analysed']} voxels, {p['n_perm']} permutations "

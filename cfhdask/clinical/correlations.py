@@ -28,9 +28,6 @@ from cfhdask.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VARIABLES: tuple[str, ...] = ("illness_duration", "JRS_total", "JRS_severity",
-                                      "JRS_frequency")
-DEFAULT_COVARIATES: tuple[str, ...] = ("age", "sex", "education", "SAS", "SDS")
 METHODS = ("pearson", "spearman")
 
 
@@ -244,8 +241,8 @@ def cluster_correlations(
     *,
     group: str = "group",
     group_value: str = "patient",
-    variables: Sequence[str] = DEFAULT_VARIABLES,
-    covariates: Sequence[str] = DEFAULT_COVARIATES,
+    variables: Sequence[str] = (),
+    covariates: Sequence[str] = (),
     methods: Sequence[str] = METHODS,
     subject_column: str = "participant_id",
     fdr_family: str = "method",
@@ -299,6 +296,9 @@ def cluster_correlations(
     if fdr_family not in ("method", "all"):
         raise CfhdaskInputError(f"fdr_family must be 'method' or 'all', got {fdr_family!r}")
     variables, covariates = list(variables), list(covariates)
+    if not variables:
+        raise CfhdaskInputError("cluster_correlations: no clinical variable given "
+                                "(clinical.variables)")
     frame = _patient_frame(values, participants, group=group, group_value=group_value,
                            columns=[*variables, *covariates], subject_column=subject_column)
     vals = values.copy()
@@ -357,7 +357,7 @@ def partial_residuals(
     method: str = "pearson",
     group: str = "group",
     group_value: str = "patient",
-    covariates: Sequence[str] = DEFAULT_COVARIATES,
+    covariates: Sequence[str] = (),
     subject_column: str = "participant_id",
 ) -> pd.DataFrame:
     """Residualised clinical variable and cluster value (what a partial-correlation plot shows).

@@ -25,12 +25,6 @@ from cfhdask.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-#: Variables of the paper's Table 1, used when ``variables`` is not given
-#: (those absent from the participants table are skipped).
-DEFAULT_VARIABLES: tuple[str, ...] = (
-    "age", "sex", "education", "illness_duration",
-    "JRS_total", "JRS_severity", "JRS_frequency", "SAS", "SDS",
-)
 
 #: Columns of the table returned by :func:`table1` besides the per-group ones.
 SUMMARY_MEAN_SD = "mean (SD)"
@@ -109,9 +103,9 @@ def table1(
     groups : pair of str
         The two groups compared, in the order of the output columns.
     variables : sequence of str, optional
-        Variables (rows of the table).  Default: :data:`DEFAULT_VARIABLES`
-        that are present in ``participants``.  A named variable that is absent
-        is an error.
+        Variables (rows of the table).  Default: every column of
+        ``participants`` but ``participant_id`` and ``group``.  A named variable
+        that is absent is an error.
     categorical : sequence of str, optional
         Variables treated as categorical.  Default: the non-numeric ones.
     normality_alpha : float
@@ -145,8 +139,8 @@ def table1(
         A missing group column, group value or variable column.
     """
     groups = tuple(str(g) for g in groups)
-    if variables is None:
-        variables = [v for v in DEFAULT_VARIABLES if v in participants.columns]
+    if variables is None:  # every column but the ids and the group
+        variables = [c for c in participants.columns if c not in ("participant_id", group)]
     variables = list(variables)
     _check_columns(participants, group, groups, variables)
     if not 0 < normality_alpha < 1:

@@ -7,21 +7,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.io.atomic import atomic_write
+from cfhdask.io.nifti import write_nifti
 from cfhdask.io.store import CohortStore, open_store
 
 log = logging.getLogger(__name__)
-
-
-def _save(data: np.ndarray, affine: np.ndarray, path: Path, description: str) -> None:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
-    img.header["descrip"] = description.encode()[:79]
-    atomic_write(path, lambda tmp: nib.save(img, tmp))  # never a half-written image
 
 
 def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,
@@ -68,9 +60,10 @@ def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,
         coords[has] = xyz[counterpart[has]]
         p_cfh = out / f"{subject}_cfh.nii.gz"
         p_cp = out / f"{subject}_counterpart.nii.gz"
-        _save(store.to_volume(cfh), store.affine, p_cfh, f"cfhdask CFH Fisher z {subject}")
-        _save(store.to_volume(coords.T), store.affine, p_cp,
-              f"cfhdask counterpart MNI xyz {subject}")
+        write_nifti(p_cfh, store.to_volume(cfh), store.affine,
+                    description=f"cfhdask CFH Fisher z {subject}")
+        write_nifti(p_cp, store.to_volume(coords.T), store.affine,
+                    description=f"cfhdask counterpart MNI xyz {subject}")
         paths += [p_cfh, p_cp]
         log.info("Exported %s and %s", p_cfh, p_cp)
     return paths

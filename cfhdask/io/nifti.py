@@ -1,4 +1,4 @@
-"""Reading 4D BOLD NIfTI images from local paths or fsspec URLs.
+"""Reading 4D BOLD NIfTI images from local paths or fsspec URLs; writing result maps.
 
 Headers are read first (cheap) so that a whole cohort can be validated before
 anything is written; the data are then read lazily, as a Dask array of masked
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import dask
 import dask.array as da
-import fsspec
 import nibabel as nib
 import numpy as np
 
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import same_grid
+from cfhdask.io.urls import url_to_fs
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,7 @@ def _is_gz(url: str) -> bool:
 
 
 def _fs_path(url: str, storage_options: dict | None):
-    try:
-        return fsspec.core.url_to_fs(str(url), **(storage_options or {}))
-    except (ValueError, ImportError, TypeError) as exc:
-        raise CfhdaskInputError(f"{url}: cannot open this path or URL: {exc}") from exc
+    return url_to_fs(url, storage_options)
 
 
 def _image_from_stream(fileobj, url: str):
@@ -342,3 +339,37 @@ def masked_series(info: NiftiInfo, ijk: np.ndarray, drop_volumes: int = 0,
             info.url, ijk_key, b0, b1, storage_options, dask_key_name=name)
         blocks.append(da.from_delayed(part, shape=(len(ijk), b1 - b0), dtype=np.float32))
     return da.concatenate(blocks, axis=1)
+
+
+def write_nifti(path, data: np.ndarray, affine: np.ndarray, *, dtype=None,
+                description: str | None = None) -> str:
+    """Write a NIfTI-1 image atomically (the one NIfTI writer of cfhdask).
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.nii`` or ``.nii.gz``.
+    data : ndarray (3D or 4D)
+    affine : ndarray (4, 4)
+    dtype : numpy dtype, optional
+        On-disk type (default: the data's).
+    description : str, optional
+        The header's ``descrip`` (79 bytes at most).
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    import os
+
+    from cfhdask.io.atomic import atomic_write
+
+    data = np.asarray(data if dtype is None else np.asarray(data).astype(dtype))
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img.header.set_data_dtype(data.dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    if description:
+        img.header["descrip"] = description.encode()[:79]
+    atomic_write(path, lambda tmp: nib.save(img, tmp))
+    return os.fspath(path)

@@ -1,6 +1,6 @@
 """The cohort store: one Zarr v3 group holding a whole cohort.
 
-Layout (see ``/work/notes/store_contract.md`` and the README)::
+Layout (see the README, section *The cohort store*)::
 
     STORE/                      attrs: cfhdask_store_version, grid_shape, affine, mask, ...
       ijk        (voxel, axis)  int32
@@ -33,9 +33,11 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from cfhdask import config
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError, StoreVersionError
+from cfhdask.grid import voxel_table
+from cfhdask.io.atomic import to_jsonable
+from cfhdask.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +58,9 @@ def now_iso() -> str:
 
 
 def _compressors(dtype) -> list:
-    level = int(config.get("store.compressor-level", 3))
+    level = settings().store.compressor_level
     return [BloscCodec(cname="zstd", clevel=level, shuffle=BloscShuffle.shuffle,
                        typesize=np.dtype(dtype).itemsize)]
-
-
-def _jsonable(obj: Any) -> Any:
-    """Convert NumPy scalars/arrays and tuples so Zarr can store them as JSON attrs."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 class CohortStore:
@@ -149,8 +136,6 @@ class CohortStore:
         CohortStore
             Opened in ``"r+"`` mode.
         """
-        from cfhdask.prep.mask import voxel_table
-
         mask = np.asarray(mask, dtype=bool)
         grid_shape = tuple(int(s) for s in grid_shape)
         if mask.shape != grid_shape:
@@ -159,7 +144,7 @@ class CohortStore:
         table = voxel_table(mask, affine)
         if table.n_voxels == 0:
             raise CfhdaskInputError(f"mask {mask_info.get('source', '')!s}: no voxel in the mask")
-        chunk = int(voxel_chunk or config.get("store.voxel-chunk", 4096))
+        chunk = int(voxel_chunk or settings().store.voxel_chunk)
         chunk = max(1, min(chunk, table.n_voxels))
         try:
             root = zarr.open_group(store=url, mode="w-", zarr_format=3,
@@ -181,7 +166,7 @@ class CohortStore:
         root.require_group(SUBJECTS)
         info = dict(mask_info)
         info["n_voxels"] = int(table.n_voxels)
-        root.attrs.update(_jsonable({
+        root.attrs.update(to_jsonable({
             "cfhdask_store_version": STORE_VERSION,
             "cfhdask_version": __version__,
             "created": now_iso(),
@@ -414,7 +399,7 @@ class CohortStore:
         attrs.pop(CFH_FLAG, None)
         attrs.setdefault("subject", subject)
         attrs.setdefault("ingested", now_iso())
-        grp.attrs.update(_jsonable(attrs))
+        grp.attrs.update(to_jsonable(attrs))
         return grp.create_array(
             "bold", shape=(self.n_voxels, int(n_time)), dtype=np.float32,
             chunks=(self.voxel_chunk, int(n_time)), dimension_names=["voxel", "time"],
@@ -440,7 +425,7 @@ class CohortStore:
         """Mark a subject written by :meth:`begin_subject` as complete."""
         grp = self._subjects_group()[subject]
         if extra_attrs:
-            grp.attrs.update(_jsonable(extra_attrs))
+            grp.attrs.update(to_jsonable(extra_attrs))
         grp.attrs.update({INGEST_FLAG: True})
 
     def write_subject(self, subject: str, bold, attrs: dict) -> None:
@@ -537,7 +522,7 @@ class CohortStore:
                 graphs.append(da.store(arr.astype(dtype).rechunk(target.chunks), target,
                                        lock=False, compute=False))
             dask.compute(*graphs)
-            grp.attrs.update(_jsonable(dict(attrs)))
+            grp.attrs.update(to_jsonable(dict(attrs)))
             grp.attrs.update({CFH_FLAG: True})
         except BaseException:
             for name in CFH_VARS:
@@ -595,13 +580,13 @@ class CohortStore:
     def set_attrs(self, **attrs: Any) -> None:
         """Set root attributes (JSON-able values), e.g. a study's fingerprint."""
         self._require_writable()
-        self._root.attrs.update(_jsonable(attrs))
+        self._root.attrs.update(to_jsonable(attrs))
 
     def append_history(self, command: str, parameters: dict) -> None:
         """Record a command run on the store (provenance)."""
         self._require_writable()
         history = list(self._root.attrs.get("history", []))
-        history.append(_jsonable({"command": command, "parameters": parameters,
+        history.append(to_jsonable({"command": command, "parameters": parameters,
                                   "time": now_iso(), "version": __version__}))
         self._root.attrs.update({"history": history})
 

@@ -35,11 +35,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import pandas as pd
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.io.urls import read_text
 from cfhdask.prep.mask import gm_probability
 
 log = logging.getLogger(__name__)
@@ -89,16 +89,6 @@ def friston24(motion: np.ndarray) -> np.ndarray:
     return np.hstack([r, d, r**2, d**2])
 
 
-def _read_text(path: str) -> str:
-    try:
-        with fsspec.open(path, "rt") as f:
-            return f.read()
-    except FileNotFoundError as exc:
-        raise CfhdaskInputError(f"confounds file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CfhdaskInputError(f"cannot read confounds file {path}: {exc}") from exc
-
-
 def _is_number(tok: str) -> bool:
     try:
         float(tok)
@@ -107,13 +97,15 @@ def _is_number(tok: str) -> bool:
     return True
 
 
-def read_confounds_table(path: str) -> pd.DataFrame:
+def read_confounds_table(path: str, storage_options: dict | None = None) -> pd.DataFrame:
     """Read an fMRIPrep confounds TSV, a DPABI ``rp_*.txt`` or a plain table.
 
     Parameters
     ----------
     path : str
         Local path or fsspec URL.
+    storage_options : dict, optional
+        fsspec options of a remote URL.
 
     Returns
     -------
@@ -126,7 +118,7 @@ def read_confounds_table(path: str) -> pd.DataFrame:
     CfhdaskInputError
         Missing, unreadable or non-numeric file (the message names it).
     """
-    text = _read_text(path)
+    text = read_text(path, storage_options, what="confounds file")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise CfhdaskInputError(f"confounds file {path} is empty")
@@ -280,7 +272,7 @@ def select_confounds(
 # --------------------------------------------------------------------------- TR
 
 
-def sidecar_tr(path: str) -> float | None:
+def sidecar_tr(path: str, storage_options: dict | None = None) -> float | None:
     """``RepetitionTime`` (s) of a BIDS JSON sidecar; None when absent.
 
     Raises
@@ -289,7 +281,7 @@ def sidecar_tr(path: str) -> float | None:
         Unreadable JSON or a non-positive/non-numeric value.
     """
     try:
-        meta = json.loads(_read_text(path))
+        meta = json.loads(read_text(path, storage_options, what="sidecar"))
     except json.JSONDecodeError as exc:
         raise CfhdaskInputError(f"sidecar {path} is not valid JSON: {exc}") from exc
     tr = meta.get("RepetitionTime") if isinstance(meta, dict) else None

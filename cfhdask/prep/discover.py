@@ -24,34 +24,31 @@ import os
 import posixpath
 import re
 from collections.abc import Sequence
-
-import fsspec
+from typing import NamedTuple
 
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput, strip_ext, subject_id
+from cfhdask.io.urls import full_url, url_to_fs
 
 log = logging.getLogger(__name__)
 
-#: (subject id, reason) of a run that will not be ingested.
-Skip = tuple[str, str]
+class Skip(NamedTuple):
+    """A run that will not be ingested, and why."""
+
+    subject: str
+    reason: str
 
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|run)-([A-Za-z0-9]+)")
 _NIFTI = (".nii.gz", ".nii")
 
 
-def _fs(url: str):
-    try:
-        fs, root = fsspec.core.url_to_fs(url)
-    except (ValueError, ImportError) as exc:
-        raise CfhdaskInputError(f"cannot open folder {url}: {exc}") from exc
+def _fs(url: str, storage_options: dict | None = None):
+    fs, root = url_to_fs(url, storage_options, what="folder")
     if not fs.isdir(root):
         raise CfhdaskInputError(f"not a folder: {url}")
     return fs, root
 
 
-def _full(fs, path: str) -> str:
-    """Path as the user can pass it on (protocol kept for remote files)."""
-    return path if "file" in fs.protocol or fs.protocol == "local" else fs.unstrip_protocol(path)
 
 
 def _labels(participant_label: Sequence[str] | str | None) -> set[str] | None:
@@ -72,7 +69,7 @@ def _dedupe(found: list[SubjectInput], skipped: list[Skip]) -> list[SubjectInput
             seen[inp.subject] = inp
     for sub in sorted(dups):
         files = [i.bold for i in found if i.subject == sub]
-        skipped.append((sub, f"several runs map to subject id {sub}: {', '.join(files)}"))
+        skipped.append(Skip(sub, f"several runs map to subject id {sub}: {', '.join(files)}"))
     return [i for i in seen.values() if i.subject not in dups]
 
 
@@ -119,15 +116,15 @@ def discover_fmriprep(
                 confounds = cand
                 break
         if confounds is None and require_confounds:
-            skipped.append((sub, f"{_full(fs, bold)}: no confounds table "
+            skipped.append(Skip(sub, f"{full_url(fs, bold)}: no confounds table "
                                  f"{prefix}_desc-confounds_timeseries.tsv next to it"))
             continue
         sidecar = posixpath.join(folder, strip_ext(name) + ".json")
         found.append(SubjectInput(
             subject=sub,
-            bold=_full(fs, bold),
-            confounds=_full(fs, confounds) if confounds else None,
-            sidecar=_full(fs, sidecar) if fs.exists(sidecar) else None,
+            bold=full_url(fs, bold),
+            confounds=full_url(fs, confounds) if confounds else None,
+            sidecar=full_url(fs, sidecar) if fs.exists(sidecar) else None,
             extra={"layout": "fmriprep", "space": space, "task": task},
         ))
     if not found and not skipped:
@@ -180,24 +177,24 @@ def discover_dpabi(
         niftis = sorted(p for p in fs.ls(sub_dir, detail=False) if p.endswith(_NIFTI))
         if len(niftis) != 1:
             what = "no" if not niftis else f"{len(niftis)}"
-            skipped.append((sub, f"{_full(fs, sub_dir)}: {what} NIfTI files (one 4D image expected)"))
+            skipped.append(Skip(sub, f"{full_url(fs, sub_dir)}: {what} NIfTI files (one 4D image expected)"))
             continue
         rps = sorted(fs.glob(posixpath.join(base, "RealignParameter", sub, "rp_*.txt")))
         if not rps and require_confounds:
-            skipped.append((sub, f"{_full(fs, niftis[0])}: no RealignParameter/{sub}/rp_*.txt"))
+            skipped.append(Skip(sub, f"{full_url(fs, niftis[0])}: no RealignParameter/{sub}/rp_*.txt"))
             continue
         if len(rps) > 1:
-            skipped.append((sub, f"several realignment files in RealignParameter/{sub}: "
+            skipped.append(Skip(sub, f"several realignment files in RealignParameter/{sub}: "
                                  f"{', '.join(posixpath.basename(r) for r in rps)}"))
             continue
         found.append(SubjectInput(
             subject=sub,
-            bold=_full(fs, niftis[0]),
-            realign=_full(fs, rps[0]) if rps else None,
+            bold=full_url(fs, niftis[0]),
+            realign=full_url(fs, rps[0]) if rps else None,
             extra={"layout": "dpabi", "dpabi_dir": posixpath.basename(func)},
         ))
     if not found and not skipped:
-        raise CfhdaskInputError(f"--dpabi {root}: no subject folder in {_full(fs, func)}")
+        raise CfhdaskInputError(f"--dpabi {root}: no subject folder in {full_url(fs, func)}")
     return found, skipped
 
 
@@ -244,7 +241,7 @@ def pair_files(
         sub = subject_id(f)
         c = by_sub.get(sub)
         if c is None and require_confounds:
-            skipped.append((sub, f"{f}: no confounds file given for subject {sub} (--confounds)"))
+            skipped.append(Skip(sub, f"{f}: no confounds file given for subject {sub} (--confounds)"))
             continue
         side = None
         if "://" not in f or f.startswith("file://"):

@@ -5,8 +5,8 @@
   (``> gm_threshold``, 0.2 as in the paper);
 * a user mask: a NIfTI on the data grid (non-zero voxels).
 
-The voxel table orders the mask's voxels as the cohort store does: left
-hemisphere, right hemisphere, midline; C order of the grid inside each block.
+The voxel table of a mask (store order: left, right, midline) is
+:func:`cfhdask.grid.voxel_table`.
 """
 
 from __future__ import annotations
@@ -14,78 +14,16 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.grid import LEFT, MIDLINE, RIGHT, hemisphere_of, ijk_to_xyz, same_grid
+from cfhdask.grid import same_grid
 
 log = logging.getLogger(__name__)
 
 #: Default grey-matter probability threshold (paper, Methods 2.4).
 GM_THRESHOLD = 0.2
-
-
-@dataclass(frozen=True)
-class VoxelTable:
-    """The mask's voxels in store order.
-
-    Attributes
-    ----------
-    ijk : ndarray (n_voxels, 3) int32
-        Voxel indices on the grid.
-    xyz : ndarray (n_voxels, 3) float64
-        World (MNI mm) coordinates.
-    hemisphere : ndarray (n_voxels,) int8
-        -1 left, +1 right, 0 midline.
-    n_left, n_right, n_midline : int
-        Block sizes (left block first, then right, then midline).
-    """
-
-    ijk: np.ndarray
-    xyz: np.ndarray
-    hemisphere: np.ndarray
-    n_left: int
-    n_right: int
-    n_midline: int
-
-    @property
-    def n_voxels(self) -> int:
-        """Number of voxels in the mask."""
-        return self.n_left + self.n_right + self.n_midline
-
-
-def voxel_table(mask: np.ndarray, affine: np.ndarray) -> VoxelTable:
-    """Voxels of a 3D mask in store order (left, right, midline; C order inside).
-
-    Parameters
-    ----------
-    mask : ndarray of bool, 3D
-        The analysis mask.
-    affine : ndarray of shape (4, 4)
-        Voxel-to-world affine of the mask's grid.
-
-    Returns
-    -------
-    VoxelTable
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 3:
-        raise ValueError(f"mask must be 3D, got shape {mask.shape}")
-    flat = np.flatnonzero(mask)  # increasing C-order index
-    ijk = np.stack(np.unravel_index(flat, mask.shape), axis=1)
-    xyz = ijk_to_xyz(ijk, affine)
-    hemi = hemisphere_of(xyz[:, 0])
-    order = np.concatenate([np.flatnonzero(hemi == code) for code in (LEFT, RIGHT, MIDLINE)])
-    return VoxelTable(
-        ijk=ijk[order].astype(np.int32),
-        xyz=xyz[order],
-        hemisphere=hemi[order],
-        n_left=int(np.count_nonzero(hemi == LEFT)),
-        n_right=int(np.count_nonzero(hemi == RIGHT)),
-        n_midline=int(np.count_nonzero(hemi == MIDLINE)),
-    )
 
 
 @functools.lru_cache(maxsize=8)

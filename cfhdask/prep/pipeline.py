@@ -31,96 +31,69 @@ confounds, then regress (Lindquist et al. 2018), use it in place of
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import dask
 import dask.array as da
 import numpy as np
+from pydantic import Field, ValidationError, field_validator
 
-from cfhdask import config
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput
 from cfhdask.io.nifti import NiftiInfo, open_image
 from cfhdask.prep import confounds as conf
 from cfhdask.prep import denoise as kern
+from cfhdask.settings import PreprocessingSettings, error_message, settings
 
 log = logging.getLogger(__name__)
 
-#: Steps :attr:`DenoiseParams.order` may name.
-STEPS: tuple[str, ...] = ("smooth", "regress", "filter", "clean")
 #: Target bytes of float32 volumes one read block holds.
 TIME_BLOCK_BYTES = 128 * 2**20
 
 
-@dataclass(frozen=True)
-class DenoiseParams:
+class DenoiseParams(PreprocessingSettings):
     """What denoising does (recorded in the store's provenance).
+
+    The fields and their defaults are those of
+    :class:`cfhdask.settings.PreprocessingSettings` (the paper's pipeline),
+    plus ``tr``; ``motion`` is ``None`` for no motion regressors.  A bad value
+    is a :class:`~cfhdask.errors.CfhdaskInputError` naming the option.
 
     Attributes
     ----------
-    drop_volumes : int
-        Initial volumes discarded (10 in the paper).
-    smoothing_fwhm : float or None
-        Gaussian FWHM in mm (4 in the paper); None or 0: no smoothing.
-    motion : {"friston24", "6", None}
-        Head-motion regressors.
-    wm, csf, global_signal : bool
-        Tissue-signal regressors (from the table, else from the images).
-    detrend : bool
-        Linear detrend of series and confounds.
-    high_pass, low_pass : float or None
-        Band-pass cutoffs in Hz (0.01-0.1 in the paper); both None: no filter.
-    order : tuple of str
-        Steps in the order they run, from :data:`STEPS`; a step missing here
-        does not run.
     tr : float or None
         Repetition time override (``--tr``), seconds.
     """
 
-    drop_volumes: int = 10
-    smoothing_fwhm: float | None = 4.0
-    motion: str | None = "friston24"
-    wm: bool = True
-    csf: bool = True
-    global_signal: bool = True
-    detrend: bool = True
-    high_pass: float | None = 0.01
-    low_pass: float | None = 0.1
-    order: tuple[str, ...] = ("smooth", "regress", "filter")
-    tr: float | None = None
+    motion: Literal["friston24", "6"] | None = "friston24"
+    tr: float | None = Field(None, gt=0.0, description="Repetition time override (s).")
 
-    def __post_init__(self) -> None:
-        order = tuple(self.order)
-        object.__setattr__(self, "order", order)
-        if self.motion == "none":
-            object.__setattr__(self, "motion", None)
-        bad = [s for s in order if s not in STEPS]
-        if bad:
-            raise CfhdaskInputError(f"--order: unknown step(s) {bad}; choose from {list(STEPS)}")
-        if len(set(order)) != len(order):
-            raise CfhdaskInputError(f"--order {','.join(order)}: a step is repeated")
-        if "clean" in order and ({"regress", "filter"} & set(order)):
-            raise CfhdaskInputError(
-                "--order: 'clean' (regress + filter in one step) replaces 'regress' and 'filter'")
-        if self.motion not in (None, "6", "friston24"):
-            raise CfhdaskInputError(f"--motion {self.motion!r}: choose friston24, 6 or none")
-        if int(self.drop_volumes) < 0:
-            raise CfhdaskInputError(f"--drop-volumes {self.drop_volumes}: must be >= 0")
-        if self.smoothing_fwhm is not None and self.smoothing_fwhm < 0:
-            raise CfhdaskInputError(f"--smoothing-fwhm {self.smoothing_fwhm}: must be >= 0")
-        for name in ("high_pass", "low_pass"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise CfhdaskInputError(f"--{name.replace('_', '-')} {v}: must be > 0 Hz")
-        if (self.high_pass is not None and self.low_pass is not None
-                and self.high_pass >= self.low_pass):
-            raise CfhdaskInputError(
-                f"--high-pass {self.high_pass} must be below --low-pass {self.low_pass}")
-        if self.tr is not None and not self.tr > 0:
-            raise CfhdaskInputError(f"--tr {self.tr}: must be positive (seconds)")
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise CfhdaskInputError(error_message(exc, style="cli")) from None
+
+    @field_validator("motion", mode="before")
+    @classmethod
+    def _none(cls, v: Any) -> Any:
+        return None if v == "none" else v
+
+    @field_validator("order", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    @classmethod
+    def from_settings(cls, section: PreprocessingSettings | None = None,
+                      **overrides: Any) -> DenoiseParams:
+        """The current (or given) preprocessing settings with ``overrides`` (None ignored)."""
+        base = (section or settings().preprocessing).model_dump()
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
 
     @property
     def wants_regressors(self) -> bool:
@@ -156,9 +129,7 @@ class DenoiseParams:
 
     def to_dict(self) -> dict:
         """JSON-able parameters."""
-        d = dataclasses.asdict(self)
-        d["order"] = list(self.order)
-        return d
+        return self.model_dump(exclude={"denoise"})
 
 
 @dataclass
@@ -424,7 +395,7 @@ def denoise_graph(
     store_ijk = np.asarray(store_ijk, dtype=np.int64)
     grid = header.grid_shape
     affine = header.affine
-    vchunk = int(voxel_chunk or config.get("store.voxel-chunk", 4096))
+    vchunk = int(voxel_chunk or settings().store.voxel_chunk)
     vol_bytes = int(np.prod(grid)) * 4
     tb = int(time_block or max(1, TIME_BLOCK_BYTES // vol_bytes))
     phases = _phases(plan.steps, params.detrend)
@@ -493,13 +464,13 @@ def _delayed(func, prefix: str, *args):
 
 def prepare_series(inp: SubjectInput, store_info, params: DenoiseParams | None = None
                    ) -> tuple[da.Array, dict]:
-    """The denoising ``prepare`` hook of :func:`cfhdask.io.ingest.ingest`.
+    """The denoising ``prepare`` hook of :func:`cfhdask.prep.ingest.ingest`.
 
     Parameters
     ----------
     inp : SubjectInput
         The run (BOLD, confounds/realignment table, sidecar, TR).
-    store_info : cfhdask.io.ingest.StoreInfo
+    store_info : cfhdask.prep.ingest.StoreInfo
         Store voxels (``ijk``), grid, the validated image ``header`` and
         ``storage_options``; its ``drop_volumes`` must equal
         ``params.drop_volumes``.
@@ -555,7 +526,7 @@ def plan_attrs(plan: SubjectPlan, params: DenoiseParams) -> dict:
 
 
 def make_prepare(params: DenoiseParams):
-    """``prepare(inp, info)`` for :func:`cfhdask.io.ingest.ingest` with fixed parameters."""
+    """``prepare(inp, info)`` for :func:`cfhdask.prep.ingest.ingest` with fixed parameters."""
     def prepare(inp: SubjectInput, store_info) -> tuple[da.Array, dict]:
         return prepare_series(inp, store_info, params)
 

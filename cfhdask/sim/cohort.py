@@ -47,6 +47,8 @@ from threadpoolctl import threadpool_limits
 from cfhdask._version import __version__
 from cfhdask.cluster import available_cores
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.io.atomic import write_json
+from cfhdask.settings import settings
 from cfhdask.sim.anatomy import DEFAULT_EFFECTS, Effect, build_anatomy, resolve_grid
 from cfhdask.sim.participants import participant_ids, simulate_participants, write_participants
 from cfhdask.sim.signals import simulate_subject_series
@@ -55,7 +57,6 @@ from cfhdask.sim.writers import (
     LAYOUTS,
     subject_paths,
     write_confounds,
-    write_json,
     write_realign,
     write_volume_series,
 )
@@ -114,15 +115,15 @@ def _validate(n_patients, n_controls, n_volumes, tr, layout, effect_size, dtype)
 def simulate_cohort(
     out_dir: str | Path,
     *,
-    n_patients: int = 30,
-    n_controls: int = 30,
-    n_volumes: int = 230,
-    tr: float = 2.0,
-    grid: str | tuple = "3mm",
+    n_patients: int | None = None,
+    n_controls: int | None = None,
+    n_volumes: int | None = None,
+    tr: float | None = None,
+    grid: str | tuple | None = None,
     effects: tuple[Effect, ...] = DEFAULT_EFFECTS,
-    effect_size: float = 1.0,
-    seed: int = 0,
-    layout: str = "bids",
+    effect_size: float | None = None,
+    seed: int | None = None,
+    layout: str | None = None,
     n_jobs: int | None = None,
     client: Any = None,
     compress: bool = True,
@@ -134,6 +135,10 @@ def simulate_cohort(
     ----------
     out_dir : str or Path
         Output folder (created; existing subject files are overwritten).
+
+    Every parameter left ``None`` takes the ``simulate`` settings
+    (:class:`cfhdask.settings.SimulateSettings`).
+
     n_patients, n_controls : int
         Group sizes (ids ``sub-P01``.. and ``sub-C01``..).
     n_volumes : int
@@ -171,6 +176,15 @@ def simulate_cohort(
         holds ``files`` (per subject: bold, sidecar, confounds, realign) and
         ``seconds_per_subject``.
     """
+    d = settings().simulate
+    n_patients = d.n_patients if n_patients is None else n_patients
+    n_controls = d.n_controls if n_controls is None else n_controls
+    n_volumes = d.n_volumes if n_volumes is None else n_volumes
+    tr = d.tr if tr is None else tr
+    grid = d.grid if grid is None else grid
+    effect_size = d.effect_size if effect_size is None else effect_size
+    seed = d.seed if seed is None else seed
+    layout = d.layout if layout is None else layout
     _validate(n_patients, n_controls, n_volumes, tr, layout, effect_size, dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

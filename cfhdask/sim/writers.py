@@ -8,7 +8,6 @@ float image and leaves no half-written file.
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from pathlib import Path
@@ -17,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cfhdask.io.atomic import write_text
 from cfhdask.sim.anatomy import Anatomy
 
 MOTION_NAMES = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
@@ -133,23 +133,14 @@ def tissue_signals(anatomy: Anatomy, data: np.ndarray) -> pd.DataFrame:
     })
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = _atomic(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_confounds(path: Path, anatomy: Anatomy, data: np.ndarray, motion: np.ndarray) -> None:
     """fMRIPrep-like ``desc-confounds_timeseries.tsv`` (first derivative row ``n/a``)."""
     df = pd.concat([tissue_signals(anatomy, data), motion_confounds(motion)], axis=1)
-    _write_text(path, df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.12g"))
+    write_text(path, df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.12g"))
 
 
 def write_realign(path: Path, motion: np.ndarray) -> None:
     """SPM/DPABI ``rp_*.txt``: six columns (mm, mm, mm, rad, rad, rad), one row per volume."""
-    _write_text(path, "".join("  ".join(f"{v: .7e}" for v in row) + "\n" for row in motion))
+    write_text(path, "".join("  ".join(f"{v: .7e}" for v in row) + "\n" for row in motion))
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Write a JSON file atomically."""
-    _write_text(path, json.dumps(obj, indent=2, default=str) + "\n")

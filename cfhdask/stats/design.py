@@ -2,7 +2,8 @@
 
 The design has one column of interest (the group indicator, 1 for the first
 group, 0 for the second), an intercept and the covariates: numeric ones
-mean-centred, categorical ones dummy-coded (first level, sorted, dropped).
+mean-centred, categorical ones (declared) dummy-coded (first level, sorted,
+dropped).
 Every problem with the table (missing subjects, unknown columns, missing
 values, a rank-deficient design) raises :class:`CfhdaskInputError` naming it;
 ``drop_missing=True`` drops the subjects at fault instead and reports them.
@@ -19,12 +20,10 @@ import numpy as np
 import pandas as pd
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inputs import ID_COLUMN, match_subjects
 
 log = logging.getLogger(__name__)
 
-#: Covariates of the paper (section 2.5).
-DEFAULT_COVARIATES: tuple[str, ...] = ("age", "sex", "education", "SDS", "SAS")
-ID_COLUMN = "participant_id"
 
 
 @dataclass
@@ -83,52 +82,6 @@ class Design:
         return np.delete(self.X, self.x_index, axis=1)
 
 
-def read_participants(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a participants table (TSV or CSV) as strings-or-numbers.
-
-    Parameters
-    ----------
-    path : str or path-like
-        ``.tsv`` (BIDS) or ``.csv``; other names are sniffed (tab, then comma).
-
-    Returns
-    -------
-    pandas.DataFrame
-        With a ``participant_id`` column of strings.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CfhdaskInputError(f"participants table {path}: no such file")
-    sep = "," if path.lower().endswith(".csv") else "\t"
-    try:
-        kw = {"na_values": ["n/a", "NA", ""], "dtype": {ID_COLUMN: str}}
-        df = pd.read_csv(path, sep=sep, **kw)
-        if df.shape[1] == 1 and sep == "\t":
-            df = pd.read_csv(path, sep=",", **kw)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise CfhdaskInputError(f"participants table {path}: cannot be read: {exc}") from exc
-    if ID_COLUMN not in df.columns:
-        raise CfhdaskInputError(
-            f"participants table {path}: no {ID_COLUMN!r} column (columns: {list(df.columns)})"
-        )
-    df[ID_COLUMN] = df[ID_COLUMN].astype(str).str.strip()
-    return df
-
-
-def _match_ids(table_ids: pd.Series, subjects: Sequence[str]) -> dict[str, str]:
-    """Map store subject -> table id, exactly or up to a ``sub-`` prefix."""
-    norm = {}
-    for tid in table_ids:
-        norm.setdefault(tid, tid)
-        norm.setdefault(tid.removeprefix("sub-"), tid)
-    out = {}
-    for s in subjects:
-        tid = norm.get(s) or norm.get(s.removeprefix("sub-"))
-        if tid is not None:
-            out[s] = tid
-    return out
-
-
 def _first_dependent_column(X: np.ndarray, names: list[str]) -> str | None:
     """Name of the first column that is a linear combination of earlier ones."""
     for j in range(1, X.shape[1] + 1):
@@ -143,7 +96,8 @@ def build_design(
     *,
     group: str,
     groups: Sequence[str] | None = None,
-    covariates: Sequence[str] = DEFAULT_COVARIATES,
+    covariates: Sequence[str] = (),
+    categorical: Sequence[str] = ("sex",),
     drop_missing: bool = False,
     source: str | None = None,
 ) -> Design:
@@ -151,8 +105,9 @@ def build_design(
 
     Parameters
     ----------
-    participants : DataFrame or path
-        Table with ``participant_id`` and the ``group`` and ``covariates`` columns.
+    participants : DataFrame
+        Table with ``participant_id`` and the ``group`` and ``covariates`` columns
+        (:func:`cfhdask.io.participants.read_participants`).
     subjects : sequence of str
         Subjects of the data (e.g. the store's), in data order.
     group : str
@@ -162,7 +117,12 @@ def build_design(
         Default: the two values of ``group`` (sorted); more than two is an error.
         Subjects in other groups are left out (and reported).
     covariates : sequence of str
-        Nuisance columns; numeric ones are mean-centred, others dummy-coded.
+        Nuisance columns: mean-centred when numeric, dummy-coded (first level,
+        sorted, dropped) when named in ``categorical``.
+    categorical : sequence of str
+        Covariates that are categories.  Any other covariate must be numeric in
+        every analysed subject (a text value is an error naming the participant
+        and the column), and no covariate may be constant.
     drop_missing : bool
         Drop subjects missing from the table or from the data, or with missing
         values, instead of raising.
@@ -174,8 +134,9 @@ def build_design(
     Design
     """
     if not isinstance(participants, pd.DataFrame):
-        source = source or os.fspath(participants)
-        participants = read_participants(participants)
+        raise CfhdaskInputError(
+            "build_design needs the participants as a DataFrame "
+            "(read a file with cfhdask.io.participants.read_participants)")
     src = f"participants table {source}" if source else "participants table"
     df = participants.copy()
     if ID_COLUMN not in df.columns:
@@ -195,7 +156,7 @@ def build_design(
 
     dropped: dict[str, str] = {}
     subjects = list(subjects)
-    match = _match_ids(df[ID_COLUMN], subjects)
+    match = match_subjects(df[ID_COLUMN], subjects)
     not_in_table = [s for s in subjects if s not in match]
     in_table_only = sorted(set(df[ID_COLUMN]) - set(match.values()))
     if (not_in_table or in_table_only) and not drop_missing:
@@ -254,17 +215,34 @@ def build_design(
 
     columns = ["intercept", f"{group}[{g1}]"]
     mats = [np.ones(len(df)), (gvals == g1).to_numpy(dtype=np.float64)]
+    categorical = set(categorical or ())
     for c in covariates:
         col = df[c]
-        num = pd.to_numeric(col, errors="coerce")
-        if num.notna().all():
-            mats.append(num.to_numpy(np.float64) - num.mean())
-            columns.append(c)
-        else:
-            lv = sorted(col.astype(str).str.strip().unique())
+        if c in categorical:
+            text = col.astype(str).str.strip()
+            lv = sorted(text.unique())
+            if len(lv) < 2:
+                raise CfhdaskInputError(
+                    f"{src}: categorical covariate {c!r} has the single value {lv[0]!r} in "
+                    f"the {len(df)} analysed subjects; it cannot be estimated (remove it)")
             for v in lv[1:]:
-                mats.append((col.astype(str).str.strip() == v).to_numpy(np.float64))
+                mats.append((text == v).to_numpy(np.float64))
                 columns.append(f"{c}[{v}]")
+            continue
+        num = pd.to_numeric(col, errors="coerce")
+        bad = num.isna()
+        if bad.any():
+            who = df.index[bad][0]
+            raise CfhdaskInputError(
+                f"{src}: covariate {c!r} is numeric but participant {who!r} has "
+                f"{col[who]!r}; fix the value, or declare {c!r} categorical "
+                "(--categorical / study.yaml 'categorical')")
+        if float(num.std()) == 0.0:
+            raise CfhdaskInputError(
+                f"{src}: covariate {c!r} is constant ({num.iloc[0]:g}) in the {len(df)} "
+                "analysed subjects; it cannot be estimated (remove it)")
+        mats.append(num.to_numpy(np.float64) - num.mean())
+        columns.append(c)
     X = np.column_stack(mats)
     rank = int(np.linalg.matrix_rank(X))
     if rank < X.shape[1]:

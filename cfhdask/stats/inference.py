@@ -19,23 +19,24 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
-from cfhdask import config
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
-from cfhdask.stats.clusters import CONNECTIVITIES, label_clusters, voxel_graph
+from cfhdask.io.participants import read_participants
+from cfhdask.settings import resolve
+from cfhdask.stats.clusters import label_clusters, voxel_graph
 from cfhdask.stats.clusters import tfce as tfce_scores
-from cfhdask.stats.design import DEFAULT_COVARIATES, Design, build_design
+from cfhdask.stats.design import build_design
 from cfhdask.stats.fanout import null_maxima_dask, null_maxima_local
-from cfhdask.stats.glm import SCHEMES, prepare_glm
+from cfhdask.stats.glm import prepare_glm
 from cfhdask.stats.null import NULL_STATS, SIGNS, NullSettings, t_maps
 from cfhdask.stats.permute import make_schedule
+from cfhdask.stats.results import ContrastResult, GroupResult, fwe_p
 
 log = logging.getLogger(__name__)
 
@@ -46,77 +47,6 @@ CLUSTER_COLUMNS = [
     "contrast", "cluster", "size_voxels", "size_mm3", "mass", "peak_t", "peak_x", "peak_y",
     "peak_z", "p_fwe", "mass_p_fwe",
 ]
-
-
-@dataclass
-class ContrastResult:
-    """Maps (over the analysis voxels) and clusters of one contrast.
-
-    Attributes
-    ----------
-    name : str
-    t : ndarray (V,)
-        t-statistic (sign of the contrast applied).
-    logp_uncorrected, logp_vox_fwe, logp_cluster_fwe, logp_cluster_mass_fwe : ndarray (V,)
-        -log10 p (0 outside clusters for the cluster maps).
-    logp_tfce_fwe, tfce : ndarray (V,) or None
-    cluster_labels : ndarray of int32 (V,)
-        0 outside clusters, 1.. by decreasing size.
-    clusters : pandas.DataFrame
-    null : dict of str -> ndarray (n_perm,)
-        Null maxima (``max_t``, ``max_size``, ``max_mass``, ``max_tfce``).
-    """
-
-    name: str
-    t: np.ndarray
-    logp_uncorrected: np.ndarray
-    logp_vox_fwe: np.ndarray
-    logp_cluster_fwe: np.ndarray
-    logp_cluster_mass_fwe: np.ndarray
-    cluster_labels: np.ndarray
-    clusters: pd.DataFrame
-    null: dict[str, np.ndarray]
-    tfce: np.ndarray | None = None
-    logp_tfce_fwe: np.ndarray | None = None
-
-
-@dataclass
-class GroupResult:
-    """Everything :func:`group_inference` computed.
-
-    Attributes
-    ----------
-    contrasts : dict of str -> ContrastResult
-    clusters : pandas.DataFrame
-        All contrasts' clusters (see ``clusters.tsv``).
-    design : Design
-    ijk : ndarray (V, 3)
-        Grid indices of the analysis voxels.
-    grid_shape : tuple of int
-    affine : ndarray (4, 4)
-    params : dict
-        Every parameter, the seed, the number of permutations used, mask counts.
-    """
-
-    contrasts: dict[str, ContrastResult]
-    clusters: pd.DataFrame
-    design: Design
-    ijk: np.ndarray
-    grid_shape: tuple[int, int, int]
-    affine: np.ndarray
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_volume(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
-        """Put per-voxel values (V,) on the 3D grid."""
-        vol = np.full(self.grid_shape, fill, dtype=np.asarray(values).dtype)
-        vol[tuple(self.ijk.T)] = values
-        return vol
-
-
-def fwe_p(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """``#{null >= observed} / len(null)`` for each observed value."""
-    srt = np.sort(np.asarray(null))
-    return (srt.size - np.searchsorted(srt, np.asarray(observed), side="left")) / srt.size
 
 
 def _neglog10(p: np.ndarray) -> np.ndarray:
@@ -190,14 +120,15 @@ def group_inference(
     *,
     group: str,
     groups: Sequence[str] | None = None,
-    covariates: Sequence[str] = DEFAULT_COVARIATES,
+    covariates: Sequence[str] | None = None,
+    categorical: Sequence[str] | None = None,
     n_perm: int | None = None,
-    scheme: str = "freedman-lane",
-    cluster_p: float = 0.001,
-    connectivity: int = 18,
-    tfce: bool = False,
+    scheme: str | None = None,
+    cluster_p: float | None = None,
+    connectivity: int | None = None,
+    tfce: bool | None = None,
     tfce_dh: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     out_dir: str | None = None,
     client: Any = None,
     subjects: Sequence[str] | None = None,
@@ -205,10 +136,10 @@ def group_inference(
     grid_shape: Sequence[int] | None = None,
     affine: np.ndarray | None = None,
     hemisphere: np.ndarray | None = None,
-    metric: str = "cfh",
-    drop_missing: bool = False,
+    metric: str | None = None,
+    drop_missing: bool | None = None,
     batch_size: int | None = None,
-    atlases: Sequence[str] | None = ("aal", "harvard_oxford"),
+    atlases: Sequence[str] | None = None,
     compute: Literal["dask", "local"] = "dask",
 ) -> GroupResult:
     """Two-group comparison of subjects' maps with covariates, by permutation.
@@ -255,23 +186,27 @@ def group_inference(
     -------
     GroupResult
     """
-    if scheme not in SCHEMES:
-        raise CfhdaskInputError(f"--scheme: {scheme!r} is not one of {SCHEMES}")
-    if connectivity not in CONNECTIVITIES:
-        raise CfhdaskInputError(f"--connectivity: {connectivity} is not one of {CONNECTIVITIES}")
-    if not 0 < cluster_p < 1:
-        raise CfhdaskInputError(f"--cluster-p must be in (0, 1), got {cluster_p}")
-    n_perm = int(n_perm if n_perm is not None else config.get("stats.n-perm", 5000))
-    if n_perm < 1:
-        raise CfhdaskInputError(f"--n-perm must be >= 1, got {n_perm}")
-    batch_size = int(batch_size or config.get("stats.batch-size", 100))
-    if batch_size < 1:
-        raise CfhdaskInputError(f"--batch-size must be >= 1, got {batch_size}")
+    st = resolve("stats", dict(n_perm=n_perm, scheme=scheme, cluster_p=cluster_p,
+                               connectivity=connectivity, tfce=tfce, seed=seed, metric=metric,
+                               batch_size=batch_size,
+                               atlases=list(atlases) if atlases is not None else None))
+    des = resolve("design", dict(covariates=None if covariates is None else list(covariates),
+                                 categorical=None if categorical is None else list(categorical),
+                                 drop_missing=drop_missing))
+    n_perm, scheme, cluster_p, connectivity = st.n_perm, st.scheme, st.cluster_p, st.connectivity
+    tfce, seed, metric, drop_missing = st.tfce, st.seed, st.metric, des.drop_missing
+    covariates = des.covariates
+    atlases = () if atlases is not None and not list(atlases) else st.atlases
+    if tfce_dh is not None and not tfce_dh > 0:
+        raise CfhdaskInputError(f"tfce_dh must be > 0, got {tfce_dh}")
 
     Y, subjects, ijk, grid_shape, affine, hemi = _load(
         data, subjects, ijk, grid_shape, affine, hemisphere, metric)
+    if not isinstance(participants, pd.DataFrame):
+        participants = read_participants(participants)
     design = build_design(participants, subjects, group=group, groups=groups,
-                          covariates=covariates, drop_missing=drop_missing)
+                          covariates=covariates, categorical=des.categorical,
+                          drop_missing=drop_missing)
     rows = [subjects.index(s) for s in design.subjects]
     Y = Y[rows]
 

@@ -11,7 +11,6 @@ reader never sees a half-written file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -21,17 +20,13 @@ import pandas as pd
 
 from cfhdask._version import package_versions
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.io.atomic import atomic_write
+from cfhdask.io.atomic import atomic_write, write_json
+from cfhdask.io.nifti import write_nifti
 
 if TYPE_CHECKING:
-    from cfhdask.stats.inference import GroupResult
+    from cfhdask.stats.results import GroupResult
 
 log = logging.getLogger(__name__)
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
 
 def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
     """Write every output of an analysis to ``out_dir`` (created if needed).
@@ -41,8 +36,6 @@ def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
     list of str
         Paths written.
     """
-    import nibabel as nib
-
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
@@ -52,15 +45,8 @@ def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
     def nifti(name: str, values: np.ndarray, dtype) -> None:
         path = os.path.join(out_dir, name)
         vol = result.to_volume(np.asarray(values).astype(dtype))
-        img = nib.Nifti1Image(vol, np.asarray(result.affine, dtype=float))
-        img.header.set_data_dtype(dtype)
-
-        def save(tmp: str) -> None:
-            nib.save(img, tmp + ".nii.gz")
-            os.replace(tmp + ".nii.gz", tmp)
-
-        atomic_write(path, save)
-        written.append(path)
+        written.append(write_nifti(path, vol, result.affine, dtype=dtype,
+                                   description=f"cfhdask {name}"))
 
     for name, c in result.contrasts.items():
         nifti(f"{name}_tstat.nii.gz", c.t, np.float32)
@@ -84,18 +70,10 @@ def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
     meta["versions"] = package_versions()
     meta["outputs"] = sorted(os.path.basename(p) for p in written)
     path = os.path.join(out_dir, "stats.json")
-    atomic_write(path, lambda tmp: _write_text(tmp, json.dumps(meta, indent=2, default=_json)))
+    write_json(path, meta)
     written.append(path)
     log.info("Wrote %d files to %s", len(written), out_dir)
     return written
-
-
-def _json(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
 def contrast_order(contrasts: list[str], table: pd.DataFrame) -> list[str]:

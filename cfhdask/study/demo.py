@@ -11,6 +11,10 @@ import yaml
 
 log = logging.getLogger(__name__)
 
+#: The paper's covariates (section 2.5) and clinical variables (section 2.6).
+PAPER_COVARIATES = ("age", "sex", "education", "SDS", "SAS")
+PAPER_CLINICAL = ("illness_duration", "JRS_total", "JRS_severity", "JRS_frequency")
+
 #: Planted effects and the atlas labels the demo expects to find at them.
 EXPECTED = {
     "left putamen": ((-30, -2, 10), "Putamen_L", "Left Putamen"),
@@ -18,24 +22,36 @@ EXPECTED = {
 }
 
 
-def demo_config(sim_dir: str, out_dir: str, *, n_perm: int, seed: int) -> dict:
-    """The study config of the demo (also written as ``OUT/study.yaml``)."""
+def demo_config(sim_dir: str, out_dir: str, *, n_perm: int | None = None,
+                seed: int | None = None) -> dict:
+    """The study config of the demo (also written as ``OUT/study.yaml``).
+
+    It names the paper's covariates and clinical variables; everything else
+    takes the current settings.
+    """
+    stats: dict[str, Any] = {}
+    if n_perm is not None:
+        stats["n_perm"] = int(n_perm)
+    if seed is not None:
+        stats["seed"] = int(seed)
     return {
         "name": "Simulated blepharospasm cohort: CFH (cfhdask demo)",
         "output": os.path.join(out_dir, "results"),
         "inputs": {"bids_derivatives": sim_dir},
         "participants": os.path.join(sim_dir, "participants.tsv"),
         "groups": {"column": "group", "levels": ["patient", "control"]},
-        "covariates": ["age", "sex", "education", "SDS", "SAS"],
-        "stats": {"n_perm": n_perm, "scheme": "draper-stoneman", "cluster_p": 0.001,
-                  "connectivity": 18, "seed": seed},
+        "covariates": list(PAPER_COVARIATES),
+        "categorical": ["sex"],
+        "stats": stats,
+        "clinical": {"variables": list(PAPER_CLINICAL),
+                     "table1": ["age", "sex", "education", *PAPER_CLINICAL, "SAS", "SDS"]},
     }
 
 
-def run_demo(out_dir: str, *, n_patients: int = 30, n_controls: int = 30,
-             n_volumes: int = 230, n_perm: int = 5000, seed: int = 0,
-             effect_size: float = 0.6, grid: str = "3mm", client: Any = None,
-             on_stage: Any = None):
+def run_demo(out_dir: str, *, n_patients: int | None = None, n_controls: int | None = None,
+             n_volumes: int | None = None, n_perm: int | None = None,
+             seed: int | None = None, effect_size: float | None = None,
+             grid: str | None = None, client: Any = None, on_stage: Any = None):
     """Simulate the paper-like cohort and run the whole study on it.
 
     Parameters
@@ -43,15 +59,16 @@ def run_demo(out_dir: str, *, n_patients: int = 30, n_controls: int = 30,
     out_dir : str
         Everything goes here: ``sim/`` (fMRIPrep-like derivatives), ``study.yaml``,
         ``results/`` (store, stats, clinical tables, ``report.html``).
-    n_patients, n_controls, n_volumes : int
-        Cohort size and run length (230 acquired, the first 10 dropped: 220 used).
-    n_perm : int
-        Permutations of the group inference.
-    seed : int
+    n_patients, n_controls, n_volumes : int, optional
+        Cohort size and run length (default: the ``simulate`` settings, 30 vs
+        30 with 230 volumes of which the first 10 are dropped).
+    n_perm : int, optional
+        Permutations of the group inference (default: the ``stats`` settings).
+    seed : int, optional
         Seed of the simulation and of the permutations.
-    effect_size : float
+    effect_size : float, optional
         Scale of the planted CFH increases (0: a null cohort).
-    grid : str
+    grid : str, optional
         "3mm" (the paper's 61x73x61) or a coarser grid for quick runs.
     client : distributed.Client, optional
     on_stage : callable, optional

@@ -21,18 +21,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.io.atomic import atomic_write
-from cfhdask.stats.design import read_participants
-from cfhdask.study.schema import load_config, validate_config
+from cfhdask.io.atomic import write_json
+from cfhdask.io.participants import read_participants
+from cfhdask.settings import resolve
+from cfhdask.study.config import StudyConfig, load_config, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -76,70 +76,87 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def check_columns(cfg: dict, participants: pd.DataFrame) -> None:
+def group_levels(cfg: StudyConfig, participants: pd.DataFrame) -> list[str]:
+    """The two groups compared: ``groups.levels``, else the column's two values (sorted)."""
+    col = cfg.groups.column
+    present = sorted(set(participants[col].dropna().astype(str).str.strip()))
+    if cfg.groups.levels is None:
+        if len(present) != 2:
+            raise CfhdaskInputError(
+                f"config key 'groups.levels': column '{col}' of {cfg.participants} has "
+                f"{len(present)} values {present}; name the two groups to compare")
+        return present
+    absent = [g for g in cfg.groups.levels if g not in present]
+    if absent:
+        raise CfhdaskInputError(
+            f"config key 'groups.levels': group(s) {absent} not found in column '{col}' "
+            f"of {cfg.participants} (values {present})")
+    return list(cfg.groups.levels)
+
+
+def check_columns(cfg: StudyConfig, participants: pd.DataFrame) -> None:
     """Every column the config names exists in the participants table."""
-    path = cfg["participants"]
-    named = {"groups.column": [cfg["groups"]["column"]],
-             "covariates": list(cfg["covariates"]),
-             "clinical.variables": list(cfg["clinical"]["variables"]),
-             "clinical.table1": list(cfg["clinical"]["table1"])}
+    named = {"groups.column": [cfg.groups.column], "covariates": list(cfg.covariates),
+             "categorical": [c for c in cfg.categorical if c in cfg.covariates],
+             "clinical.variables": list(cfg.clinical.variables),
+             "clinical.table1": list(cfg.clinical.table1)}
     for key, cols in named.items():
         missing = [c for c in cols if c not in participants.columns]
         if missing:
-            raise CfhdaskInputError(
-                f"config key '{key}': column(s) {missing} not in participants table {path}")
-    levels = cfg["groups"]["levels"]
-    present = set(participants[cfg["groups"]["column"]].dropna().astype(str))
-    absent = [g for g in levels if g not in present]
-    if absent:
-        raise CfhdaskInputError(
-            f"config key 'groups.levels': group(s) {absent} not found in column "
-            f"'{cfg['groups']['column']}' of {path}")
+            raise CfhdaskInputError(f"config key '{key}': column(s) {missing} not in "
+                                    f"participants table {cfg.participants}")
+    group_levels(cfg, participants)
 
 
-def discover(cfg: dict):
+def discover(cfg: StudyConfig):
     """The SubjectInputs a config names (and per-subject problems found)."""
     from cfhdask.prep.discover import discover_inputs
 
-    inp = cfg["inputs"]
+    inp = cfg.inputs
     files = None
-    if inp["bold"]:
+    if inp.bold:
         files = []
-        for pattern in inp["bold"]:
+        for pattern in inp.bold:
             hits = sorted(glob.glob(pattern)) if "://" not in pattern else [pattern]
             if not hits:
                 raise CfhdaskInputError(f"config key 'inputs.bold': nothing matches {pattern}")
             files.extend(hits)
-    needs_confounds = bool(cfg["preprocessing"]["denoise"]) and (
-        inp["bids_derivatives"] is not None or bool(inp["confounds"]))
+    pre = cfg.preprocessing
+    needs_confounds = pre.denoise and pre.motion != "none" and (
+        inp.bids_derivatives is not None or inp.dpabi is not None or bool(inp.confounds))
     return discover_inputs(
-        bids_derivatives=inp["bids_derivatives"], space=inp["space"], task=inp["task"],
-        participant_label=inp["participant_label"] or None, dpabi=inp["dpabi"],
-        files=files, confounds=inp["confounds"] or None, tr=inp["tr"],
+        bids_derivatives=inp.bids_derivatives, space=inp.space, task=inp.task,
+        participant_label=inp.participant_label or None, dpabi=inp.dpabi,
+        dpabi_dir=inp.dpabi_dir, files=files, confounds=inp.confounds or None, tr=inp.tr,
         require_confounds=needs_confounds)
 
 
-def denoise_params(cfg: dict):
+def check_study(cfg: StudyConfig) -> tuple[list, list]:
+    """Everything checkable before compute: participants, columns, groups, inputs.
+
+    Returns
+    -------
+    (inputs, skipped)
+        The runs found and those skipped (with the reason).
+    """
+    participants = read_participants(cfg.participants)
+    check_columns(cfg, participants)
+    return discover(cfg)
+
+
+def denoise_params(cfg: StudyConfig):
     """The :class:`DenoiseParams` of a config, or None when denoising is off."""
     from cfhdask.prep.pipeline import DenoiseParams
 
-    pre = cfg["preprocessing"]
-    if not pre["denoise"]:
+    if not cfg.preprocessing.denoise:
         return None
-    return DenoiseParams(
-        drop_volumes=pre["drop_volumes"], smoothing_fwhm=pre["smoothing_fwhm"],
-        motion=pre["motion"], wm=pre["wm"], csf=pre["csf"],
-        global_signal=pre["global_signal"], detrend=pre["detrend"],
-        high_pass=pre["high_pass"], low_pass=pre["low_pass"], order=tuple(pre["order"]),
-        tr=cfg["inputs"]["tr"])
+    return DenoiseParams.from_settings(cfg.preprocessing, tr=cfg.inputs.tr)
 
 
-def _store_url(cfg: dict, store_fp: str, explicit: bool) -> str:
-    if explicit:
-        return cfg["store"]
-    base = cfg["store"]
-    root, ext = os.path.splitext(base)
-    return f"{root}-{store_fp}{ext or '.zarr'}"
+def _store_url(cfg: StudyConfig, store_fp: str) -> str:
+    if cfg.store is not None:
+        return cfg.store
+    return os.path.join(cfg.output, f"cohort-{store_fp}.zarr")
 
 
 def _stage_done(folder: str, fp: str) -> bool:
@@ -152,10 +169,9 @@ def _stage_done(folder: str, fp: str) -> bool:
 
 
 def _mark_stage(folder: str, fp: str, params: dict) -> None:
-    info = {"fingerprint": fp, "complete": True, "parameters": params,
-            "cfhdask_version": __version__}
-    atomic_write(os.path.join(folder, "stage.json"), lambda tmp: Path(tmp).write_text(
-        json.dumps(info, indent=2, default=str)))
+    write_json(os.path.join(folder, "stage.json"),
+               {"fingerprint": fp, "complete": True, "parameters": params,
+                "cfhdask_version": __version__})
 
 
 class _Timer:
@@ -177,16 +193,17 @@ class _Timer:
         return False
 
 
-def run_study(config: str | dict, *, client: Any = None, base_dir: str = ".",
+def run_study(config: str | Mapping | StudyConfig, *, client: Any = None, base_dir: str = ".",
               scheduler: str | None = None, scheduler_file: str | None = None,
               on_stage: Callable[[str, str], None] | None = None) -> StudyResult:
     """Run the whole study: ingest → CFH → group inference → clinical → report.
 
     Parameters
     ----------
-    config : str or dict
-        Path of a ``study.yaml`` or an already parsed mapping (validated
-        against :data:`cfhdask.study.schema.SCHEMA` before any compute).
+    config : str, mapping or StudyConfig
+        Path of a ``study.yaml``, an already parsed mapping (validated by
+        :func:`cfhdask.study.config.validate_config` before any compute) or a
+        validated :class:`~cfhdask.study.config.StudyConfig`.
     client : distributed.Client, optional
         Run on this client; otherwise the config's ``cluster`` section (or
         ``scheduler``/``scheduler_file``) decides.
@@ -201,11 +218,18 @@ def run_study(config: str | dict, *, client: Any = None, base_dir: str = ".",
     -------
     StudyResult
     """
-    cfg = load_config(config) if isinstance(config, str) else validate_config(config, base_dir)
+    if isinstance(config, StudyConfig):
+        cfg = config
+    elif isinstance(config, str):
+        cfg = load_config(config)
+    else:
+        cfg = validate_config(config, base_dir)
     if scheduler or scheduler_file:
-        cfg["cluster"].update(scheduler=scheduler, scheduler_file=scheduler_file)
-    participants = read_participants(cfg["participants"])
+        cfg.cluster = resolve("cluster", {"scheduler": scheduler,
+                                          "scheduler_file": scheduler_file}, base=cfg.cluster)
+    participants = read_participants(cfg.participants)
     check_columns(cfg, participants)
+    levels = group_levels(cfg, participants)
     inputs, skips = discover(cfg)
     if not inputs:
         raise CfhdaskInputError("no input runs found: " + "; ".join(
@@ -214,39 +238,41 @@ def run_study(config: str | dict, *, client: Any = None, base_dir: str = ".",
     unknown = sorted({i.subject.split("_")[0] for i in inputs} - ids)
     if unknown:
         raise CfhdaskInputError(
-            f"subjects {unknown} have images but no row in {cfg['participants']}")
-    os.makedirs(cfg["output"], exist_ok=True)
+            f"subjects {unknown} have images but no row in {cfg.participants}")
+    os.makedirs(cfg.output, exist_ok=True)
 
     from cfhdask.cluster import dask_client
 
     if client is not None:
-        return _run(cfg, participants, inputs, skips, client, on_stage)
-    cl = cfg["cluster"]
-    with dask_client(scheduler=cl["scheduler"], scheduler_file=cl["scheduler_file"],
-                     cluster=cl["kind"], n_workers=cl["n_workers"],
-                     threads_per_worker=cl["threads_per_worker"]) as c:
+        return _run(cfg, levels, participants, inputs, skips, client, on_stage)
+    cl = cfg.cluster
+    with dask_client(scheduler=cl.scheduler, scheduler_file=cl.scheduler_file,
+                     cluster=cl.kind, n_workers=cl.n_workers,
+                     threads_per_worker=cl.threads_per_worker) as c:
         log.info("Dask dashboard: %s", c.dashboard_link)
-        return _run(cfg, participants, inputs, skips, c, on_stage)
+        return _run(cfg, levels, participants, inputs, skips, c, on_stage)
 
 
-def _run(cfg, participants, inputs, skips, client, on_stage) -> StudyResult:
+def _run(cfg: StudyConfig, levels, participants, inputs, skips, client,
+         on_stage) -> StudyResult:
     from cfhdask.cfh.compute import compute_cfh
-    from cfhdask.io.ingest import SubjectsFailed, ingest
     from cfhdask.io.store import CohortStore
+    from cfhdask.prep.ingest import SubjectsFailed, ingest
     from cfhdask.prep.pipeline import make_prepare
 
     timings: dict[str, float] = {}
     skipped = {s.subject: s.reason for s in skips}
     params = denoise_params(cfg)
-    store_params = {"mask": cfg["mask"], "denoise": params.to_dict() if params else None,
-                    "drop_volumes": cfg["preprocessing"]["drop_volumes"]}
+    drop = cfg.preprocessing.drop_volumes
+    store_params = {"mask": cfg.mask.model_dump(),
+                    "denoise": params.to_dict() if params else None, "drop_volumes": drop}
     store_fp = fingerprint(store_params)
-    explicit = cfg["store"] != os.path.join(cfg["output"], "cohort.zarr")
-    url = _store_url(cfg, store_fp, explicit)
+    url = _store_url(cfg, store_fp)
+    so = cfg.storage_options
 
     with _Timer(timings, "ingest", on_stage):
         try:
-            existing = CohortStore.open(url, storage_options=cfg["storage_options"])
+            existing = CohortStore.open(url, storage_options=so)
         except CfhdaskInputError:
             existing = None
         if existing is not None:
@@ -257,10 +283,8 @@ def _run(cfg, participants, inputs, skips, client, on_stage) -> StudyResult:
                     f"parameters (fingerprint {old} != {store_fp}); choose a new store")
         try:
             store = ingest(
-                inputs, url, mask=cfg["mask"]["source"],
-                gm_threshold=cfg["mask"]["gm_threshold"],
-                drop_volumes=cfg["preprocessing"]["drop_volumes"],
-                client=client, storage_options=cfg["storage_options"],
+                inputs, url, mask=cfg.mask.source, gm_threshold=cfg.mask.gm_threshold,
+                drop_volumes=drop, client=client, storage_options=so,
                 prepare=make_prepare(params) if params else None)
         except SubjectsFailed as exc:
             # subjects that failed are reported; the study goes on with the others
@@ -269,22 +293,24 @@ def _run(cfg, participants, inputs, skips, client, on_stage) -> StudyResult:
             log.warning("%s — continuing with the %d complete subjects", exc,
                         len(exc.store.subjects()))
             skipped["ingest"] = str(exc)
-        store = CohortStore.open(url, mode="r+", storage_options=cfg["storage_options"])
+        store = CohortStore.open(url, mode="r+", storage_options=so)
         if store.attrs.get("study_fingerprint") is None:
             store.set_attrs(study_fingerprint=store_fp, study_parameters=store_params)
 
     with _Timer(timings, "cfh", on_stage):
-        compute_cfh(store, client=client, block=cfg["cfh"]["block"],
-                    backend=cfg["cfh"]["backend"])
+        compute_cfh(store, client=client, block=cfg.cfh.block,
+                    split_every=cfg.cfh.split_every, backend=cfg.cfh.backend)
 
-    subjects = sorted(s for s in store.subjects("cfh")
-                      if s.split("_")[0] in set(participants["participant_id"].astype(str)))
-    st = cfg["stats"]
-    stats_params = {"store": store_fp, "subjects": subjects, "group": cfg["groups"],
-                    "covariates": cfg["covariates"], "drop_missing": cfg["drop_missing"],
-                    **{k: v for k, v in st.items() if k != "batch_size"}}
+    ids = set(participants["participant_id"].astype(str))
+    subjects = sorted(s for s in store.subjects("cfh") if s.split("_")[0] in ids)
+    st = cfg.stats
+    design = {"covariates": cfg.covariates, "categorical": cfg.categorical,
+              "drop_missing": cfg.drop_missing}
+    stats_params = {"store": store_fp, "subjects": subjects,
+                    "group": {"column": cfg.groups.column, "levels": levels}, **design,
+                    **st.model_dump(exclude={"batch_size"})}
     stats_fp = fingerprint(stats_params)
-    stats_dir = os.path.join(cfg["output"], f"stats-{stats_fp}")
+    stats_dir = os.path.join(cfg.output, f"stats-{stats_fp}")
     with _Timer(timings, "stats", on_stage):
         if _stage_done(stats_dir, stats_fp):
             log.info("stats: %s is complete for these parameters; reusing it", stats_dir)
@@ -293,35 +319,33 @@ def _run(cfg, participants, inputs, skips, client, on_stage) -> StudyResult:
             from cfhdask.stats.inference import group_inference
 
             group_inference(
-                store, participants, group=cfg["groups"]["column"],
-                groups=cfg["groups"]["levels"], covariates=cfg["covariates"],
-                n_perm=st["n_perm"], scheme=st["scheme"], cluster_p=st["cluster_p"],
-                connectivity=st["connectivity"], tfce=st["tfce"], seed=st["seed"],
+                store, participants, group=cfg.groups.column, groups=levels,
+                covariates=cfg.covariates, categorical=cfg.categorical, n_perm=st.n_perm,
+                scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
+                tfce=st.tfce, seed=st.seed, metric=st.metric, atlases=st.atlases,
                 out_dir=stats_dir, client=client, subjects=subjects,
-                drop_missing=cfg["drop_missing"], batch_size=st["batch_size"])
+                drop_missing=cfg.drop_missing, batch_size=st.batch_size)
             _mark_stage(stats_dir, stats_fp, stats_params)
     clusters = pd.read_csv(os.path.join(stats_dir, "clusters.tsv"), sep="\t")
 
     with _Timer(timings, "clinical", on_stage):
-        t1, corr = _clinical(cfg, participants, store, stats_dir, clusters, subjects)
+        t1, corr = _clinical(cfg, levels, participants, store, stats_dir, clusters, subjects)
 
     with _Timer(timings, "report", on_stage):
         from cfhdask.report.html import build_report
 
         report = build_report(
-            os.path.join(cfg["output"], "report.html"), stats_dir=stats_dir, store=store,
+            os.path.join(cfg.output, "report.html"), stats_dir=stats_dir, store=store,
             participants=participants, table1=t1, correlations=corr,
-            params=_report_params(cfg, params), title=cfg["name"],
-            group=cfg["groups"]["column"], groups=tuple(cfg["groups"]["levels"]),
-            alpha=st["alpha"])
-    with open(os.path.join(cfg["output"], "timings.json"), "w") as f:
-        json.dump(timings, f, indent=2)
-    return StudyResult(output=cfg["output"], store=url, stats_dir=stats_dir,
+            params=_report_params(cfg, params), title=cfg.name,
+            group=cfg.groups.column, groups=tuple(levels), alpha=st.alpha)
+    write_json(os.path.join(cfg.output, "timings.json"), timings)
+    return StudyResult(output=cfg.output, store=url, stats_dir=stats_dir,
                        report=str(report), clusters=clusters, table1=t1,
                        correlations=corr, timings=timings, skipped=skipped)
 
 
-def _clinical(cfg, participants, store, stats_dir, clusters, subjects):
+def _clinical(cfg: StudyConfig, levels, participants, store, stats_dir, clusters, subjects):
     from cfhdask.clinical.correlations import (
         cluster_correlations,
         significant_cluster_values,
@@ -329,39 +353,42 @@ def _clinical(cfg, participants, store, stats_dir, clusters, subjects):
     )
     from cfhdask.clinical.table1 import table1, write_table1
 
-    grp = cfg["groups"]
     ids = {s.split("_")[0] for s in subjects}
     part = participants[participants["participant_id"].astype(str).isin(ids)]
-    t1 = table1(part, group=grp["column"], groups=tuple(grp["levels"]),
-                variables=[v for v in cfg["clinical"]["table1"] if v in part.columns],
-                normality_alpha=cfg["clinical"]["normality_alpha"])
-    clin_dir = os.path.join(cfg["output"], "clinical")
+    variables = list(cfg.clinical.table1) or list(dict.fromkeys(
+        [*cfg.covariates, *cfg.clinical.variables]))
+    t1 = table1(part, group=cfg.groups.column, groups=tuple(levels),
+                variables=[v for v in variables if v in part.columns],
+                normality_alpha=cfg.clinical.normality_alpha)
+    clin_dir = os.path.join(cfg.output, "clinical")
     os.makedirs(clin_dir, exist_ok=True)
     write_table1(t1, os.path.join(clin_dir, "table1.tsv"))
     contrasts = sorted(set(clusters["contrast"])) if len(clusters) else []
     imgs = {c: os.path.join(stats_dir, f"{c}_clusters.nii.gz") for c in contrasts}
     corr = pd.DataFrame()
-    if imgs:
+    if imgs and cfg.clinical.variables:
         values = significant_cluster_values(
-            store.cfh_maps(subjects), store.ijk, imgs, clusters, alpha=cfg["stats"]["alpha"])
+            store.cfh_maps(subjects), store.ijk, imgs, clusters, alpha=cfg.stats.alpha)
         if values.shape[1]:
             values.index = [s.split("_")[0] for s in values.index]
             values.to_csv(os.path.join(clin_dir, "cluster_values.tsv"), sep="\t")
             corr = cluster_correlations(
-                values, participants, group=grp["column"], group_value=grp["levels"][0],
-                variables=cfg["clinical"]["variables"], covariates=cfg["covariates"],
-                methods=tuple(cfg["clinical"]["methods"]), drop_missing=True)
+                values, participants, group=cfg.groups.column, group_value=levels[0],
+                variables=cfg.clinical.variables, covariates=cfg.covariates,
+                methods=tuple(cfg.clinical.methods), drop_missing=True)
             write_correlations(corr, os.path.join(clin_dir, "correlations.tsv"))
     return t1, corr
 
 
-def _report_params(cfg: dict, params) -> dict:
-    st = cfg["stats"]
-    out = {"n_perm": st["n_perm"], "scheme": st["scheme"], "cluster_p": st["cluster_p"],
-           "connectivity": st["connectivity"], "tfce": st["tfce"], "seed": st["seed"],
-           "covariates": cfg["covariates"], "gm_threshold": cfg["mask"]["gm_threshold"],
-           "clinical_covariates": cfg["covariates"],
-           "drop_volumes": cfg["preprocessing"]["drop_volumes"]}
+def _report_params(cfg: StudyConfig, params) -> dict:
+    st = cfg.stats
+    out = {"n_perm": st.n_perm, "scheme": st.scheme, "cluster_p": st.cluster_p,
+           "connectivity": st.connectivity, "tfce": st.tfce, "seed": st.seed,
+           "covariates": cfg.covariates, "gm_threshold": cfg.mask.gm_threshold,
+           "clinical_covariates": cfg.covariates,
+           "clinical_variables": cfg.clinical.variables,
+           "correlation_methods": cfg.clinical.methods,
+           "drop_volumes": cfg.preprocessing.drop_volumes}
     if params is not None:
         out.update(denoise=params.to_dict(), smoothing_fwhm=params.smoothing_fwhm,
                    bandpass=[params.high_pass, params.low_pass])

@@ -151,19 +151,25 @@ def test_cluster_means_numpy_dask_xarray(rng, tmp_path):
 def test_correlations_bad_input_is_named(rng):
     values, part = _cohort(rng, n_pat=10, n_con=2)
     with pytest.raises(CfhdaskInputError, match="'SAS2'"):
-        cluster_correlations(values, part, covariates=["age", "SAS2"])
+        cluster_correlations(values, part, variables=VARS, covariates=["age", "SAS2"])
     with pytest.raises(CfhdaskInputError, match="no participant with group == 'patients'"):
-        cluster_correlations(values, part, group_value="patients")
+        cluster_correlations(values, part, variables=VARS, covariates=COVS,
+                             group_value="patients")
     with pytest.raises(CfhdaskInputError, match="sub-03"):
-        cluster_correlations(values.drop(index="sub-03"), part)
+        cluster_correlations(values.drop(index="sub-03"), part, variables=VARS, covariates=COVS)
     holes = part.copy()
     holes.loc[4, "JRS_total"] = np.nan
     with pytest.raises(CfhdaskInputError, match=r"'JRS_total' \(sub-04\)"):
-        cluster_correlations(values, holes)
-    res = cluster_correlations(values, holes, drop_missing=True)
+        cluster_correlations(values, holes, variables=VARS, covariates=COVS)
+    res = cluster_correlations(values, holes, variables=VARS, covariates=COVS,
+                               drop_missing=True)
     assert set(res[res.variable == "JRS_total"].n) == {9}
     assert set(res[res.variable == "illness_duration"].n) == {10}
     with pytest.raises(CfhdaskInputError, match="kendall"):
-        cluster_correlations(values, part, methods=["kendall"])
+        cluster_correlations(values, part, variables=VARS, covariates=COVS,
+                             methods=["kendall"])
+    with pytest.raises(CfhdaskInputError, match="no clinical variable"):
+        cluster_correlations(values, part)
     with pytest.raises(CfhdaskInputError, match="fdr_family"):
-        cluster_correlations(values, part, fdr_family="cluster")
+        cluster_correlations(values, part, variables=VARS, covariates=COVS,
+                             fdr_family="cluster")

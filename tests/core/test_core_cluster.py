@@ -91,16 +91,13 @@ def test_jobqueue_settings_come_from_the_cfhdask_namespace():
 
 
 def test_env_overrides_config(monkeypatch):
-    from cfhdask import config
+    from cfhdask.settings import settings
 
     monkeypatch.setenv("DASK_CFHDASK__CFH__BLOCK", "123")
     dask.config.refresh()
     try:
-        assert config.get("cfh.block") == 123
+        assert settings().cfh.block == 123
     finally:
         monkeypatch.delenv("DASK_CFHDASK__CFH__BLOCK")
         dask.config.refresh()
-        import importlib
-
-        importlib.reload(config)
-    assert config.get("cfh.block") == 4096
+    assert settings().cfh.block == 4096

@@ -13,8 +13,8 @@ from iohelpers import AFFINE, SHAPE, tree_digest, write_nifti
 from cfhdask.cli import main
 from cfhdask.errors import CfhdaskInputError, StoreVersionError
 from cfhdask.inputs import SubjectInput
-from cfhdask.io.ingest import as_subject_inputs, ingest, subject_id
 from cfhdask.io.store import open_store
+from cfhdask.prep.ingest import as_subject_inputs, ingest, subject_id
 
 
 @pytest.mark.parametrize("path, expected", [

@@ -8,7 +8,8 @@ import pytest
 from iohelpers import AFFINE, SHAPE, write_nifti
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.prep.mask import gm_mask, gm_probability, load_user_mask, resolve_mask, voxel_table
+from cfhdask.grid import voxel_table
+from cfhdask.prep.mask import gm_mask, gm_probability, load_user_mask, resolve_mask
 
 #: A coarse (6 mm) MNI grid, x-flipped like SPM/DPABI.
 MNI6_SHAPE = (31, 37, 31)

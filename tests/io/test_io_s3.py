@@ -28,8 +28,8 @@ from cfhdask.cfh.compute import compute_cfh  # noqa: E402
 from cfhdask.cli import main  # noqa: E402
 from cfhdask.errors import CfhdaskInputError  # noqa: E402
 from cfhdask.io.export import export_maps  # noqa: E402
-from cfhdask.io.ingest import ingest  # noqa: E402
 from cfhdask.io.store import CohortStore  # noqa: E402
+from cfhdask.prep.ingest import ingest  # noqa: E402
 
 BUCKET = "cfh-test"
 #: subjects and their numbers of volumes (different lengths on purpose)

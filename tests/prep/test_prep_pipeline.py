@@ -14,14 +14,15 @@ from prep_helpers import AFFINE, SHAPE, fmriprep_table, make_bold, save_bold, sa
 
 from cfhdask.cli import main
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.grid import voxel_table
 from cfhdask.inputs import SubjectInput
-from cfhdask.io.ingest import StoreInfo, ingest
 from cfhdask.io.nifti import read_header
 from cfhdask.io.store import CohortStore
 from cfhdask.prep import confounds as conf
 from cfhdask.prep import denoise as kern
 from cfhdask.prep.discover import discover_inputs
-from cfhdask.prep.mask import gm_mask, voxel_table
+from cfhdask.prep.ingest import StoreInfo, ingest
+from cfhdask.prep.mask import gm_mask
 from cfhdask.prep.pipeline import (
     DenoiseParams,
     denoise_graph,
@@ -238,11 +239,11 @@ def test_bad_inputs_name_the_file(tmp_path, rng, store_ijk, caplog):
 
 
 def test_params_validation():
-    with pytest.raises(CfhdaskInputError, match="unknown step"):
+    with pytest.raises(CfhdaskInputError, match="--order: .*'smooth'.*got 'blur'"):
         DenoiseParams(order=("smooth", "blur"))
     with pytest.raises(CfhdaskInputError, match="replaces"):
         DenoiseParams(order=("clean", "filter"))
-    with pytest.raises(CfhdaskInputError, match="below --low-pass"):
+    with pytest.raises(CfhdaskInputError, match="high-pass 0.2 Hz must be below low-pass 0.1"):
         DenoiseParams(high_pass=0.2, low_pass=0.1)
     assert DenoiseParams(motion="none").motion is None
 

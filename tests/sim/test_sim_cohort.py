@@ -15,7 +15,7 @@ from cfhdask.sim.anatomy import Effect, build_anatomy, resolve_grid
 from cfhdask.sim.cohort import simulate_cohort
 
 GRID = "6mm"  # 31 x 37 x 31, whole MNI brain, ~9k brain voxels: fast
-KW = dict(grid=GRID, n_volumes=24, tr=2.0)
+KW = dict(grid=GRID, n_volumes=24, tr=2.0, layout="bids")
 
 
 def _sha(path) -> str:
@@ -93,8 +93,8 @@ def test_same_on_dask_client(tmp_path, bids_cohort, local_client):
 
 
 def test_fmriprep_layout(tmp_path):
-    simulate_cohort(tmp_path, n_patients=1, n_controls=1, seed=1, layout="fmriprep", n_jobs=1,
-                    **KW)
+    simulate_cohort(tmp_path, n_patients=1, n_controls=1, seed=1, n_jobs=1,
+                    **{**KW, "layout": "fmriprep"})
     func = tmp_path / "sub-C01" / "func"
     stem = "sub-C01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold"
     img = nib.load(func / f"{stem}.nii.gz")
@@ -126,7 +126,7 @@ def test_fmriprep_layout(tmp_path):
 
 
 def test_dpabi_layout(tmp_path):
-    simulate_cohort(tmp_path, n_patients=1, n_controls=1, seed=1, layout="dpabi", n_jobs=1, **KW)
+    simulate_cohort(tmp_path, n_patients=1, n_controls=1, seed=1, n_jobs=1, **{**KW, "layout": "dpabi"})
     for pid in ("sub-P01", "sub-C01"):
         niis = list((tmp_path / "FunImgARCW" / pid).glob("*.nii"))
         assert len(niis) == 1

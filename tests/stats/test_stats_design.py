@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.stats.design import build_design, read_participants
+from cfhdask.io.participants import read_participants
+from cfhdask.stats.design import build_design
 
 
 @pytest.fixture
@@ -39,7 +40,8 @@ def test_tsv_and_csv_and_prefix(tmp_path, table):
     t2 = table.assign(participant_id=table.participant_id.str.removeprefix("sub-"))
     t2.to_csv(tmp_path / "p.csv", index=False)
     for f in ("p.tsv", "p.csv"):
-        d = build_design(tmp_path / f, SUBJ, group="group", covariates=["age"])
+        d = build_design(read_participants(tmp_path / f), SUBJ, group="group",
+                         covariates=["age"])
         assert d.groups == ("control", "patient") and d.n == 6
     with pytest.raises(CfhdaskInputError, match="no such file"):
         read_participants(tmp_path / "missing.tsv")

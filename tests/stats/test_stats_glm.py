@@ -65,8 +65,8 @@ def test_unknown_scheme(rng):
 def test_voxel_fwe_agrees_with_nilearn_permuted_ols(rng):
     from nilearn.mass_univariate import permuted_ols
 
-    from cfhdask.stats.inference import fwe_p
     from cfhdask.stats.permute import make_schedule
+    from cfhdask.stats.results import fwe_p
 
     n, V, n_perm = 30, 200, 2000
     x = np.r_[np.ones(15), np.zeros(15)]

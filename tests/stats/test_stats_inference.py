@@ -81,9 +81,9 @@ def test_bad_options(dataset):
         _run(dataset, scheme="smith")
     with pytest.raises(CfhdaskInputError, match="connectivity"):
         _run(dataset, connectivity=8)
-    with pytest.raises(CfhdaskInputError, match="cluster-p"):
+    with pytest.raises(CfhdaskInputError, match="^cluster_p: "):
         _run(dataset, cluster_p=2.0)
-    with pytest.raises(CfhdaskInputError, match="n-perm"):
+    with pytest.raises(CfhdaskInputError, match="^n_perm: "):
         _run(dataset, n_perm=0)
     with pytest.raises(CfhdaskInputError, match="ijk"):
         group_inference(dataset["Y"], dataset["table"], group="group")

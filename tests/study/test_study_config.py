@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.study.schema import load_config, schema_markdown, validate_config
+from cfhdask.study.config import load_config, schema_markdown, validate_config
 
 
 @pytest.fixture
@@ -27,14 +27,25 @@ def minimal(**extra):
 
 def test_defaults_are_the_paper(base):
     cfg = validate_config(minimal(), str(base))
-    assert cfg["preprocessing"]["drop_volumes"] == 10
-    assert cfg["preprocessing"]["smoothing_fwhm"] == 4.0
-    assert (cfg["preprocessing"]["high_pass"], cfg["preprocessing"]["low_pass"]) == (0.01, 0.1)
-    assert cfg["mask"]["gm_threshold"] == 0.2
-    assert cfg["covariates"] == ["age", "sex", "education", "SDS", "SAS"]
-    assert cfg["stats"]["cluster_p"] == 0.001 and cfg["stats"]["connectivity"] == 18
-    assert cfg["participants"] == os.path.join(str(base), "participants.tsv")
-    assert cfg["store"].endswith(os.path.join("cfhdask_output", "cohort.zarr"))
+    assert cfg.preprocessing.drop_volumes == 10
+    assert cfg.preprocessing.smoothing_fwhm == 4.0
+    assert (cfg.preprocessing.high_pass, cfg.preprocessing.low_pass) == (0.01, 0.1)
+    assert cfg.mask.gm_threshold == 0.2
+    assert cfg.covariates == []  # never this one study's: none unless named
+    assert cfg.stats.scheme == "draper-stoneman"  # SnPM, as the paper
+    assert cfg.stats.cluster_p == 0.001 and cfg.stats.connectivity == 18
+    assert cfg.participants == os.path.join(str(base), "participants.tsv")
+    assert cfg.store is None and cfg.output == os.path.join(str(base), "cfhdask_output")
+
+
+def test_defaults_follow_the_users_dask_config(base):
+    import dask
+
+    with dask.config.set({"cfhdask.stats.n_perm": 777, "cfhdask.design.covariates": ["age"]}):
+        cfg = validate_config(minimal(), str(base))
+        assert cfg.stats.n_perm == 777 and cfg.covariates == ["age"]
+        assert validate_config(minimal(stats={"n_perm": 5}), str(base)).stats.n_perm == 5
+    assert validate_config(minimal(), str(base)).stats.n_perm == 5000
 
 
 @pytest.mark.parametrize("cfg, key", [
@@ -48,6 +59,8 @@ def test_defaults_are_the_paper(base):
     (minimal(inputs={"dpabi": "missing_dir"}), "inputs.dpabi"),
     (minimal(groups={"levels": ["a", "b", "c"]}), "groups.levels"),
     (minimal(preprocessing=[1, 2]), "preprocessing"),
+    (minimal(stats={"n_perm": -3}), "stats.n_perm"),
+    (minimal(preprocessing={"low_pass": 0}), "preprocessing.low_pass"),
     ({"inputs": {"bids_derivatives": "deriv"}}, "participants"),
 ])
 def test_bad_config_names_the_key(base, cfg, key):
@@ -72,7 +85,7 @@ def test_load_config_errors(base):
         load_config(str(bad))
     good = base / "study.yaml"
     good.write_text(yaml.safe_dump(minimal()))
-    assert load_config(str(good))["inputs"]["bids_derivatives"] == str(base / "deriv")
+    assert load_config(str(good)).inputs.bids_derivatives == str(base / "deriv")
 
 
 def test_readme_documents_every_key():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from cfhdask.study.config import validate_config
 from cfhdask.study.demo import demo_config, planted_findings
-from cfhdask.study.schema import validate_config
 
 
 def table(rows):
@@ -44,8 +44,9 @@ def test_demo_config_is_valid(tmp_path):
     sim.mkdir()
     (sim / "participants.tsv").write_text("participant_id\tgroup\n")
     cfg = validate_config(demo_config(str(sim), str(tmp_path), n_perm=100, seed=1))
-    assert cfg["stats"]["scheme"] == "draper-stoneman" and cfg["stats"]["n_perm"] == 100
-    assert cfg["preprocessing"]["drop_volumes"] == 10
+    assert cfg.stats.scheme == "draper-stoneman" and cfg.stats.n_perm == 100
+    assert cfg.preprocessing.drop_volumes == 10
+    assert cfg.covariates == ["age", "sex", "education", "SDS", "SAS"]
 
 
 def test_run_demo_with_a_relative_output_folder(tmp_path, monkeypatch, local_client):

@@ -26,6 +26,7 @@ def study(cohort, out, **stats):
             "inputs": {"bids_derivatives": str(cohort)},
             "participants": str(cohort / "participants.tsv"),
             "preprocessing": {"drop_volumes": 4},
+            "covariates": ["age", "sex", "education", "SDS", "SAS"],
             "stats": {"n_perm": 40, "seed": 1, **stats}}
 
 

@@ -18,7 +18,6 @@ Steps:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import posixpath
 from collections.abc import Callable, Sequence
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 
 import dask
 import dask.array as da
-import fsspec
 import numpy as np
 
 from cfhdask._version import __version__
@@ -34,6 +32,8 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput, subject_id
 from cfhdask.io.nifti import NiftiInfo, check_bold, check_same_grid, masked_series, read_header
 from cfhdask.io.store import CohortStore, now_iso
+from cfhdask.io.urls import url_to_fs
+from cfhdask.prep.confounds import sidecar_tr
 from cfhdask.prep.mask import GM_THRESHOLD, resolve_mask
 
 log = logging.getLogger(__name__)
@@ -128,22 +128,13 @@ def as_subject_inputs(inputs: Sequence[str | SubjectInput]) -> list[SubjectInput
     return out
 
 
-def _sidecar_tr(url: str, storage_options: dict | None) -> float | None:
-    try:
-        with fsspec.open(url, "rt", **(storage_options or {})) as f:
-            tr = json.load(f).get("RepetitionTime")
-    except (OSError, ValueError) as exc:
-        raise CfhdaskInputError(f"{url}: unreadable JSON sidecar: {exc}") from exc
-    return float(tr) if tr is not None else None
-
-
 def subject_tr(inp: SubjectInput, header: NiftiInfo,
                storage_options: dict | None = None) -> float | None:
     """Repetition time: the user's, else the sidecar's, else the NIfTI header's."""
     if inp.tr is not None:
         return float(inp.tr)
     if inp.sidecar:
-        tr = _sidecar_tr(inp.sidecar, storage_options)
+        tr = sidecar_tr(inp.sidecar, storage_options)
         if tr is not None:
             return tr
     return header.tr
@@ -173,10 +164,7 @@ def load_series(inp: SubjectInput, info: StoreInfo) -> tuple[da.Array, dict]:
 
 def _store_state(url: str, storage_options: dict | None) -> bool:
     """Whether a cohort store exists at ``url`` (error if something else is there)."""
-    try:
-        fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
-    except (ValueError, ImportError, TypeError) as exc:
-        raise CfhdaskInputError(f"--out {url}: cannot use this path or URL: {exc}") from exc
+    fs, path = url_to_fs(url, storage_options, what="--out")
     try:
         if fs.exists(posixpath.join(path, "zarr.json")):
             return True
@@ -189,7 +177,7 @@ def _store_state(url: str, storage_options: dict | None) -> bool:
 
 
 def _remove_store(url: str, storage_options: dict | None) -> None:
-    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    fs, path = url_to_fs(url, storage_options, what="--out")
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
