@@ -30,9 +30,17 @@ from typing import Any, Literal
 import dask
 import dask.config
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inputs import parse_combine
 
 __all__ = [
     "CFHSettings", "ClinicalSettings", "ClusterSettings", "DesignSettings", "InputsSettings",
@@ -198,6 +206,17 @@ class DesignSettings(Section):
                                    "(dummy-coded); every other covariate must be numeric.")
     drop_missing: bool = Field(False, description="Drop (and report) subjects with missing "
                                                   "values instead of stopping.")
+    combine_runs: str = Field("mean", description="How a participant's maps (sessions, runs) "
+                              "become its one row of the design: 'mean' (the mean of all its "
+                              "maps) or a session/run such as 'ses-1', 'run-2' or "
+                              "'ses-1_run-1' (the mean of the maps that match: that one map "
+                              "when it names one).")
+
+    @field_validator("combine_runs")
+    @classmethod
+    def _combine(cls, v: str) -> str:
+        parse_combine(v)
+        return v.strip()
 
 
 class StatsSettings(Section):
@@ -214,6 +233,10 @@ class StatsSettings(Section):
     connectivity: Literal[6, 18, 26] = Field(18, description="Voxel connectivity of "
                                                              "clusters (18 as SPM).")
     tfce: bool = Field(False, description="Also TFCE (E = 0.5, H = 2) with FWE p.")
+    mass_tfce_on: Literal["t", "z"] = Field(
+        "t", description="Map cluster mass and TFCE are computed on: t, or z (PALM's "
+                         "convention: each t turned into the z of the same p, so mass and "
+                         "TFCE can be set beside PALM's; extents and voxel FWE are the same).")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="FWE level of significant "
                                                            "clusters.")
     seed: int = Field(0, ge=0, description="Seed of the permutations.")

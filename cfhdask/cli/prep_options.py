@@ -38,7 +38,11 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
                         "rp_*.txt or a table with trans_x..rot_z columns), paired by subject id")
     g.add_argument("--tr", type=float, metavar="SECONDS",
                    help="repetition time in seconds; overrides the NIfTI header and the "
-                        "sidecar")
+                        "sidecar (a value above 100 is taken for milliseconds and refused)")
+    g.add_argument("--storage-options", default=None, metavar="JSON",
+                   help="fsspec options of remote folders, files and the store (credentials, "
+                        "endpoint), e.g. '{\"anon\": true}' or '{\"client_kwargs\": "
+                        "{\"endpoint_url\": \"http://127.0.0.1:9000\"}}'")
 
 
 #: Denoising options -> fields of :class:`DenoiseParams`.
@@ -107,7 +111,8 @@ def denoise_requested(args: argparse.Namespace) -> bool:
 
 
 def inputs_from_args(
-    args: argparse.Namespace, files: list[str] | None = None
+    args: argparse.Namespace, files: list[str] | None = None,
+    storage_options: dict | None = None,
 ) -> tuple[list[SubjectInput], list[Skip]]:
     """Runs to ingest, and runs skipped with their reason, from parsed options.
 
@@ -117,6 +122,8 @@ def inputs_from_args(
         With the options of :func:`add_input_options` (and ``--motion``).
     files : list of str, optional
         BOLD files given as positional arguments.
+    storage_options : dict, optional
+        fsspec options of remote folders and files (``--storage-options``).
 
     Raises
     ------
@@ -134,4 +141,5 @@ def inputs_from_args(
         participant_label=args.participant_label, dpabi=args.dpabi, dpabi_dir=where.dpabi_dir,
         files=files or None, confounds=args.confounds, tr=args.tr,
         require_confounds=motion not in (None, "none") and denoise_requested(args),
+        storage_options=storage_options,
     )

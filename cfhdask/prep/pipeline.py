@@ -197,7 +197,6 @@ def plan_subject(
         count, no TR when filtering, template masks off the grid; the message
         names the file.
     """
-    del storage_options  # tables and sidecars are opened through fsspec URLs
     if len(header.shape) != 4:
         raise CfhdaskInputError(f"{inp.bold}: expected a 4D BOLD image, got shape {header.shape}")
     n_vol, drop = header.n_volumes, int(params.drop_volumes)
@@ -208,7 +207,7 @@ def plan_subject(
             f"{inp.bold}: no confounds table (fMRIPrep *_desc-confounds_timeseries.tsv, DPABI "
             "rp_*.txt or --confounds) for the motion regressors; give one or use --motion none")
     if table_file is not None and params.wants_regressors:
-        table = conf.read_confounds_table(table_file)
+        table = conf.read_confounds_table(table_file, storage_options)
         sel = conf.select_confounds(
             table, table_file, n_volumes=n_vol, motion=params.motion,
             wm=params.wm, csf=params.csf, global_signal=params.global_signal)
@@ -221,20 +220,19 @@ def plan_subject(
         conf.check_tissue_masks(masks, from_data, inp.bold)
     steps = params.steps(len(names) + len(from_data))
     filtering = any(s in ("filter", "clean") for s in steps) and params.wants_filter
-    side_tr = conf.sidecar_tr(inp.sidecar) if inp.sidecar else None
+    side_tr = conf.sidecar_tr(inp.sidecar, storage_options) if inp.sidecar else None
     user_tr = params.tr if params.tr is not None else inp.tr
     if conf.tr_disagreement(header.tr, side_tr):
         notes.append(f"TR {side_tr} s in {inp.sidecar} vs {header.tr} s in the header")
-    try:
+    tr, tr_source = None, None
+    if filtering or user_tr is not None or side_tr is not None or header.tr is not None:
         tr, tr_source = conf.resolve_tr(bold=inp.bold, header=header.tr, sidecar=side_tr,
                                         sidecar_path=inp.sidecar, user=user_tr)
-    except CfhdaskInputError:
-        if filtering:
-            raise
-        tr, tr_source = None, None
     n_kept = n_vol - drop
     need = 2 if (params.detrend or "regress" in steps) else 1
     if filtering:
+        conf.check_filter(tr, params.high_pass, params.low_pass, bold=inp.bold,
+                          tr_source=tr_source)
         need = max(need, kern.min_volumes_for_filter(
             kern.butterworth_sos(tr, params.high_pass, params.low_pass)))
     if n_kept < need:

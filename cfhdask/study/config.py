@@ -24,10 +24,12 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inputs import parse_combine
 from cfhdask.settings import (
     CFHSettings,
     ClinicalSettings,
     ClusterSettings,
+    DesignSettings,
     InputsSettings,
     MaskSettings,
     PreprocessingSettings,
@@ -92,6 +94,7 @@ class StudyConfig(Section):
                                    "every other covariate must be numeric.")
     drop_missing: bool = Field(False, description="Drop (and report) subjects with missing "
                                                   "values instead of stopping.")
+    combine_runs: str = DesignSettings.model_fields["combine_runs"]
     mask: MaskSettings = Field(default_factory=MaskSettings)
     preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
     cfh: CFHSettings = Field(default_factory=CFHSettings)
@@ -99,9 +102,15 @@ class StudyConfig(Section):
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
+    @field_validator("combine_runs")
+    @classmethod
+    def _combine(cls, v: str) -> str:
+        parse_combine(v)
+        return v.strip()
+
 
 #: Top-level study keys whose defaults come from the ``design`` settings section.
-_FROM_DESIGN = ("covariates", "categorical", "drop_missing")
+_FROM_DESIGN = ("covariates", "categorical", "drop_missing", "combine_runs")
 #: Sections whose defaults are the current settings of the same name.
 _SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "stats", "clinical", "cluster")
 
