@@ -170,6 +170,10 @@ def dask_client(
             raise CfhdaskInputError(f"--scheduler-file: no such file: {scheduler_file}")
         try:
             client = Client(address=scheduler, scheduler_file=scheduler_file, timeout=timeout)
+        except ValueError as exc:  # not an address at all
+            raise CfhdaskInputError(
+                f"--scheduler {scheduler or scheduler_file}: not a Dask scheduler address "
+                f"({exc}); give e.g. tcp://head-node:8786") from None
         except (OSError, TimeoutError) as exc:
             raise CfhdaskInputError(
                 f"could not reach the Dask scheduler at {scheduler or scheduler_file}: {exc}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cfhdask.cli.logs import one_line
 from cfhdask.cli.options import (
     add_cluster_options,
     add_setting,
@@ -107,12 +108,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {subject}: {reason}")
     if failed:
         for subject, exc in sorted(failed.failures.items()):
-            print(f"failed {subject}: {_one_line(exc)}")
+            print(f"failed {subject}: {one_line(exc)}")
     return 1 if (problems or failed) else 0
 
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (details go to the log file)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text and not isinstance(
-        exc, CfhdaskInputError) else (text[0] if text else type(exc).__name__)

@@ -218,7 +218,8 @@ def _run_writes(store: CohortStore, writes: dict, client) -> dict[str, BaseExcep
     def failed(subject: str, exc: BaseException) -> None:
         store.abort_subject(subject)
         failures[subject] = exc
-        log.error("Ingest of %s failed: %s", subject, exc)
+        log.error("Ingest of %s failed: %s", subject, str(exc).strip().split("\n")[0])
+        log.debug("Ingest of %s failed", subject, exc_info=exc)
 
     if client is not None:
         from distributed import as_completed
