@@ -11,6 +11,7 @@ import argparse
 from cfhdask.cli.options import add_setting, overrides
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput
+from cfhdask.prep.confounds import check_filter, check_tr
 from cfhdask.prep.discover import Skip, discover_inputs
 from cfhdask.prep.pipeline import DenoiseParams
 from cfhdask.settings import STEPS, resolve, settings
@@ -94,6 +95,8 @@ def denoise_params_from_args(args: argparse.Namespace) -> DenoiseParams:
     CfhdaskInputError
         A bad or inconsistent option (e.g. ``--high-pass`` above ``--low-pass``), naming it.
     """
+    if args.tr is not None:
+        check_tr(args.tr, "--tr")
     given = overrides(args, DENOISE_FIELDS)
     params = DenoiseParams.from_settings(**given, tr=args.tr)
     changes: dict = {}
@@ -101,7 +104,10 @@ def denoise_params_from_args(args: argparse.Namespace) -> DenoiseParams:
         changes["smoothing_fwhm"] = None
     if args.no_filter:
         changes.update(high_pass=None, low_pass=None)
-    return DenoiseParams(**{**params.model_dump(), **changes}) if changes else params
+    params = DenoiseParams(**{**params.model_dump(), **changes}) if changes else params
+    if args.tr is not None and params.wants_filter:
+        check_filter(args.tr, params.high_pass, params.low_pass, bold="--tr", tr_source="--tr")
+    return params
 
 
 def denoise_requested(args: argparse.Namespace) -> bool:

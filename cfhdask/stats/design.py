@@ -255,7 +255,7 @@ def _per_participant(df: pd.DataFrame, maps: dict[str, list[str]], cols: list[st
                         "); choose one session with --combine-runs / study.yaml "
                         "'combine_runs'")
                 out.at[pid, c] = vals[0]
-    return out
+    return out.infer_objects()
 
 
 def build_design(

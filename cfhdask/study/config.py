@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import parse_combine
+from cfhdask.prep.confounds import MAX_TR
 from cfhdask.settings import (
     CFHSettings,
     ClinicalSettings,
@@ -57,6 +58,14 @@ class StudyInputs(InputsSettings):
                                                          "with or without 'sub-').")
     tr: float | None = Field(None, gt=0.0, description="Repetition time (s) overriding "
                                                        "headers and sidecars.")
+
+    @field_validator("tr")
+    @classmethod
+    def _seconds(cls, v: float | None) -> float | None:
+        if v is not None and v > MAX_TR:
+            raise ValueError(f"{v:g} looks like milliseconds (a TR above {MAX_TR:g} s); "
+                             f"give seconds, e.g. {v / 1000:g}")
+        return v
 
 
 class StudyGroups(Section):
@@ -194,6 +203,12 @@ def validate_config(raw: Mapping | None, base_dir: str = ".") -> StudyConfig:
         _raise(exc)
     base_dir = os.path.abspath(base_dir)
     inp = cfg.inputs
+    pre = cfg.preprocessing
+    for key, cut in (("low_pass", pre.low_pass), ("high_pass", pre.high_pass)):
+        if inp.tr is not None and pre.denoise and cut is not None and cut >= 0.5 / inp.tr:
+            raise CfhdaskInputError(
+                f"config key 'preprocessing.{key}': {cut:g} Hz is at or above the Nyquist "
+                f"frequency {0.5 / inp.tr:.4g} Hz of 'inputs.tr' {inp.tr:g} s")
     sources = [bool(inp.bold), bool(inp.bids_derivatives), bool(inp.dpabi)]
     if sum(sources) != 1:
         raise CfhdaskInputError("config: give exactly one of 'inputs.bold', "

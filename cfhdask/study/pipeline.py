@@ -194,16 +194,29 @@ def _design(cfg: StudyConfig, participants, sessions, levels, runs):
                         sessions=sessions, source=cfg.participants)
 
 
-def _check_clinical(cfg: StudyConfig, design) -> None:
-    """The partial correlations' covariates encode in the first group (before compute)."""
-    from cfhdask.stats.design import encode_covariates
+def _check_clinical(cfg: StudyConfig, participants, sessions, design) -> None:
+    """Clinical variables are numeric and the covariates encode in the first group
+    (the partial correlations' data), before any compute."""
+    from cfhdask.stats.design import encode_covariates, participant_values
 
-    if not cfg.clinical.variables or not cfg.covariates:
+    if not cfg.clinical.variables:
         return
-    first = design.table[design.x == 1.0]
-    encode_covariates(first, cfg.covariates, cfg.categorical,
-                      source=f"participants table {cfg.participants} (group "
-                             f"{design.groups[0]!r}, clinical correlations)")
+    first = [p for p, g in zip(design.subjects, design.x, strict=True) if g == 1.0]
+    maps = {p: design.maps[p] for p in first}
+    table = participant_values(participants, maps, [*cfg.clinical.variables, *cfg.covariates],
+                               categorical=cfg.categorical, sessions=sessions,
+                               source=cfg.participants)
+    for var in cfg.clinical.variables:
+        num = pd.to_numeric(table[var], errors="coerce")
+        bad = table.index[num.isna() & table[var].notna()]
+        if len(bad):
+            raise CfhdaskInputError(
+                f"config key 'clinical.variables': {var!r} must be numeric but participant "
+                f"{bad[0]!r} of {cfg.participants} has {table.at[bad[0], var]!r}")
+    if cfg.covariates:
+        encode_covariates(table.dropna(subset=list(cfg.covariates)), cfg.covariates,
+                          cfg.categorical, source=f"participants table {cfg.participants} "
+                          f"(group {design.groups[0]!r}, clinical correlations)")
 
 
 def check_study(cfg: StudyConfig) -> StudyPlan:
@@ -234,7 +247,7 @@ def check_study(cfg: StudyConfig) -> StudyPlan:
     participants = _without_skipped(participants, runs, [s.subject for s in skips])
     design = _design(cfg, participants, sessions, levels, runs) if runs else None
     if design is not None:
-        _check_clinical(cfg, design)
+        _check_clinical(cfg, participants, sessions, design)
     return StudyPlan(participants, sessions, levels, inputs, skips, design)
 
 
