@@ -48,7 +48,11 @@ _NIFTI = (".nii.gz", ".nii")
 
 def _fs(url: str, storage_options: dict | None = None):
     fs, root = url_to_fs(url, storage_options, what="folder")
-    if not fs.isdir(root):
+    try:
+        is_dir = fs.isdir(root)
+    except Exception as exc:  # unreachable endpoint, denied access (botocore errors)
+        raise CfhdaskInputError(f"{url}: cannot list the folder: {exc}") from None
+    if not is_dir:
         raise CfhdaskInputError(f"not a folder: {url}")
     return fs, root
 
