@@ -79,17 +79,18 @@ def run(args: argparse.Namespace) -> int:
     des = resolve("design", overrides(args, DESIGN_FIELDS), style="cli")
     so = parse_storage_options(args.storage_options)
     store = open_store(args.store, storage_options=so)
-    kw = dict(group=args.group, groups=args.groups, covariates=des.covariates,
-              categorical=des.categorical, drop_missing=des.drop_missing,
-              combine_runs=des.combine_runs, storage_options=so)
     # every participant, session, group and covariate problem shows here, before any cluster
-    inference_design(store, args.participants, **kw)
+    inference_design(store, args.participants, des, group=args.group, groups=args.groups,
+                     storage_options=so)
     with dask_client(**cluster_kwargs(args)) as client:
         res = group_inference(
-            store, args.participants, n_perm=st.n_perm, scheme=st.scheme,
+            store, args.participants, group=args.group, groups=args.groups,
+            covariates=des.covariates, categorical=des.categorical,
+            drop_missing=des.drop_missing, combine_runs=des.combine_runs,
+            storage_options=so, n_perm=st.n_perm, scheme=st.scheme,
             cluster_p=st.cluster_p, connectivity=st.connectivity, tfce=st.tfce,
             mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed, out_dir=args.out,
-            client=client, metric=st.metric, batch_size=st.batch_size, **kw)
+            client=client, metric=st.metric, batch_size=st.batch_size)
     p = res.params
     several = sum(1 for m in p["maps"].values() if len(m) > 1)
     print(f"{len(p['subjects'])} participants {p['n_per_group']} from {p['n_maps']} maps"

@@ -28,7 +28,7 @@ from scipy import stats as sstats
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
 from cfhdask.io.participants import read_participants, read_sessions
-from cfhdask.settings import resolve
+from cfhdask.settings import DesignSettings, resolve
 from cfhdask.stats.clusters import label_clusters, tfce_step, voxel_graph
 from cfhdask.stats.clusters import tfce as tfce_scores
 from cfhdask.stats.design import Design, build_design
@@ -102,20 +102,11 @@ def participant_maps(design: Design, subjects: Sequence[str], Y: np.ndarray) -> 
     return out
 
 
-def inference_design(
-    data: Any,
-    participants: pd.DataFrame | str,
-    *,
-    group: str,
-    groups: Sequence[str] | None = None,
-    covariates: Sequence[str] | None = None,
-    categorical: Sequence[str] | None = None,
-    drop_missing: bool | None = None,
-    combine_runs: str | None = None,
-    subjects: Sequence[str] | None = None,
-    sessions: pd.DataFrame | None = None,
-    storage_options: dict | None = None,
-) -> tuple[Design, list[str]]:
+def inference_design(data: Any, participants: pd.DataFrame | str, des: DesignSettings, *,
+                     group: str, groups: Sequence[str] | None = None,
+                     subjects: Sequence[str] | None = None,
+                     sessions: pd.DataFrame | None = None,
+                     storage_options: dict | None = None) -> tuple[Design, list[str]]:
     """The design :func:`group_inference` will use, from map names only (no map is read).
 
     Everything about the participants (table, ``sessions.tsv``, groups,
@@ -123,14 +114,19 @@ def inference_design(
     Dask cluster starts.  A store whose analysed subjects were preprocessed
     differently is refused.
 
+    Parameters
+    ----------
+    data, participants, group, groups, subjects, sessions, storage_options
+        As :func:`group_inference`.
+    des : DesignSettings
+        Covariates, categorical ones, ``drop_missing``, ``combine_runs``
+        (:func:`cfhdask.settings.resolve` of the ``design`` section).
+
     Returns
     -------
     (Design, list of str)
         The design and the store subjects (maps) it was built from.
     """
-    des = resolve("design", dict(covariates=None if covariates is None else list(covariates),
-                                 categorical=None if categorical is None else list(categorical),
-                                 drop_missing=drop_missing, combine_runs=combine_runs))
     names = _subject_names(data, subjects)
     so = storage_options if storage_options is not None else \
         getattr(data, "storage_options", None)
@@ -312,11 +308,9 @@ def group_inference(
     des = resolve("design", dict(covariates=None if covariates is None else list(covariates),
                                  categorical=None if categorical is None else list(categorical),
                                  drop_missing=drop_missing, combine_runs=combine_runs))
-    design, used = inference_design(
-        data, participants, group=group, groups=groups, covariates=des.covariates,
-        categorical=des.categorical, drop_missing=des.drop_missing,
-        combine_runs=des.combine_runs, subjects=subjects, sessions=sessions,
-        storage_options=storage_options)
+    design, used = inference_design(data, participants, des, group=group, groups=groups,
+                                    subjects=subjects, sessions=sessions,
+                                    storage_options=storage_options)
     covariates = list(des.covariates)
     if hasattr(data, "cfh_maps"):
         Y, ijk, grid_shape, affine, hemi = _load(data, used, ijk, grid_shape, affine,
