@@ -460,10 +460,11 @@ def _participant_table(cfg: StudyConfig, participants: pd.DataFrame, sessions, m
 
     columns = list(dict.fromkeys([cfg.groups.column, *cfg.covariates, *cfg.clinical.variables,
                                   *cfg.clinical.table1]))
-    extra = [c for c in participants.columns if c not in columns and c != ID_COLUMN]
-    table = participant_values(participants, maps, [*columns, *extra],
+    table = participant_values(participants, maps, columns,
                                categorical=[*cfg.categorical, cfg.groups.column],
                                sessions=sessions, source=cfg.participants)
+    others = participants.set_index(ID_COLUMN).drop(columns=columns, errors="ignore")
+    table = table.join(others.loc[~others.index.duplicated()], how="left")
     table.index.name = ID_COLUMN
     return table.reset_index()
 
