@@ -370,7 +370,8 @@ def partial_residuals(
     DataFrame indexed by subject with columns ``x`` (variable residual) and
     ``y`` (cluster-value residual); their Pearson correlation is the partial
     correlation of ``method`` (on ranks for Spearman).  Rows with a missing
-    value are left out.
+    value are left out.  ``categorical`` covariates are dummy-coded as in
+    :func:`cluster_correlations` (default ``cfhdask.design.categorical``).
     """
     covariates = list(covariates)
     frame = _patient_frame(values, participants, group=group, group_value=group_value,

@@ -253,3 +253,17 @@ def test_read_only_and_history(user_mask):
         ro.write_subject("sub-01", np.zeros((ro.n_voxels, 12), np.float32), {})
     with pytest.raises(CfhdaskInputError, match="no voxel"):
         _create(np.zeros(SHAPE, bool))
+
+
+def test_mixed_preprocessing_is_refused_naming_both(user_mask, rng):
+    store = _create(user_mask)
+    series = np.zeros((store.n_voxels, 12), np.float32)
+    store.write_subject("sub-01", series, {"preprocessing": {"pipeline": "none",
+                                                             "drop_volumes": 0}})
+    store.write_subject("sub-02", series, {"preprocessing": {
+        "pipeline": "cfhdask.denoise", "parameters": {"drop_volumes": 10, "tr": 2.0},
+        "steps": ["smooth"]}})
+    store.check_same_preprocessing(["sub-01"])
+    with pytest.raises(CfhdaskInputError, match=r"sub-01 none \(drop_volumes 0\); sub-02 "
+                                                r"cfhdask.denoise \(drop_volumes 10\)"):
+        store.check_same_preprocessing()
