@@ -43,7 +43,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
 
 #: Denoising options -> fields of :class:`DenoiseParams`.
 DENOISE_FIELDS = ("drop_volumes", "smoothing_fwhm", "motion", "wm", "csf", "global_signal",
-                  "detrend", "high_pass", "low_pass", "order")
+                  "detrend", "high_pass", "low_pass", "filter", "order")
 
 
 def add_denoise_options(parser: argparse.ArgumentParser, *, dry_run: bool = True) -> None:
@@ -72,6 +72,7 @@ def add_denoise_options(parser: argparse.ArgumentParser, *, dry_run: bool = True
     add_setting(g, "--detrend", "preprocessing", kind="bool")
     add_setting(g, "--high-pass", "preprocessing", type=float, metavar="HZ")
     add_setting(g, "--low-pass", "preprocessing", type=float, metavar="HZ")
+    add_setting(g, "--filter", "preprocessing", metavar="{butterworth,ideal}")
     g.add_argument("--no-filter", action="store_true", help="no band-pass filtering")
     add_setting(g, "--order", "preprocessing", kind="list", metavar="STEPS",
                 help=f"Steps in order, comma-separated, from {', '.join(STEPS)} ('clean' = "
