@@ -46,16 +46,17 @@ import scipy.signal
 from cfhdask.backend import array_module, to_numpy
 
 __all__ = [
-    "BUTTERWORTH_ORDER", "FILTERS", "bandpass", "band_filter", "butterworth_sos",
-    "clean_series", "confound_basis", "detrend_linear", "ideal_bandpass", "ideal_filter_bins",
-    "ideal_padded_length", "ideal_rank", "masked_means", "min_volumes_for_filter",
-    "SmoothGather", "regress_out", "smooth_gather", "smooth_volumes", "smoothing_box", "smoothing_sigmas",
-    "time_operator",
+    "BUTTERWORTH_ORDER", "FILTERS", "SmoothGather", "band_filter", "bandpass",
+    "butterworth_sos", "clean_series", "confound_basis", "detrend_linear", "ideal_bandpass",
+    "ideal_filter_bins", "ideal_padded_length", "ideal_rank", "masked_means",
+    "min_volumes_for_filter", "regress_out", "smooth_gather", "smooth_volumes",
+    "smoothing_box", "smoothing_sigmas", "time_operator",
 ]
 
 #: Butterworth order used by nilearn's ``signal.clean``.
 BUTTERWORTH_ORDER = 5
-#: Temporal filters: nilearn's Butterworth, DPABI's ideal (FFT) filter.
+#: Band-pass filters: nilearn's Butterworth, DPABI's ideal (FFT) filter (the values
+#: of ``cfhdask.settings.FILTERS``; kernels do not import the settings).
 FILTERS = ("butterworth", "ideal")
 #: scipy.ndimage.gaussian_filter1d's default kernel reach, in sigmas.
 _TRUNCATE = 4.0

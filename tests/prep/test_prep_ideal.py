@@ -13,6 +13,7 @@ import yaml
 from nilearn import image, signal
 from prep_helpers import AFFINE, SHAPE, fmriprep_table, make_bold, save_bold, save_table
 
+from cfhdask import settings
 from cfhdask.cli import main
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import voxel_table
@@ -175,6 +176,7 @@ def test_band_filter_kinds(rng):
         kern.band_filter(2.0, 0.01, 0.1, "fir")
     with pytest.raises(ValueError, match="below"):
         kern.band_filter(2.0, 0.1, 0.01, "ideal")
+    assert kern.FILTERS == settings.FILTERS
 
 
 def test_clean_series_ideal_equals_filter_then_nilearn_regression(rng):
