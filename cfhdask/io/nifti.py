@@ -13,8 +13,8 @@ consecutive volumes go straight from the (decompressed) stream into one
 reused buffer and are scaled to float32 in a single pass.  ``.nii.gz`` files
 are decompressed with ISA-L (the ``isal`` package, about 3x faster than zlib)
 when it is installed, else with the standard library's zlib; local ``.nii``
-files are memory-mapped.  The values equal nibabel's ``get_fdata`` to float32
-rounding (tests).
+files are memory-mapped.  The values equal nibabel's
+``get_fdata(dtype=np.float32)`` exactly (tests).
 """
 
 from __future__ import annotations
@@ -37,8 +37,12 @@ from cfhdask.io.urls import url_to_fs
 
 try:  # ISA-L's gzip: the same API as the standard library's, ~3x faster to decompress
     from isal import igzip as _gzip
+    from isal.isal_zlib import error as _isal_error
 except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
-    _gzip = gzip
+    _gzip, _isal_error = gzip, zlib.error
+
+#: What reading a damaged file raises (truncated, corrupt deflate data, bad CRC).
+_DATA_ERRORS = (OSError, EOFError, ValueError, zlib.error, _isal_error)
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +391,7 @@ def iter_volume_batches(url: str, start: int, stop: int, batch: int,
                 yield b0, layout.to_float32(raw)
             if _is_gz(url) and stop == layout.shape[3]:
                 f.read(1)  # reach the end of the gzip member: its CRC is checked
-    except (OSError, EOFError, ValueError, zlib.error) as exc:
+    except _DATA_ERRORS as exc:
         raise CfhdaskInputError(
             f"{url}: unreadable or truncated data (volumes {b0}-{stop - 1}): {exc}") from exc
 

@@ -87,3 +87,20 @@ def test_bad_gzip_data_are_errors(tmp_path, rng):
     read_all(str(crc), 0, 8, 4)  # stopping before the end does not reach the check
     with pytest.raises(CfhdaskInputError, match="nope.nii.gz: no such file"):
         read_all(str(tmp_path / "nope.nii.gz"), 0, 1, 1)
+
+
+def test_corrupt_deflate_data_are_errors(tmp_path):
+    """Damaged compressed data: a bad CRC or an invalid deflate stream (zlib's or ISA-L's
+    own error), each a one-line input error."""
+    data = np.random.default_rng(0).integers(0, 50, (*SHAPE, 12)).astype(np.int16)
+    good = Path(save(tmp_path / "g.nii.gz", data)).read_bytes()
+    causes = set()
+    for start in range(len(good) // 2, len(good) // 2 + 40):
+        mid = bytearray(good)
+        mid[start:start + 8] = bytes(b ^ 0xFF for b in mid[start:start + 8])
+        bad = tmp_path / f"mid{start}.nii.gz"
+        bad.write_bytes(bytes(mid))
+        with pytest.raises(CfhdaskInputError, match=f"mid{start}.nii.gz: unreadable") as err:
+            read_all(str(bad), 0, 12, 5)
+        causes.add(type(err.value.__cause__).__name__)
+    assert "BadGzipFile" in causes and len(causes) > 1  # CRC errors and deflate errors
