@@ -10,16 +10,21 @@ residual norm.  For a left voxel ``a`` and a right voxel ``b``::
     r(a, b) = <alpha_a, alpha_b> + <a_perp, b_perp>,   |<a_perp, b_perp>| <= e_a e_b
 
 (Cauchy-Schwarz).  :func:`lowrank_block_maxcorr` computes the rank-``k``
-float32 product ``c = alpha_A alpha_B^T`` in strips, and a compiled loop
-(numba) reduces each strip while it is in cache:
+float32 product ``c = alpha_A alpha_B^T`` in strips that stay in cache while
+they are reduced (``e``, ``f``: residual norms of rows and columns; ``s``: the
+slack below):
 
-* lower bounds ``lo_i = max_j (c_ij - e_i f_j) - s`` of every row's maximum
-  (and the same of every column's, over the strips seen so far);
-* row candidates: the pairs with ``c_ij + e_i f_j + s >= lo_i``; for the
-  columns, per group of rows, the largest upper bound ``c_ij + e_i f_j``, so
-  that a column's candidates are searched only in the groups whose record
-  reaches its bound.  The true maximum of a row or column (and every pair
-  tied with it) is a candidate, because its correlation is at least ``lo``.
+* vectorised reductions: the row maxima ``m_i`` of ``c`` and, per group of
+  :data:`GROUP_ROWS` rows, the column maxima and the group's largest ``e``;
+  a row's maximum correlation is at least ``m_i - e_i max(f) - s``, a column's
+  at least ``gmax - e_g f_j - s`` (running over the strips);
+* a compiled loop (numba) appends the row candidates, ``c_ij >= m_i - 2 e_i
+  max(f) - 2 s``, testing 64 columns at once;
+* after the last strip, a column's candidates are searched only in the groups
+  whose upper bound ``gmax + e_g f_j`` reaches the column's lower bound.
+
+The true maximum of a row or column (and every pair tied with it) is a
+candidate, because its correlation is at least the lower bound.
 
 ``s`` is an explicit float32 slack: the rounding of the coefficients to
 float32 and of the rank-``k`` sums (``(k + 2) u`` relative, ``u = 2**-24``),
@@ -102,7 +107,7 @@ RANK_SAMPLE = 8192
 PILOT_ROWS = 256
 
 #: Rows of one strip of the low-rank product (the strip stays in cache while
-#: the compiled loop reads it twice).
+#: it is reduced).
 STRIP_ROWS = 256
 
 #: Rows of a strip sharing one record of the columns' upper bounds; a column's
@@ -305,40 +310,24 @@ _LANE = 64
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _strip_pass(c, e, f, row0, group_rows, slack2, col_lo, group_up, row_lo,
-                cand_i, cand_j, n_cand):  # pragma: no cover - compiled
-    """One pass over a strip of the rank-k product, row by row (a row stays in L1).
+def _row_candidates(c, thr, row0, cand_i, cand_j, n_cand):  # pragma: no cover - compiled
+    """Append the pairs ``(row0 + i, j)`` with ``c[i, j] >= thr[i]`` from ``n_cand``.
 
-    For every element: lower ``d = c - e_i f_j`` and upper ``u = c + e_i f_j``
-    bound; the row's largest ``d`` (``row_lo``), every column's largest ``d``
-    (``col_lo``, running) and, per group of ``group_rows`` rows, every column's
-    largest ``u`` (``group_up``).  Then the row's candidates (``u >= row_lo -
-    slack2``) are appended to ``cand_i``/``cand_j`` from ``n_cand``; the new count
-    is returned (it may exceed the capacity: the caller then falls back).
+    Stores at most ``cand_i.size`` pairs; returns the new count (which may
+    exceed the capacity: the caller then falls back).
     """
     m, nb = c.shape
     cap = cand_i.size
     for i in range(m):
-        ei = e[i]
-        gu = group_up[(row0 + i) // group_rows]
-        best = -np.inf
-        for j in range(nb):
-            x = c[i, j]
-            s = ei * f[j]
-            d = x - s
-            best = max(best, d)
-            col_lo[j] = max(col_lo[j], d)
-            gu[j] = max(gu[j], x + s)
-        row_lo[i] = best
-        thr = best - slack2
+        t = thr[i]
         for j0 in range(0, nb, _LANE):
             j1 = min(j0 + _LANE, nb)
             hit = False
             for j in range(j0, j1):
-                hit |= c[i, j] + ei * f[j] >= thr
+                hit |= c[i, j] >= t
             if hit:
                 for j in range(j0, j1):
-                    if c[i, j] + ei * f[j] >= thr:
+                    if c[i, j] >= t:
                         if n_cand < cap:
                             cand_i[n_cand] = row0 + i
                             cand_j[n_cand] = j
@@ -375,16 +364,17 @@ def _update(r, i, j, row_max, row_arg, col_max, col_arg):  # pragma: no cover - 
 
 
 @numba.njit(cache=True, nogil=True)
-def _exact(a, b, ca, cb, e, f, cand_i, cand_j, group_rows, group_up, col_lo, slack2,
-           row_max, row_arg, col_max, col_arg):  # pragma: no cover - compiled
+def _exact(a, b, ca, cb, e, f, cand_i, cand_j, group_rows, group_max, group_e, col_lo,
+           slack2, row_max, row_arg, col_max, col_arg):  # pragma: no cover - compiled
     """Exact float64 correlations of the row candidates and of the column candidates.
 
-    Row candidates are given; column candidates are found per column in the
-    groups of rows whose largest upper bound reaches the column's lower bound
-    (their rank-k values recomputed, then the bound applied per pair; the
-    slack covers any difference of rounding from the GEMM).  Updates the
-    (max, arg) of rows and columns in place, ties to the smaller index; a pair
-    found twice gives the same value twice.  Returns the pairs recomputed.
+    Row candidates are given.  A column's candidates are searched in the
+    groups of rows whose upper bound ``group_max[g, j] + group_e[g] f_j``
+    reaches the column's lower bound ``col_lo[j] - slack2``; in those, the
+    rank-k value of each pair is recomputed and its own bound applied.
+    Updates the (max, arg) of rows and columns in place, ties to the smaller
+    index (a pair found twice gives the same value twice).  Returns the pairs
+    recomputed.
     """
     na = a.shape[0]
     nb = b.shape[0]
@@ -394,18 +384,46 @@ def _exact(a, b, ca, cb, e, f, cand_i, cand_j, group_rows, group_up, col_lo, sla
         j = cand_j[q]
         _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
         done += 1
-    n_groups = group_up.shape[0]
+    n_groups = group_max.shape[0]
     for j in range(nb):
         thr = col_lo[j] - slack2
         fj = f[j]
         for g in range(n_groups):
-            if group_up[g, j] < thr:
+            if group_max[g, j] + group_e[g] * fj < thr:
                 continue
             for i in range(g * group_rows, min((g + 1) * group_rows, na)):
                 if _dot32(ca[i], cb[j]) + e[i] * fj >= thr:
                     _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
                     done += 1
     return done
+
+
+def _group_max(c: np.ndarray, group: int) -> np.ndarray:
+    """Column maxima of ``c`` per consecutive group of ``group`` rows (the last may be short)."""
+    m, nb = c.shape
+    full = m // group
+    parts = []
+    if full:
+        parts.append(c[: full * group].reshape(full, group, nb).max(axis=1))
+    if m > full * group:
+        parts.append(c[full * group:].max(axis=0, keepdims=True))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _strip_bounds(c: np.ndarray, e: np.ndarray, fmax: float, slack2: np.float32,
+                  group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised reductions of one strip: row thresholds and the column records.
+
+    With ``m_i = max_j c_ij``, a row's maximum is at least ``m_i - e_i fmax - s``,
+    so its candidates satisfy ``c_ij >= m_i - 2 e_i fmax - 2 s`` (the threshold).
+    Per group of rows, ``gmax`` (column maxima of ``c``) and ``ge`` (largest
+    residual): any pair of the group has ``c + e f <= gmax + ge f``, and the
+    column's maximum is at least ``gmax - ge f - s``.
+    """
+    thr = c.max(axis=1) - np.float32(2.0 * fmax) * e - slack2
+    gmax = _group_max(c, group)
+    ge = _group_max(e[:, None], group)[:, 0]
+    return thr.astype(np.float32), gmax, ge
 
 
 # ----------------------------------------------------------------------------- block kernel
@@ -485,26 +503,34 @@ def lowrank_block_maxcorr(
     col_arg = np.full(mb, -1, dtype=np.int64)
     n_done = 0
     if ma and mb:
-        row_lo = np.empty(ma, dtype=np.float32)
         col_lo = np.full(mb, -np.inf, dtype=np.float32)
-        group_up = np.full((-(-ma // group), mb), -np.inf, dtype=np.float32)
+        n_groups = -(-ma // group)
+        group_max = np.empty((n_groups, mb), dtype=np.float32)
+        group_e = np.empty(n_groups, dtype=np.float32)
         cand_i = np.empty(cap, dtype=np.int64)
         cand_j = np.empty(cap, dtype=np.int64)
-        strip = max(1, int(strip_rows))
+        strip = max(group, int(strip_rows) // group * group)
         buf = np.empty((min(strip, ma), mb), dtype=np.float32)
         cbt = cb.T
+        fmax = float(eb.max())
         n_cand = 0
         for r0 in range(0, ma, strip):
             r1 = min(r0 + strip, ma)
             c = np.matmul(ca[r0:r1], cbt, out=buf[: r1 - r0])
-            n_cand = _strip_pass(c, ea[r0:r1], eb, r0, group, slack2, col_lo, group_up,
-                                 row_lo[r0:r1], cand_i, cand_j, n_cand)
+            thr, gmax, ge = _strip_bounds(c, ea[r0:r1], fmax, slack2, group)
+            g0 = r0 // group
+            group_max[g0:g0 + gmax.shape[0]] = gmax
+            group_e[g0:g0 + gmax.shape[0]] = ge
+            gmax -= ge[:, None] * eb
+            np.maximum(col_lo, gmax.max(axis=0), out=col_lo)
+            n_cand = _row_candidates(c, thr, r0, cand_i, cand_j, n_cand)
             if n_cand > cap:
                 block = block_maxcorr(a, b, a_valid, b_valid, a_offset, b_offset)
                 return LowRankBlock(block, n_cand, True)
         del buf
         n_done = _exact(a_s, b_s, ca, cb, ea, eb, cand_i[:n_cand], cand_j[:n_cand], group,
-                        group_up, col_lo, slack2, row_max, row_arg, col_max, col_arg)
+                        group_max, group_e, col_lo, slack2, row_max, row_arg, col_max,
+                        col_arg)
     return LowRankBlock(_scatter(row_max, row_arg, col_max, col_arg, ia, ib, na, nb,
                                  a_offset, b_offset), int(n_done), False)
 
@@ -599,22 +625,30 @@ def _count_valid(valid: Any, n: int) -> int:
 
 
 def _pilot_row_candidates(a, b, fa, fb, a_valid, b_valid) -> float:
-    """Mean number of candidates per valid row that the row bound alone keeps."""
-    xp = array_module(a, b)
+    """Mean number of candidates per valid row that the row bound alone keeps.
+
+    The rows against all of ``b`` with the compiled strip pass (CuPy arrays: on
+    the host).
+    """
     ia = _valid_index(a_valid, a.shape[0])
     ib = _valid_index(b_valid, b.shape[0])
-    ca = fa.coef if ia is None else fa.coef[ia]
-    cb = fb.coef if ib is None else fb.coef[ib]
-    ea = fa.resid if ia is None else fa.resid[ia]
-    eb = fb.resid if ib is None else fb.resid[ib]
-    if ca.shape[0] == 0 or cb.shape[0] == 0:
+    ca = np.ascontiguousarray(to_numpy(fa.coef if ia is None else fa.coef[ia]))
+    cb = np.ascontiguousarray(to_numpy(fb.coef if ib is None else fb.coef[ib]))
+    ea = np.ascontiguousarray(to_numpy(fa.resid if ia is None else fa.resid[ia]))
+    eb = np.ascontiguousarray(to_numpy(fb.resid if ib is None else fb.resid[ib]))
+    m, nb = ca.shape[0], cb.shape[0]
+    if m == 0 or nb == 0:
         return 0.0
-    slack2 = bound_slack(ca.shape[1], ca, cb)
-    c = ca @ cb.T
-    spread = ea[:, None] * eb[None, :]
-    lo = (c - spread).max(axis=1, keepdims=True)
-    kept = (c + spread >= lo - slack2).sum(axis=1)
-    return float(xp.mean(kept))
+    slack2 = np.float32(bound_slack(ca.shape[1], ca, cb))
+    cand = np.empty(64 * m, dtype=np.int64)
+    fmax = float(eb.max())
+    n = 0
+    for r0 in range(0, m, STRIP_ROWS):
+        r1 = min(r0 + STRIP_ROWS, m)
+        c = np.ascontiguousarray(ca[r0:r1] @ cb.T)
+        thr = _strip_bounds(c, ea[r0:r1], fmax, slack2, r1 - r0)[0]
+        n = _row_candidates(c, thr, 0, cand, cand, n)
+    return n / m
 
 
 def lowrank_maxcorr(
