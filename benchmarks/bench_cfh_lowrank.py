@@ -4,7 +4,7 @@ One subject of the simulated cohort (``cfhdask.sim``: 3 mm MNI grid, 230
 volumes at TR 2 s, the first 10 dropped: T = 220) is denoised as in the paper
 with the package's own kernels (smoothing 4 mm, Friston-24 + white matter +
 CSF + global signal regressed, linear detrend, Butterworth band-pass
-0.01-0.1 Hz), restricted to the grey-matter voxels (probability > 0.2) of each
+0.01-0.1 Hz, or DPABI's ideal one with ``--filter ideal``), restricted to the grey-matter voxels (probability > 0.2) of each
 hemisphere and standardised.  Then, in this process with one BLAS thread (as
 one Dask worker thread runs a block):
 
@@ -23,6 +23,7 @@ of this run are printed, with the rank, candidates and the largest difference
 to the full-rank kernel (values and counterparts).
 
     python benchmarks/bench_cfh_lowrank.py              # 3 mm, T = 220 (about a minute)
+    python benchmarks/bench_cfh_lowrank.py --filter ideal   # DPABI's ideal band-pass
     python benchmarks/bench_cfh_lowrank.py --quick      # the 6 mm grid, seconds
     python benchmarks/bench_cfh_lowrank.py --hcp        # + 2 mm-like, T = 1200, TR 0.72 s
 """
@@ -51,7 +52,7 @@ GM_THRESHOLD = 0.2
 
 
 def demo_subject(grid, n_volumes: int, tr: float, *, seed: int = 0, denoise: bool = True,
-                 fwhm: float | None = 4.0):
+                 fwhm: float | None = 4.0, band_filter: str = "butterworth"):
     """Standardised (left, right) series and validity of one simulated subject.
 
     ``denoise=False``: the raw simulated series (volumes dropped only).
@@ -71,7 +72,7 @@ def demo_subject(grid, n_volumes: int, tr: float, *, seed: int = 0, denoise: boo
             series = data[:, keep].T
         op = series_operator(confounds, n_time=data.shape[0], steps=["regress", "filter"],
                              detrend_first=True, detrend=True, tr=tr, high_pass=0.01,
-                             low_pass=0.1, filter="butterworth")
+                             low_pass=0.1, filter=band_filter)
         series = apply_operator(series, op)
     else:
         series = np.ascontiguousarray(data[:, keep].T)
@@ -140,18 +141,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="the 6 mm grid (seconds)")
     ap.add_argument("--hcp", action="store_true",
                     help="also 2 mm, T = 1200 at TR 0.72 s (no smoothing; minutes, ~2 GiB)")
+    ap.add_argument("--filter", default="butterworth", choices=("butterworth", "ideal"),
+                    help="band-pass of the denoising (default butterworth, as nilearn; "
+                         "ideal: DPABI's, whose band rank is exact)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats (median; default 3)")
     args = ap.parse_args(argv)
     grid = "6mm" if args.quick else "3mm"
     print("simulating and denoising one demo subject ...", flush=True)
-    subject = demo_subject(grid, 230, 2.0)
+    subject = demo_subject(grid, 230, 2.0, band_filter=args.filter)
     unfiltered = demo_subject(grid, 230, 2.0, denoise=False)
-    run_case("3mm T=220" if not args.quick else "quick", subject, unfiltered,
+    run_case(f"{'quick' if args.quick else '3mm'} T=220 {args.filter}", subject, unfiltered,
              1 if args.quick else args.repeats)
     if args.hcp:
         del subject, unfiltered
         print("simulating a 2 mm, T = 1200 subject ...", flush=True)
-        subject = demo_subject("2mm", 1210, 0.72, fwhm=None)
+        subject = demo_subject("2mm", 1210, 0.72, fwhm=None, band_filter=args.filter)
         unfiltered = demo_subject("2mm", 1210, 0.72, denoise=False)
         run_case("2mm T=1200", subject, unfiltered, 1)
 

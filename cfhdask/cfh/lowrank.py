@@ -385,14 +385,15 @@ def _exact(a, b, ca, cb, e, f, cand_i, cand_j, group_rows, group_max, group_e, c
         _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
         done += 1
     n_groups = group_max.shape[0]
-    for j in range(nb):
-        thr = col_lo[j] - slack2
-        fj = f[j]
-        for g in range(n_groups):
-            if group_max[g, j] + group_e[g] * fj < thr:
+    thr = col_lo - slack2
+    for g in range(n_groups):  # rows of group_max read contiguously; the order of
+        ge = group_e[g]        # updates does not matter (ties to the smaller index)
+        gm = group_max[g]
+        for j in range(nb):
+            if gm[j] + ge * f[j] < thr[j]:
                 continue
             for i in range(g * group_rows, min((g + 1) * group_rows, na)):
-                if _dot32(ca[i], cb[j]) + e[i] * fj >= thr:
+                if _dot32(ca[i], cb[j]) + e[i] * f[j] >= thr[j]:
                     _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
                     done += 1
     return done
