@@ -22,9 +22,11 @@ DESIGN_FIELDS = ("covariates", "categorical", "drop_missing")
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``stats`` sub-command."""
     p = subparsers.add_parser(
-        "stats", help="group comparison of CFH maps by permutation (voxel, cluster, TFCE FWE)",
-        description="Two-group GLM with covariates on the subjects' CFH maps of a cohort "
-                    "store; permutations (Freedman-Lane or Draper-Stoneman) fanned out on "
+        "stats", help="group comparison of CFH/VMHC/AI maps by permutation (voxel, cluster, "
+                      "TFCE FWE)",
+        description="Two-group GLM with covariates on the subjects' maps of a cohort store "
+                    "(--metric: CFH with the group or the per-subject counterpart, VMHC or "
+                    "the autonomy index); permutations (Freedman-Lane or Draper-Stoneman) fanned out on "
                     "Dask; voxel-FWE, cluster-extent/mass FWE and TFCE FWE; clusters "
                     "labelled with AAL and Harvard-Oxford.")
     p.add_argument("store", metavar="STORE", help="cohort store (directory or fsspec URL)")
@@ -45,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_setting(p, "--connectivity", "stats", type=int, choices=[6, 18, 26])
     add_setting(p, "--tfce", "stats", kind="bool")
     add_setting(p, "--seed", "stats", type=int)
-    add_setting(p, "--metric", "stats", choices=["cfh", "r_max"])
+    add_setting(p, "--metric", "stats", choices=["cfh", "cfh_subject", "vmhc", "ai"])
     add_setting(p, "--drop-missing", "design", kind="bool")
     add_setting(p, "--batch-size", "stats", type=int)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -62,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
     from cfhdask.cluster import dask_client
     from cfhdask.io.store import open_store
-    from cfhdask.settings import resolve
+    from cfhdask.settings import default_metric, resolve
     from cfhdask.stats.inference import group_inference
 
     st = resolve("stats", overrides(args, STATS_FIELDS), style="cli")
+    metric = args.metric or default_metric()
     des = resolve("design", overrides(args, DESIGN_FIELDS), style="cli")
     store = open_store(args.store, storage_options=parse_storage_options(args.storage_options))
     with dask_client(**cluster_kwargs(args)) as client:
@@ -73,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
             store, args.participants, group=args.group, groups=args.groups,
             covariates=des.covariates, categorical=des.categorical, n_perm=st.n_perm,
             scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
-            tfce=st.tfce, seed=st.seed, out_dir=args.out, client=client, metric=st.metric,
+            tfce=st.tfce, seed=st.seed, out_dir=args.out, client=client, metric=metric,
             drop_missing=des.drop_missing, batch_size=st.batch_size)
     p = res.params
-    print(f"{len(p['subjects'])} subjects {p['n_per_group']}, df {p['df']}, "
+    print(f"metric {p['metric']}: {len(p['subjects'])} subjects {p['n_per_group']}, df {p['df']}, "
           f"{p['mask']['n_voxels_analysed']} voxels, {p['n_perm']} permutations "
           f"({'exhaustive' if p['exhaustive'] else 'random'}, {p['scheme']}), "
           f"t > {p['t_threshold']:.3f} (p < {p['cluster_p']})")

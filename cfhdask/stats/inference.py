@@ -28,7 +28,7 @@ from scipy import stats as sstats
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
 from cfhdask.io.participants import read_participants
-from cfhdask.settings import resolve
+from cfhdask.settings import default_metric, resolve
 from cfhdask.stats.clusters import label_clusters, voxel_graph
 from cfhdask.stats.clusters import tfce as tfce_scores
 from cfhdask.stats.design import build_design
@@ -57,9 +57,14 @@ def _load(data, subjects, ijk, grid_shape, affine, hemisphere, metric):
     """Data matrix (n, V) and geometry from a store or an array."""
     if hasattr(data, "cfh_maps"):
         store = data
-        subjects = list(subjects) if subjects is not None else store.subjects("cfh")
-        if not subjects:
-            raise CfhdaskInputError(f"store {store.url}: no subject with complete CFH maps")
+        done = store.subjects(metric)
+        if not done:
+            raise CfhdaskInputError(store.missing_metric(metric))
+        subjects = list(subjects) if subjects is not None else done
+        missing = [s for s in subjects if s not in done]
+        if missing:
+            raise CfhdaskInputError(f"--metric {metric}: no {metric} maps in {store.url} for "
+                                    f"{', '.join(missing)}")
         Y = np.asarray(store.cfh_maps(subjects, var=metric).values, dtype=np.float64)
         return (Y, subjects, np.asarray(store.ijk), tuple(store.grid_shape),
                 np.asarray(store.affine), np.asarray(store.hemisphere))
@@ -147,7 +152,7 @@ def group_inference(
     Parameters
     ----------
     data : CohortStore or ndarray (n_subjects, n_voxels)
-        A store (its ``cfh_maps(var=metric)``, ``ijk``, ``grid_shape``,
+        A store (its maps of ``metric``, ``ijk``, ``grid_shape``,
         ``affine``, ``hemisphere`` are used) or a data matrix with explicit
         ``subjects``, ``ijk``, ``grid_shape``, ``affine``.
     participants : DataFrame or path
@@ -179,6 +184,10 @@ def group_inference(
         Permutations per Dask task (default ``cfhdask.stats.batch-size``).
     atlases : sequence of str or None
         Atlases labelling the clusters (``aal``, ``harvard_oxford``).
+    metric : {"cfh", "cfh_subject", "vmhc", "ai"}, optional
+        The store's maps analysed (default ``stats.metric``; ``cfh`` is read as
+        ``cfh_subject`` when ``cfh.counterpart`` is ``subject``).  A metric the
+        store does not hold is an error naming ``--metric``.
     compute : {"dask", "local"}
         Fan permutations out on Dask, or run them in this process.
 
@@ -187,7 +196,8 @@ def group_inference(
     GroupResult
     """
     st = resolve("stats", dict(n_perm=n_perm, scheme=scheme, cluster_p=cluster_p,
-                               connectivity=connectivity, tfce=tfce, seed=seed, metric=metric,
+                               connectivity=connectivity, tfce=tfce, seed=seed,
+                               metric=metric or default_metric(),
                                batch_size=batch_size,
                                atlases=list(atlases) if atlases is not None else None))
     des = resolve("design", dict(covariates=None if covariates is None else list(covariates),
@@ -308,6 +318,8 @@ def group_inference(
         "p_value": "#(null >= observed) / n_perm, identity permutation included",
         "uncorrected_p": "parametric Student t, one-sided per contrast",
     }
+    if hasattr(data, "cfh_maps"):
+        params["metric_params"] = data.metric_params(design.subjects[0], metric)
     result = GroupResult(contrasts=results, clusters=all_clusters, design=design,
                          ijk=ijk_m, grid_shape=tuple(grid_shape), affine=np.asarray(affine),
                          params=params)
