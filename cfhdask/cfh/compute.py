@@ -11,16 +11,17 @@
     Each subject's voxel takes its own maximal contralateral correlation
     (:func:`cfhdask.cfh.graph.cfh_graph`).
 
-The per-subject machinery (:func:`run_subjects`: submit the next subject
-before waiting for the current one, write each subject whole before marking
-it complete) is shared with :mod:`cfhdask.cfh.vmhc` and
+The per-subject machinery (:func:`run_subjects`: a window of subjects in
+flight, each written whole before it is marked complete) is shared with :mod:`cfhdask.cfh.vmhc` and
 :mod:`cfhdask.cfh.autonomy`.  A rerun skips complete subjects; an interrupted
 run leaves none half-written.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -120,8 +121,8 @@ def progress(futures: list, enabled: bool) -> None:
 
 def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict],
                  write: Callable[[str, dict], str], *, show_progress: bool = True,
-                 what: str = "CFH") -> None:
-    """Compute subjects one after the other, the next one submitted before waiting.
+                 what: str = "CFH", window: int | None = None) -> None:
+    """Compute subjects in order, a window of them in flight, each written when it is done.
 
     Parameters
     ----------
@@ -131,40 +132,46 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
         The lazy results of one subject.
     write : callable (subject, dict of computed results) -> str
         Writes the subject (then marks it complete) and returns a log summary.
+    window : int, optional
+        Subjects submitted ahead (default: two per worker, at least 2), so the
+        cluster stays busy while a finished subject is written.
     """
     if not todo:
         return
+    if window is None:
+        workers = len(client.scheduler_info().get("workers", {})) or 1
+        window = max(2, 2 * workers)
     log.info("%s of %d subject(s) on %s; dashboard %s", what, len(todo),
              getattr(client.scheduler, "address", client), client.dashboard_link)
 
     def start(subject):
         graph = submit(subject)
         names = list(graph)
-        return names, client.compute([graph[k] for k in names])
+        return subject, names, client.compute([graph[k] for k in names])
 
-    pending = start(todo[0])
-    for k, subject in enumerate(todo):
+    queue = iter(todo)
+    pending = collections.deque(start(s) for s in itertools.islice(queue, window))
+    k = 0
+    while pending:
         t0 = time.perf_counter()
-        names, futures = pending
-        if k + 1 < len(todo):  # keep the cluster busy while this subject is written
-            pending = start(todo[k + 1])
+        subject, names, futures = pending.popleft()
+        nxt = next(queue, None)
+        if nxt is not None:
+            pending.append(start(nxt))
         progress(futures, show_progress)
         res = dict(zip(names, client.gather(futures), strict=True))
         summary = write(subject, res)
-        log.info("%s %s (%d/%d): %s (%.1f s)", what, subject, k + 1, len(todo), summary,
+        k += 1
+        log.info("%s %s (%d/%d): %s (%.1f s)", what, subject, k, len(todo), summary,
                  time.perf_counter() - t0)
 
 
-def hemisphere_series(store, subject: str, block: int, backend: str = "numpy"):
-    """Standardised series of a subject's hemisphere voxels (left then right), lazily.
-
-    Returns
-    -------
-    (z, valid) : dask arrays (n_left + n_right, T) float32 and (n_left + n_right,) bool
-    """
-    bold = store.bold(subject)
-    return standardize_graph(bold[: store.n_left + store.n_right], block=block,
-                             backend=backend)
+def paired_values(store, subject: str, partner: np.ndarray, block: int,
+                  backend: str = "numpy") -> dict:
+    """Lazy r of every hemisphere voxel of a subject with its partner (store indices, -1)."""
+    n_lr = store.n_left + store.n_right
+    return paired_graph(store.series_reader([subject]), 0, 0, n_lr, partner[:n_lr],
+                        backend=backend, rows=block, token=(store.url, subject))
 
 
 def subject_series(store, subject: str, block: int, backend: str = "numpy"):
@@ -236,6 +243,13 @@ def assemble_maps(store, res: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"cfh": fisher_z(r_max), "counterpart": counterpart, "r": r_max}
 
 
+def _write_cfh(store, subject, metric, z, counterpart, r, params, n_const) -> str:
+    store.write_cfh(subject, z, counterpart, r, {f"{metric}_params": {**params,
+                                                                      "n_constant": n_const},
+                                                 "n_constant": n_const}, metric=metric)
+    return summary_line(z, n_const)
+
+
 def _subject_mode(store, todo, client, params, show_progress) -> None:
     def submit(subject):
         return subject_graph(store, subject, block=params["block"],
@@ -244,10 +258,8 @@ def _subject_mode(store, todo, client, params, show_progress) -> None:
     def write(subject, res):
         n_const = int((~res["left_valid"]).sum() + (~res["right_valid"]).sum())
         maps = assemble_maps(store, res)
-        store.write_cfh(subject, maps["cfh"], maps["counterpart"], maps["r"],
-                        {"cfh_subject_params": {**params, "n_constant": n_const},
-                         "n_constant": n_const}, metric="cfh_subject")
-        return summary_line(maps["cfh"], n_const)
+        return _write_cfh(store, subject, "cfh_subject", maps["cfh"], maps["counterpart"],
+                          maps["r"], params, n_const)
 
     run_subjects(todo, client, submit, write, show_progress=show_progress,
                  what="CFH (per-subject maximum)")
@@ -257,19 +269,14 @@ def _subject_mode(store, todo, client, params, show_progress) -> None:
 def _group_values(store, todo, client, params, counterpart, show_progress) -> None:
     """Each subject's r with the group counterpart: one O(voxels x T) pass per subject."""
     partner = np.asarray(counterpart["index"], dtype=np.int64)
-    n_lr = store.n_left + store.n_right
 
     def submit(subject):
-        z, valid = hemisphere_series(store, subject, params["block"], params["backend"])
-        return {"r": paired_graph(z, valid, partner[:n_lr]), "valid": valid}
+        return paired_values(store, subject, partner, params["block"], params["backend"])
 
     def write(subject, res):
-        n_const = int((~res["valid"]).sum())
         maps = paired_maps(store, res["r"], partner)
-        store.write_cfh(subject, maps["z"], maps["partner"], maps["r"],
-                        {"cfh_params": {**params, "n_constant": n_const},
-                         "n_constant": n_const}, metric="cfh")
-        return summary_line(maps["z"], n_const)
+        return _write_cfh(store, subject, "cfh", maps["z"], maps["partner"], maps["r"],
+                          params, int((~res["valid"]).sum()))
 
     run_subjects(todo, client, submit, write, show_progress=show_progress,
                  what="CFH (group counterpart)")

@@ -48,18 +48,18 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from cfhdask._compat import Task, TaskRef
-from cfhdask.backend import to_backend
+from cfhdask.backend import to_backend, to_numpy
 from cfhdask.cfh.kernels import (
     DenseProduct,
     GemmProduct,
     concat_standardized,
     dense_product,
     moments,
-    paired_corr,
+    paired_correlations,
     reduce_block,
     standardize,
 )
-from cfhdask.cfh.reductions import BlockSum, MaxArgmax, ThresholdCount
+from cfhdask.cfh.reductions import BlockSum, MaxArgmax, ThresholdCount, sum_parts
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.settings import settings
 
@@ -110,6 +110,18 @@ def _check_engine(block: int | None, split_every: int | None) -> tuple[int, int]
     if split_every < 2:
         raise CfhdaskInputError(f"cfh split-every must be >= 2, got {split_every}")
     return block, split_every
+
+
+def _hemispheres(left, right, left_valid, right_valid, block, split_every):
+    """Both hemispheres' series (chunked by ``block``) and masks, checked."""
+    block, split_every = _check_engine(block, split_every)
+    left = _as_series(left, block, "left")
+    right = _as_series(right, block, "right")
+    if left.shape[1] != right.shape[1]:
+        raise CfhdaskInputError(
+            f"left and right series differ in length: {left.shape[1]} vs {right.shape[1]}")
+    return (left, right, _as_mask(left_valid, left, "left_valid"),
+            _as_mask(right_valid, right, "right_valid"), split_every)
 
 
 class _Graph:
@@ -320,14 +332,8 @@ def cfh_graph(
         none), ``left_arg`` (nL,) int64 index into ``right`` (-1 where none),
         ``right_rmax`` (nR,), ``right_arg`` (nR,) index into ``left``.
     """
-    block, split_every = _check_engine(block, split_every)
-    left = _as_series(left, block, "left")
-    right = _as_series(right, block, "right")
-    if left.shape[1] != right.shape[1]:
-        raise CfhdaskInputError(
-            f"left and right series differ in length: {left.shape[1]} vs {right.shape[1]}")
-    lv = _as_mask(left_valid, left, "left_valid")
-    rv = _as_mask(right_valid, right, "right_valid")
+    left, right, lv, rv, split_every = _hemispheres(left, right, left_valid, right_valid,
+                                                     block, split_every)
     red = MaxArgmax()
     g, rows, cols, rname, cname = block_graph(left, right, lv, rv, red,
                                               split_every=split_every,
@@ -346,10 +352,7 @@ def cfh_graph(
 
 
 def _sum_counts(*parts):
-    out = parts[0].copy()
-    for p in parts[1:]:
-        out += p
-    return out
+    return sum_parts(list(parts))
 
 
 def autonomy_graph(
@@ -387,14 +390,8 @@ def autonomy_graph(
     dict of lazy int64 dask arrays
         ``left_ipsi``, ``left_contra`` (nL,), ``right_ipsi``, ``right_contra`` (nR,).
     """
-    block, split_every = _check_engine(block, split_every)
-    left = _as_series(left, block, "left")
-    right = _as_series(right, block, "right")
-    if left.shape[1] != right.shape[1]:
-        raise CfhdaskInputError(
-            f"left and right series differ in length: {left.shape[1]} vs {right.shape[1]}")
-    lv = _as_mask(left_valid, left, "left_valid")
-    rv = _as_mask(right_valid, right, "right_valid")
+    left, right, lv, rv, split_every = _hemispheres(left, right, left_valid, right_valid,
+                                                     block, split_every)
     red = ThresholdCount(threshold)
     out: dict[str, da.Array] = {}
     g_lr, rows, cols, rname, cname = block_graph(left, right, lv, rv, red,
@@ -487,7 +484,7 @@ def group_sum_graph(
     ``batch`` subjects over their concatenated standardised time axes
     (:func:`~cfhdask.cfh.kernels.concat_standardized`, subjects may differ in
     length; a voxel constant in a subject adds nothing there), the batches
-    tree-summed, then reduced by :class:`~cfhdask.cfh.reductions.MaxArgmax`.
+    tree-summed pairwise, then reduced by :class:`~cfhdask.cfh.reductions.MaxArgmax`.
     A first pass computes each subject's :func:`~cfhdask.cfh.kernels.moments`
     per block (a few numbers per voxel); every batch task reads its subjects'
     series itself, so memory does not grow with the number of subjects.
@@ -564,7 +561,8 @@ def group_sum_graph(
                                    len(subs), *moms, blas_threads=blas_threads,
                                    backend=backend)
                 refs.append(TaskRef(key))
-            root = _tree(sums, sname, (i, j), refs, BlockSum().combine, split_every,
+            # batches summed pairwise: at most three blocks of the sum per task in memory
+            root = _tree(sums, sname, (i, j), refs, BlockSum().combine, 2,
                          final=_reduce_summed,
                          final_args=(red, TaskRef((vname, "a", i)), TaskRef((vname, "b", j)),
                                      offa[i], offb[j]))
@@ -598,36 +596,55 @@ def group_sum_graph(
 
 
 # ----------------------------------------------------------------------------- pairs
-def paired_graph(z: Any, valid: Any, partner: np.ndarray) -> da.Array:
-    """Lazy correlation of every voxel with one partner voxel of the same series.
+def _paired_task(read: Callable, subject: int, start: int, stop: int, partner: np.ndarray,
+                 backend: str, rows: int):
+    x = to_backend(read(subject, start, stop), backend)
+    r, valid = paired_correlations(x, partner, rows=rows)
+    return to_numpy(r), to_numpy(valid)
+
+
+def paired_graph(read: Callable[[int, int, int], np.ndarray], subject: int, start: int,
+                 stop: int, partner: np.ndarray, *, backend: str = "numpy",
+                 rows: int = 4096, token: Any = None) -> dict[str, da.Array]:
+    """Lazy correlation of every voxel of a subject with one partner voxel.
+
+    One task reads the subject's voxels ``start:stop`` once and runs
+    :func:`~cfhdask.cfh.kernels.paired_correlations`: an O(voxels x T) pass
+    (the values of group-counterpart CFH, VMHC).
 
     Parameters
     ----------
-    z : dask array (n, T) float32
-        Standardised series (:func:`standardize_graph`).
-    valid : dask bool array (n,)
-    partner : int ndarray (n,)
-        Row of each voxel's partner in ``z`` (its group counterpart or its
-        mirror), -1 for none.
+    read : callable ``read(subject, start, stop) -> ndarray``
+        As for :func:`group_sum_graph`.
+    subject : int
+        Which subject of the reader.
+    start, stop : int
+        The voxels read (e.g. both hemispheres, the midline left out).
+    partner : int ndarray (stop - start,)
+        Each voxel's partner, relative to ``start``; -1 for none.
+    backend : {"numpy", "cupy"}
+    rows : int
+        Voxels standardised and paired at once inside the task.
+    token : optional
+        Identifies the data behind ``read`` in task names.
 
     Returns
     -------
-    dask array (n,) float32
-        Pearson r of each voxel with its partner; NaN where there is no partner
-        or either series is constant.
+    dict of lazy dask arrays
+        ``r`` (stop - start,) float32 (NaN where there is no partner or either
+        series is constant) and ``valid`` (False for constant series).
     """
-    z = da.asarray(z)
-    valid = da.asarray(valid)
     partner = np.asarray(partner, dtype=np.int64)
-    if partner.shape != (z.shape[0],):
-        raise CfhdaskInputError(f"partner: expected shape ({z.shape[0]},), got {partner.shape}")
-    has = partner >= 0
-    idx = np.where(has, partner, np.arange(z.shape[0]))
-    zp = z[idx].rechunk(z.chunks)
-    vp = valid[idx].rechunk(valid.chunks)
-    r = da.map_blocks(paired_corr, z, zp, drop_axis=1, dtype=np.float32)
-    ok = valid & vp & da.from_array(has, chunks=valid.chunks)
-    return da.where(ok, r, np.float32(np.nan)).astype(np.float32)
+    n = int(stop) - int(start)
+    if partner.shape != (n,):
+        raise CfhdaskInputError(f"partner: expected shape ({n},), got {partner.shape}")
+    tok = tokenize(token, subject, start, stop, partner, backend, rows)
+    name = f"paired-{tok}"
+    g = _Graph()
+    g.add(name, {(name, 0): Task((name, 0), _paired_task, read, int(subject), int(start),
+                                 int(stop), partner, backend, int(rows))}, set())
+    return {"r": g.array(f"paired-r-{tok}", [(name, 0)], 0, (n,), np.float32, name),
+            "valid": g.array(f"paired-valid-{tok}", [(name, 0)], 1, (n,), bool, name)}
 
 
 # ----------------------------------------------------------------------------- standardise

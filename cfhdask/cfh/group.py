@@ -175,9 +175,9 @@ def resolve_reference(store, reference: Sequence[str] | None,
 def hemisphere_blocks(start: int, stop: int, block: int, chunk: int) -> list[tuple[int, int]]:
     """Cut voxels ``start:stop`` into blocks of about ``block``, on the store's chunk bounds.
 
-    With ``block`` a multiple of ``chunk`` every block but the first and last
-    reads whole Zarr chunks; a first piece shorter than half a block joins the
-    next one.
+    Inner bounds fall on multiples of ``block`` rounded to whole Zarr chunks,
+    so every read decompresses only chunks it needs; a first or last piece
+    shorter than half a block joins its neighbour.
     """
     step = max(chunk, block // chunk * chunk) if block >= chunk else block
     bounds = [start]
@@ -187,6 +187,8 @@ def hemisphere_blocks(start: int, stop: int, block: int, chunk: int) -> list[tup
     while b < stop:
         bounds.append(b)
         b += step
+    if len(bounds) > 1 and stop - bounds[-1] < step // 2:
+        bounds.pop()
     bounds.append(stop)
     return [(bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1)
             if bounds[k + 1] > bounds[k]]

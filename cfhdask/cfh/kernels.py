@@ -44,7 +44,7 @@ __all__ = [
     "DenseProduct", "GemmProduct", "apply_moments", "autonomy_index", "block_counts",
     "block_maxcorr", "combine_many", "combine_max", "concat_standardized", "dense_product",
     "fisher_z", "moments",
-    "paired_corr", "reduce_block", "standardize",
+    "paired_corr", "paired_correlations", "reduce_block", "standardize",
 ]
 
 #: A series whose standard deviation is at most this fraction of its mean
@@ -103,12 +103,8 @@ def standardize(x: Any, axis: int = -1, rtol: float = CONSTANT_RTOL) -> tuple[An
 
     Parameters
     ----------
-    x : array (..., T)
-        Time series (any float dtype), time along ``axis``.
-    axis : int
-        The time axis.
-    rtol : float
-        See :func:`moments`: constant series are all zeros and flagged invalid.
+    x, axis, rtol
+        As :func:`moments`; constant series are all zeros and flagged invalid.
 
     Returns
     -------
@@ -185,6 +181,53 @@ def paired_corr(za: Any, zb: Any) -> Any:
     """
     xp = array_module(za, zb)
     return (xp.asarray(za, dtype=xp.float64) * zb).sum(axis=-1).astype(xp.float32)
+
+
+def paired_correlations(x: Any, partner: Any, rows: int = 4096,
+                        rtol: float = CONSTANT_RTOL) -> tuple[Any, Any]:
+    """Correlation of every series with one partner series of the same set.
+
+    The series are standardised in place, ``rows`` at a time (float64
+    moments), then each voxel's series is correlated with its partner's
+    (its group counterpart or its mirror), ``rows`` pairs at a time: memory
+    stays one copy of ``x`` plus a block.
+
+    Parameters
+    ----------
+    x : float32 array (n, T)
+        Raw series (overwritten with the standardised ones).
+    partner : int array (n,)
+        Row of each series' partner, -1 for none.
+    rows : int
+        Rows per block.
+    rtol : float
+        See :func:`moments`.
+
+    Returns
+    -------
+    r : float32 array (n,)
+        NaN where there is no partner or either series is constant.
+    valid : bool array (n,)
+        False for constant series.
+    """
+    xp = array_module(x)
+    z = xp.ascontiguousarray(x, dtype=xp.float32)
+    n = z.shape[0]
+    valid = xp.zeros(n, dtype=bool)
+    for k0 in range(0, n, rows):
+        k1 = min(k0 + rows, n)
+        mean, scale, valid[k0:k1] = moments(z[k0:k1], rtol=rtol)
+        apply_moments(z[k0:k1], mean, scale, out=z[k0:k1])
+    partner = xp.asarray(partner, dtype=xp.int64)
+    ok = (partner >= 0) & valid
+    ok[ok] &= valid[partner[ok]]
+    r = xp.full(n, xp.nan, dtype=xp.float32)
+    for k0 in range(0, n, rows):
+        k1 = min(k0 + rows, n)
+        sel = xp.flatnonzero(ok[k0:k1]) + k0
+        if sel.size:
+            r[sel] = paired_corr(z[sel], z[partner[sel]])
+    return r, valid
 
 
 def autonomy_index(n_ipsi: Any, n_contra: Any, h_ipsi: Any, h_contra: Any) -> Any:

@@ -45,7 +45,7 @@ from cfhdask.backend import array_module, to_numpy
 
 __all__ = [
     "GROUP_ROWS", "BlockCount", "BlockMax", "BlockSum", "MaxArgmax", "Reduction",
-    "ThresholdCount", "combine_many", "combine_max",
+    "ThresholdCount", "combine_many", "combine_max", "sum_parts",
 ]
 
 #: Rows of a strip that share one column-maximum record; the column argmax is
@@ -197,6 +197,14 @@ class MaxArgmax:
         return m, i
 
 
+def sum_parts(parts: list) -> Any:
+    """Elementwise sum of arrays (a copy; the parts are not modified)."""
+    out = parts[0].copy()
+    for p in parts[1:]:
+        out += p
+    return out
+
+
 # ----------------------------------------------------------------------------- counts
 class BlockCount(NamedTuple):
     """Per row and per column of a block: how many partners exceed the threshold."""
@@ -275,10 +283,7 @@ class ThresholdCount:
         return state.row, state.col
 
     def combine(self, parts: list) -> Any:
-        out = parts[0].copy()
-        for p in parts[1:]:
-            out += p
-        return out
+        return sum_parts(parts)
 
     def finalize(self, part: Any) -> tuple[np.ndarray]:
         return (to_numpy(part).astype(np.int64),)
@@ -297,7 +302,4 @@ class BlockSum:
     name = "sum"
 
     def combine(self, parts: list) -> Any:
-        out = parts[0].copy()
-        for p in parts[1:]:
-            out += p
-        return out
+        return sum_parts(parts)

@@ -9,7 +9,7 @@ symmetric about x = 0, else the nearest voxel, which the log and the
 provenance record.  VMHC presumes anatomical symmetry, i.e. data normalised to
 a symmetric template; CFH does not.
 
-One O(voxels x T) pass per subject (:func:`cfhdask.cfh.graph.paired_graph`);
+One O(voxels x T) pass per subject (:func:`cfhdask.cfh.graph.paired_graph`, one task);
 the per-subject loop, skipping and writing are those of :mod:`cfhdask.cfh.compute`.
 """
 
@@ -28,15 +28,14 @@ from cfhdask.cfh.compute import (
     client_for,
     engine_settings,
     export_after,
-    hemisphere_series,
     open_writable,
     paired_maps,
+    paired_values,
     require_hemispheres,
     run_subjects,
     select_subjects,
     summary_line,
 )
-from cfhdask.cfh.graph import paired_graph
 from cfhdask.cfh.kernels import CONSTANT_RTOL, R_CLIP
 from cfhdask.cfh.mirror import mirror_voxels
 from cfhdask.errors import CfhdaskInputError
@@ -89,7 +88,7 @@ def compute_vmhc(
     subjects : sequence of str, optional
         Default: every ingested subject.
     block : int, optional
-        Voxels per chunk of the standardisation (config ``cfh.block``).
+        Voxels standardised and paired at once (config ``cfh.block``).
     client, scheduler, scheduler_file
         As :func:`cfhdask.cfh.compute.compute_cfh`.
     export : str, optional
@@ -113,7 +112,6 @@ def compute_vmhc(
     require_hemispheres(store, "VMHC")
     mirror = store_mirror(store)
     wanted, todo, skipped = select_subjects(store, subjects, "vmhc", overwrite)
-    n_lr = store.n_left + store.n_right
     partner = mirror.index
     params = {"mirror": "exact" if mirror.exact else "nearest",
               "max_offset_mm": round(mirror.max_offset_mm, 4), "n_pairs": mirror.n_pairs,
@@ -121,8 +119,7 @@ def compute_vmhc(
               "constant_rtol": CONSTANT_RTOL, "cfhdask_version": __version__}
 
     def submit(subject):
-        z, valid = hemisphere_series(store, subject, cfg.block, cfg.backend)
-        return {"r": paired_graph(z, valid, partner[:n_lr]), "valid": valid}
+        return paired_values(store, subject, partner, cfg.block, cfg.backend)
 
     def write(subject, res):
         n_const = int((~res["valid"]).sum())

@@ -162,3 +162,16 @@ def cohort(rng, nl: int, nr: int, lengths, constant=()):
     for s, v in constant:
         out[s][v] = 7.0
     return out, [(x[:nl], x[nl:]) for x in out]
+
+
+class CountingScheduler:
+    """A synchronous scheduler that counts how often it is asked to compute."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, dsk, keys, **kwargs):
+        import dask
+
+        self.calls += 1
+        return dask.get(dsk, keys, **kwargs)

@@ -220,3 +220,19 @@ def test_permutation_null_of_group_mode_is_label_free(tmp_path, rng, local_clien
     maps4 = maps(str(b_path), p2, reference_subjects="group==control")
     assert not np.allclose(maps3, maps4, equal_nan=True)
     assert GRID == a.grid_shape
+
+
+def test_hemisphere_blocks_fall_on_chunk_bounds():
+    from cfhdask.cfh.group import hemisphere_blocks
+
+    for start, stop, block, chunk in ((0, 26210, 8192, 4096), (26210, 52420, 4096, 4096),
+                                      (36, 72, 8, 10), (0, 5, 8, 10), (3, 1000, 100, 7)):
+        blocks = hemisphere_blocks(start, stop, block, chunk)
+        assert blocks[0][0] == start and blocks[-1][1] == stop
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+        step = max(chunk, block // chunk * chunk) if block >= chunk else block
+        inner = [b for b, _ in blocks[1:]]
+        assert all(b % step == 0 for b in inner)
+        assert all(e - s <= 2 * step for s, e in blocks)
+    assert hemisphere_blocks(0, 26210, 8192, 4096) == [(0, 8192), (8192, 16384),
+                                                        (16384, 26210)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from cfhref import (
     ArrayReader,
+    CountingScheduler,
     assert_same_counterparts,
     cohort,
     near_threshold,
@@ -78,20 +79,11 @@ def test_group_counterpart_independent_of_batch_order_and_workers(rng, local_cli
     _check_group(cluster, subjects)
 
 
-class _Counting:
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, dsk, keys, **kwargs):
-        self.calls += 1
-        return dask.get(dsk, keys, **kwargs)
-
-
 def test_group_graph_is_lazy_and_reads_each_batch_block_in_its_task(rng):
     nl, nr = 20, 20
     series, subjects = cohort(rng, nl, nr, (20, 30, 25, 22))
     reader = ArrayReader(series)
-    counter = _Counting()
+    counter = CountingScheduler()
     with dask.config.set(scheduler=counter):
         out = group_sum_graph(reader, 4, ranges(0, nl, 8), ranges(nl, 2 * nl, 8), batch=2)
         assert counter.calls == 0 and reader.reads == 0
@@ -129,15 +121,20 @@ def test_autonomy_counts_match_reference(rng, nl, nr, block, split_every):
 
 
 def test_paired_graph_matches_reference(rng):
-    series, subjects = cohort(rng, 20, 20, (35,), constant=[(0, 7)])
-    x = series[0]
-    partner = rng.integers(0, 40, 40)
+    series, subjects = cohort(rng, 20, 20, (35, 28), constant=[(1, 7)])
+    partner = rng.integers(0, 36, 36)
     partner[[0, 5]] = -1
-    z, valid = standardize_graph(da.from_array(x, chunks=(9, -1)), block=12)
-    r = paired_graph(z, valid, partner).compute(scheduler="sync")
-    for v in range(40):
+    reader = ArrayReader(series)
+    counter = CountingScheduler()
+    with dask.config.set(scheduler=counter):
+        out = paired_graph(reader, 1, 2, 38, partner, rows=7)  # voxels 2..37 of subject 1
+        assert counter.calls == 0 and reader.reads == 0
+    res = dask.compute(out, scheduler="sync")[0]
+    x = series[1][2:38]
+    assert not res["valid"][5] and res["valid"].sum() == 35
+    for v in range(36):
         p = partner[v]
-        if p < 0 or 7 in (v, p):
-            assert np.isnan(r[v])
+        if p < 0 or 5 in (v, p):
+            assert np.isnan(res["r"][v])
         else:
-            assert r[v] == pytest.approx(np.corrcoef(x[v], x[p])[0, 1], abs=1e-5)
+            assert res["r"][v] == pytest.approx(np.corrcoef(x[v], x[p])[0, 1], abs=1e-5)
