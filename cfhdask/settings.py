@@ -1,8 +1,8 @@
 """Every default of cfhdask, in one typed settings model.
 
 :class:`Settings` has one section per part of the analysis (``cluster``,
-``store``, ``inputs``, ``mask``, ``preprocessing``, ``cfh``, ``design``,
-``stats``, ``clinical``, ``simulate``).  The command line, the shipped
+``store``, ``inputs``, ``mask``, ``preprocessing``, ``cfh``, ``autonomy``,
+``design``, ``stats``, ``clinical``, ``simulate``).  The command line, the shipped
 ``cfhdask.yaml``, ``study.yaml`` and the Python API all take their defaults
 from here.  Values are layered, later ones winning:
 
@@ -43,9 +43,10 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import parse_combine
 
 __all__ = [
-    "CFHSettings", "ClinicalSettings", "ClusterSettings", "DesignSettings", "InputsSettings",
+    "AutonomySettings", "CFHSettings", "ClinicalSettings", "ClusterSettings", "DesignSettings", "InputsSettings",
     "JobqueueSettings", "KubernetesSettings", "MaskSettings", "PreprocessingSettings",
-    "Settings", "SimulateSettings", "StatsSettings", "StoreSettings", "defaults_yaml",
+    "Settings", "SimulateSettings", "StatsSettings", "StoreSettings", "default_metric",
+    "defaults_yaml",
     "error_message", "resolve", "settings",
 ]
 
@@ -192,14 +193,33 @@ class PreprocessingSettings(Section):
 
 # ----------------------------------------------------------------------------- CFH
 class CFHSettings(Section):
-    """The CFH block engine."""
+    """CFH and the block engine."""
 
+    counterpart: Literal["group", "subject"] = Field(
+        "group", description="How each voxel's functionally homotopic counterpart is found: "
+                             "group (argmax of the correlation summed over the reference "
+                             "subjects, as the CFH literature computes it) or subject (each "
+                             "subject's own maximum).")
+    reference_subjects: list[str] = Field(
+        [], description="Reference set of the group counterpart: subject ids, one "
+                        "participants filter such as group==control, or another cohort "
+                        "store (empty: every ingested subject, label-free).")
+    subject_batch: int = Field(16, ge=1, description="Subjects per GEMM of the group "
+                                                     "counterpart (their time axes "
+                                                     "concatenated).")
     block: int = Field(4096, ge=2, description="Voxels per side of one correlation block.")
     split_every: int = Field(8, ge=2, description="Fan-in of the tree reductions across "
                                                   "blocks.")
     backend: Literal["numpy", "cupy"] = Field(
         "numpy", description="Array backend of the kernels (cupy needs CuPy and a GPU on the "
                              "workers).")
+
+
+class AutonomySettings(Section):
+    """The autonomy index (Wang, Buckner & Liu 2014)."""
+
+    threshold: float = Field(0.25, gt=-1.0, lt=1.0, description="Correlations above it "
+                                                                "count as connections.")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -248,7 +268,9 @@ class StatsSettings(Section):
     seed: int = Field(0, ge=0, description="Seed of the permutations.")
     batch_size: int | None = Field(None, ge=1, description="Permutations per Dask task "
                                                            "(null: sized to the cluster).")
-    metric: str = Field("cfh", description="Per-subject map of the store analysed.")
+    metric: Literal["cfh", "cfh_subject", "vmhc", "ai"] = Field(
+        "cfh", description="Per-subject map of the store analysed: cfh (group counterpart), "
+                           "cfh_subject (per-subject maximum), vmhc or ai (autonomy index).")
     atlases: list[Literal["aal", "harvard_oxford"]] = Field(
         ["aal", "harvard_oxford"], description="Atlases labelling the clusters.")
 
@@ -293,6 +315,7 @@ class Settings(Section):
     mask: MaskSettings = Field(default_factory=MaskSettings)
     preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
     cfh: CFHSettings = Field(default_factory=CFHSettings)
+    autonomy: AutonomySettings = Field(default_factory=AutonomySettings)
     design: DesignSettings = Field(default_factory=DesignSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
@@ -334,6 +357,15 @@ def _normalise(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k).replace("-", "_"): _normalise(v) for k, v in obj.items()}
     return obj
+
+
+def default_metric() -> str:
+    """The map analysed when none is named: ``stats.metric``, except that ``cfh`` means the
+    per-subject maximum (``cfh_subject``) when ``cfh.counterpart`` is ``subject``."""
+    s = settings()
+    if s.stats.metric == "cfh" and s.cfh.counterpart == "subject":
+        return "cfh_subject"
+    return s.stats.metric
 
 
 def settings() -> Settings:

@@ -25,9 +25,12 @@ COMMANDS: dict[str, str] = {
     "confounds": "cfhdask.cli.confounds",
     "ingest": "cfhdask.cli.ingest",
     "cfh": "cfhdask.cli.cfh",
+    "vmhc": "cfhdask.cli.vmhc",
+    "autonomy": "cfhdask.cli.autonomy",
     "stats": "cfhdask.cli.stats",
     "run": "cfhdask.cli.run",
     "demo": "cfhdask.cli.demo",
+    "migrate": "cfhdask.cli.migrate",
 }
 
 

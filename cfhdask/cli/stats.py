@@ -22,14 +22,16 @@ DESIGN_FIELDS = ("covariates", "categorical", "drop_missing", "combine_runs")
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``stats`` sub-command."""
     p = subparsers.add_parser(
-        "stats", help="group comparison of CFH maps by permutation (voxel, cluster, TFCE FWE)",
-        description="Two-group GLM with covariates on the participants' CFH maps of a "
-                    "cohort store (one row per participant: the maps of its sessions and runs "
-                    "are combined, see --combine-runs); permutations (Draper-Stoneman or "
-                    "Freedman-Lane) fanned out on Dask; voxel-FWE, cluster-extent/mass FWE "
+        "stats", help="group comparison of CFH/VMHC/AI maps by permutation (voxel, cluster, "
+                      "TFCE FWE)",
+        description="Two-group GLM with covariates on the participants' maps of a cohort "
+                    "store (--metric: CFH with the group or the per-subject counterpart, VMHC "
+                    "or the autonomy index; one row per participant: the maps of its sessions "
+                    "and runs are combined, see --combine-runs); permutations (Draper-Stoneman "
+                    "or Freedman-Lane) fanned out on Dask; voxel-FWE, cluster-extent/mass FWE "
                     "and TFCE FWE; clusters labelled with AAL and Harvard-Oxford.  The "
-                    "participants table, sessions.tsv files, groups and covariates are "
-                    "checked before any Dask cluster starts.  Files this command wrote in "
+                    "participants table, sessions.tsv files, groups, covariates and the metric "
+                    "are checked before any Dask cluster starts.  Files this command wrote in "
                     "--out before are replaced; nothing else there is touched.")
     p.add_argument("store", metavar="STORE", help="cohort store (directory or fsspec URL)")
     p.add_argument("--participants", required=True, metavar="FILE",
@@ -54,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_setting(p, "--mass-tfce-on", "stats", choices=["t", "z"])
     add_setting(p, "--alpha", "stats", type=float)
     add_setting(p, "--seed", "stats", type=int)
-    add_setting(p, "--metric", "stats", choices=["cfh", "r_max"])
+    add_setting(p, "--metric", "stats", choices=["cfh", "cfh_subject", "vmhc", "ai"])
     add_setting(p, "--drop-missing", "design", kind="bool")
     add_setting(p, "--batch-size", "stats", type=int)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -72,16 +74,17 @@ def run(args: argparse.Namespace) -> int:
 
     from cfhdask.cluster import dask_client
     from cfhdask.io.store import open_store
-    from cfhdask.settings import resolve
+    from cfhdask.settings import default_metric, resolve
     from cfhdask.stats.inference import group_inference, inference_design
 
     st = resolve("stats", overrides(args, STATS_FIELDS), style="cli")
+    metric = args.metric or default_metric()
     des = resolve("design", overrides(args, DESIGN_FIELDS), style="cli")
     so = parse_storage_options(args.storage_options)
     store = open_store(args.store, storage_options=so)
     # every participant, session, group and covariate problem shows here, before any cluster
     inference_design(store, args.participants, des, group=args.group, groups=args.groups,
-                     storage_options=so)
+                     storage_options=so, metric=metric)
     with dask_client(**cluster_kwargs(args)) as client:
         res = group_inference(
             store, args.participants, group=args.group, groups=args.groups,
@@ -90,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
             storage_options=so, n_perm=st.n_perm, scheme=st.scheme,
             cluster_p=st.cluster_p, connectivity=st.connectivity, tfce=st.tfce,
             mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed, out_dir=args.out,
-            client=client, metric=st.metric, batch_size=st.batch_size)
+            client=client, metric=metric, batch_size=st.batch_size)
     p = res.params
     several = sum(1 for m in p["maps"].values() if len(m) > 1)
-    print(f"{len(p['subjects'])} participants {p['n_per_group']} from {p['n_maps']} maps"
+    print(f"metric {p['metric']}: {len(p['subjects'])} participants {p['n_per_group']} from "
+          f"{p['n_maps']} maps"
           + (f" ({several} with several, combined by {p['combine_runs']})" if several else "")
           + f", df {p['df']}, {p['mask']['n_voxels_analysed']} voxels, {p['n_perm']} "
           f"permutations ({'exhaustive' if p['exhaustive'] else 'random'}, {p['scheme']}), "

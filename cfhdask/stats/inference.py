@@ -28,7 +28,7 @@ from scipy import stats as sstats
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
 from cfhdask.io.participants import read_participants, read_sessions
-from cfhdask.settings import DesignSettings, resolve
+from cfhdask.settings import DesignSettings, default_metric, resolve
 from cfhdask.stats.clusters import label_clusters, tfce_step, voxel_graph
 from cfhdask.stats.clusters import tfce as tfce_scores
 from cfhdask.stats.design import Design, build_design
@@ -53,12 +53,20 @@ def _neglog10(p: np.ndarray) -> np.ndarray:
     return -np.log10(np.clip(p, np.finfo(float).tiny, 1.0))
 
 
-def _subject_names(data, subjects) -> list[str]:
-    """Store subjects (maps) analysed: the given ones, else every subject with CFH maps."""
+def _subject_names(data, subjects, metric: str | None = None) -> list[str]:
+    """Store subjects (maps) analysed: the given ones, else every subject with ``metric`` maps
+    (default :func:`cfhdask.settings.default_metric`); a store lacking them is an error
+    naming ``--metric``."""
     if hasattr(data, "cfh_maps"):
-        names = list(subjects) if subjects is not None else data.subjects("cfh")
-        if not names:
-            raise CfhdaskInputError(f"store {data.url}: no subject with complete CFH maps")
+        metric = metric or default_metric()
+        done = data.subjects(metric)
+        if not done:
+            raise CfhdaskInputError(data.missing_metric(metric))
+        names = list(subjects) if subjects is not None else done
+        missing = [s for s in names if s not in done]
+        if missing:
+            raise CfhdaskInputError(f"--metric {metric}: no {metric} maps in {data.url} for "
+                                    f"{', '.join(missing)}")
         return names
     n = np.shape(data)[0] if np.ndim(data) == 2 else 0
     names = list(subjects) if subjects is not None else [f"sub-{i + 1:02d}" for i in range(n)]
@@ -106,7 +114,8 @@ def inference_design(data: Any, participants: pd.DataFrame | str, des: DesignSet
                      group: str, groups: Sequence[str] | None = None,
                      subjects: Sequence[str] | None = None,
                      sessions: pd.DataFrame | None = None,
-                     storage_options: dict | None = None) -> tuple[Design, list[str]]:
+                     storage_options: dict | None = None,
+                     metric: str | None = None) -> tuple[Design, list[str]]:
     """The design :func:`group_inference` will use, from map names only (no map is read).
 
     Everything about the participants (table, ``sessions.tsv``, groups,
@@ -116,7 +125,7 @@ def inference_design(data: Any, participants: pd.DataFrame | str, des: DesignSet
 
     Parameters
     ----------
-    data, participants, group, groups, subjects, sessions, storage_options
+    data, participants, group, groups, subjects, sessions, storage_options, metric
         As :func:`group_inference`.
     des : DesignSettings
         Covariates, categorical ones, ``drop_missing``, ``combine_runs``
@@ -127,7 +136,7 @@ def inference_design(data: Any, participants: pd.DataFrame | str, des: DesignSet
     (Design, list of str)
         The design and the store subjects (maps) it was built from.
     """
-    names = _subject_names(data, subjects)
+    names = _subject_names(data, subjects, metric)
     so = storage_options if storage_options is not None else \
         getattr(data, "storage_options", None)
     source = None
@@ -242,7 +251,7 @@ def group_inference(
     Parameters
     ----------
     data : CohortStore or ndarray (n_maps, n_voxels)
-        A store (its ``cfh_maps(var=metric)``, ``ijk``, ``grid_shape``,
+        A store (its maps of ``metric``, ``ijk``, ``grid_shape``,
         ``affine``, ``hemisphere`` are used) or a data matrix with explicit
         ``subjects``, ``ijk``, ``grid_shape``, ``affine``.
     participants : DataFrame or path
@@ -288,6 +297,10 @@ def group_inference(
         Permutations per Dask task (default ``cfhdask.stats.batch-size``).
     atlases : sequence of str or None
         Atlases labelling the clusters (``aal``, ``harvard_oxford``).
+    metric : {"cfh", "cfh_subject", "vmhc", "ai"}, optional
+        The store's maps analysed (default ``stats.metric``; ``cfh`` is read as
+        ``cfh_subject`` when ``cfh.counterpart`` is ``subject``).  A metric the
+        store does not hold is an error naming ``--metric``.
     compute : {"dask", "local"}
         Fan permutations out on Dask, or run them in this process.
 
@@ -296,8 +309,9 @@ def group_inference(
     GroupResult
     """
     st = resolve("stats", dict(n_perm=n_perm, scheme=scheme, cluster_p=cluster_p,
-                               connectivity=connectivity, tfce=tfce, seed=seed, metric=metric,
-                               batch_size=batch_size, mass_tfce_on=mass_tfce_on, alpha=alpha,
+                               connectivity=connectivity, tfce=tfce, seed=seed,
+                               metric=metric or default_metric(), batch_size=batch_size,
+                               mass_tfce_on=mass_tfce_on, alpha=alpha,
                                atlases=list(atlases) if atlases is not None else None))
     n_perm, scheme, cluster_p, connectivity = st.n_perm, st.scheme, st.cluster_p, st.connectivity
     tfce, seed, metric = st.tfce, st.seed, st.metric
@@ -310,7 +324,7 @@ def group_inference(
                                  drop_missing=drop_missing, combine_runs=combine_runs))
     design, used = inference_design(data, participants, des, group=group, groups=groups,
                                     subjects=subjects, sessions=sessions,
-                                    storage_options=storage_options)
+                                    storage_options=storage_options, metric=metric)
     covariates = list(des.covariates)
     if hasattr(data, "cfh_maps"):
         Y, ijk, grid_shape, affine, hemi = _load(data, used, ijk, grid_shape, affine,
@@ -438,6 +452,8 @@ def group_inference(
         "p_value": "#(null >= observed) / n_perm, identity permutation included",
         "uncorrected_p": "parametric Student t, one-sided per contrast",
     }
+    if hasattr(data, "cfh_maps"):
+        params["metric_params"] = data.metric_params(used[0], metric)
     result = GroupResult(contrasts=results, clusters=all_clusters, design=design,
                          ijk=ijk_m, grid_shape=tuple(grid_shape), affine=np.asarray(affine),
                          params=params)
