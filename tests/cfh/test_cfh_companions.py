@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 from cfhref import near_threshold, reference_ai
-from conftest import AFFINE, GRID, bold
+from cfhstore import AFFINE, GRID, bold
 
 from cfhdask.cfh.autonomy import compute_autonomy
 from cfhdask.cfh.compute import compute_cfh

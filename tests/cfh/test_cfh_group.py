@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cfhref import assert_same_counterparts, reference_group
-from conftest import GRID, bold, make_store
+from cfhstore import GRID, bold, make_store
 
 from cfhdask.cfh.compute import compute_cfh
 from cfhdask.cfh.kernels import fisher_z

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cfhref import assert_matches, reference_cfh
-from conftest import GRID
+from cfhstore import GRID
 
 from cfhdask.cfh.compute import compute_cfh
 from cfhdask.cfh.kernels import fisher_z
