@@ -36,6 +36,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError, StoreVersionError
 from cfhdask.grid import voxel_table
+from cfhdask.io.arrays import store_array
 from cfhdask.io.atomic import to_jsonable
 from cfhdask.settings import settings
 
@@ -95,6 +96,7 @@ class CohortStore:
         self.n_midline = int(attrs["n_midline"])
         self.n_voxels = self.n_left + self.n_right + self.n_midline
         self.voxel_chunk = int(attrs.get("voxel_chunk", max(1, self.n_voxels)))
+        self._where = f"store {self.url}"
         self._ijk: np.ndarray | None = None
         self._xyz: np.ndarray | None = None
         self._hemisphere: np.ndarray | None = None
@@ -251,21 +253,22 @@ class CohortStore:
     def ijk(self) -> np.ndarray:
         """Voxel indices on the grid, shape (n_voxels, 3), int32."""
         if self._ijk is None:
-            self._ijk = np.asarray(self._root["ijk"][...])
+            self._ijk = np.asarray(store_array(self._root, "ijk", np.int32, where=self._where)[...])
         return self._ijk
 
     @property
     def xyz(self) -> np.ndarray:
         """MNI coordinates (mm) of the voxels, shape (n_voxels, 3), float32."""
         if self._xyz is None:
-            self._xyz = np.asarray(self._root["xyz"][...])
+            self._xyz = np.asarray(store_array(self._root, "xyz", np.float32, where=self._where)[...])
         return self._xyz
 
     @property
     def hemisphere(self) -> np.ndarray:
         """Hemisphere of each voxel: -1 left, +1 right, 0 midline (int8)."""
         if self._hemisphere is None:
-            self._hemisphere = np.asarray(self._root["hemisphere"][...])
+            self._hemisphere = np.asarray(
+                store_array(self._root, "hemisphere", np.int8, where=self._where)[...])
         return self._hemisphere
 
     @property
@@ -375,7 +378,8 @@ class CohortStore:
         dask.array.Array of shape (n_voxels, n_time), float32
             Chunked like the Zarr array: (voxel_chunk, n_time).
         """
-        return da.from_zarr(self._group(subject)["bold"])
+        return da.from_zarr(store_array(self._group(subject), "bold", np.float32,
+                                        where=f"{self._where}: subjects/{subject}"))
 
     def begin_subject(self, subject: str, n_time: int, attrs: dict) -> zarr.Array:
         """Create an (incomplete) subject group and its empty ``bold`` array.
@@ -550,7 +554,9 @@ class CohortStore:
         if var not in CFH_VARS:
             raise ValueError(f"var must be one of {CFH_VARS}, not {var!r}")
         names = list(self.subjects("cfh") if subjects is None else subjects)
-        arrays = [da.from_zarr(self._group(s, "cfh")[var]) for s in names]
+        arrays = [da.from_zarr(store_array(self._group(s, "cfh"), var, _CFH_DTYPES[var],
+                                           where=f"{self._where}: subjects/{s}"))
+                  for s in names]
         if arrays:
             data = da.stack(arrays, axis=0)
         else:
