@@ -30,9 +30,17 @@ from typing import Any, Literal
 import dask
 import dask.config
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inputs import parse_combine
 
 __all__ = [
     "CFHSettings", "ClinicalSettings", "ClusterSettings", "DesignSettings", "InputsSettings",
@@ -46,6 +54,8 @@ YAML_PATH = os.path.join(os.path.dirname(__file__), "cfhdask.yaml")
 
 #: Denoising steps ``preprocessing.order`` may name.
 STEPS = ("smooth", "regress", "filter", "clean")
+#: Band-pass filters: nilearn's Butterworth, DPABI's ideal (FFT) filter.
+FILTERS = ("butterworth", "ideal")
 
 
 class Section(BaseModel):
@@ -312,6 +322,10 @@ class PreprocessingSettings(Section):
                                                               "(null: none).")
     low_pass: float | None = Field(0.1, gt=0.0, description="Low-pass cutoff in Hz "
                                                             "(null: none).")
+    filter: Literal[FILTERS] = Field(
+        "butterworth", description="Band-pass filter: butterworth (nilearn's signal.clean: "
+                                   "order 5, zero-phase) or ideal (DPABI's FFT filter, "
+                                   "y_IdealFilter: bins outside the band set to zero).")
     order: list[Literal["smooth", "regress", "filter", "clean"]] = Field(
         ["smooth", "regress", "filter"],
         description="Steps in the order they run ('clean' = nilearn's combined "
@@ -354,6 +368,17 @@ class DesignSettings(Section):
                                    "(dummy-coded); every other covariate must be numeric.")
     drop_missing: bool = Field(False, description="Drop (and report) subjects with missing "
                                                   "values instead of stopping.")
+    combine_runs: str = Field("mean", description="How a participant's maps (sessions, runs) "
+                              "become its one row of the design: 'mean' (the mean of all its "
+                              "maps) or a session/run such as 'ses-1', 'run-2' or "
+                              "'ses-1_run-1' (the mean of the maps that match: that one map "
+                              "when it names one).")
+
+    @field_validator("combine_runs")
+    @classmethod
+    def _combine(cls, v: str) -> str:
+        parse_combine(v)
+        return v.strip()
 
 
 class StatsSettings(Section):
@@ -370,6 +395,10 @@ class StatsSettings(Section):
     connectivity: Literal[6, 18, 26] = Field(18, description="Voxel connectivity of "
                                                              "clusters (18 as SPM).")
     tfce: bool = Field(False, description="Also TFCE (E = 0.5, H = 2) with FWE p.")
+    mass_tfce_on: Literal["t", "z"] = Field(
+        "t", description="Map cluster mass and TFCE are computed on: t, or z (PALM's "
+                         "convention: each t turned into the z of the same p, so mass and "
+                         "TFCE can be set beside PALM's; extents and voxel FWE are the same).")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="FWE level of significant "
                                                            "clusters.")
     seed: int = Field(0, ge=0, description="Seed of the permutations.")

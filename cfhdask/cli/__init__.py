@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from cfhdask._version import __version__
+from cfhdask.cli.logs import log_file_path, logging_to, one_line
 from cfhdask.cli.options import add_cluster_options, add_log_options, cluster_kwargs
 from cfhdask.errors import CfhdaskError
 
-__all__ = ["add_cluster_options", "build_parser", "cluster_kwargs", "main"]
+__all__ = ["add_cluster_options", "build_parser", "cluster_kwargs", "main", "setup_logging"]
 
 #: Sub-commands, in the order ``--help`` lists them: name -> module.
 COMMANDS: dict[str, str] = {
@@ -54,41 +56,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _QuietLibraries(logging.Filter):
-    """Drop INFO chatter of Dask and its web stack (warnings and errors still show)."""
-
-    NOISY = ("distributed", "bokeh", "tornado", "fsspec", "asyncio", "aiobotocore")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith(self.NOISY)
-
-
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Log to stderr: INFO by default, DEBUG with -vv, WARNING with -q."""
+    """Log to stderr: INFO by default, DEBUG with -vv, WARNING with -q (for scripts)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("cfhdask").setLevel(level)
-    if verbose < 2:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_QuietLibraries())
-        for noisy in _QuietLibraries.NOISY:
-            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``cfhdask`` command; returns the exit status."""
+    """Entry point of the ``cfhdask`` command; returns the exit status.
+
+    Errors are one line on stderr (exit status 2; 130 for Ctrl-C); the
+    details (tracebacks, Dask's and the workers' messages) go to a log file
+    whose path is printed with the error.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
-    try:
-        return int(args.func(args) or 0)
-    except CfhdaskError as exc:
-        print(f"cfhdask {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # pragma: no cover
-        print("cfhdask: interrupted; finished subjects are kept", file=sys.stderr)
-        return 130
+    path = log_file_path(args.command)
+    log = logging.getLogger("cfhdask.cli")
+    with logging_to(path, args.verbose, args.quiet):
+        log.debug("cfhdask %s: %s", __version__, " ".join(sys.argv[:1] + list(argv or [])))
+        try:
+            status = int(args.func(args) or 0)
+        except CfhdaskError as exc:
+            log.debug("error", exc_info=True)
+            print(f"cfhdask {args.command}: error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            log.debug("interrupted", exc_info=True)
+            print(f"cfhdask {args.command}: interrupted; finished subjects are kept "
+                  f"(details in {path})", file=sys.stderr)
+            return 130
+        except Exception as exc:  # an unexpected failure: one line here, the traceback in the log
+            log.debug("unexpected error", exc_info=True)
+            print(f"cfhdask {args.command}: error: {one_line(exc)} (traceback in {path})",
+                  file=sys.stderr)
+            return 2
+        if status and os.path.exists(path):
+            print(f"details in {path}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover

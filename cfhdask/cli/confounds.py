@@ -31,10 +31,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the plan table; 1 when any subject is skipped, else 0."""
+    from cfhdask.cli.options import parse_storage_options
+
+    so = parse_storage_options(args.storage_options)
     params = denoise_params_from_args(args)
     args.denoise = True  # this command is about denoising: plain files need confounds
-    inputs, skipped = inputs_from_args(args, args.bold)
-    rows = plan_inputs(inputs, params, skipped)
+    inputs, skipped = inputs_from_args(args, args.bold, so)
+    rows = plan_inputs(inputs, params, skipped, so)
     print(format_plan_table(rows))
     n_bad = sum(not r.ok for r in rows)
     print(f"{len(rows) - n_bad} run(s) ready, {n_bad} with problems; parameters: "

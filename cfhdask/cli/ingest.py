@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cfhdask.cli.logs import one_line
 from cfhdask.cli.options import (
     add_cluster_options,
     add_setting,
@@ -40,15 +41,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="re-ingest subjects that are already complete in the store")
     add_setting(p, "--voxel-chunk", "store", type=int, metavar="N")
-    p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help='fsspec options for remote URLs, e.g. \'{"anon": true}\'')
     add_denoise_options(p)
     add_cluster_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``cfhdask ingest``."""
+    """Run ``cfhdask ingest``: 0 when every run was ingested, 1 when some were skipped."""
     from cfhdask.cli.prep_options import (
         denoise_params_from_args,
         denoise_requested,
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from cfhdask.cluster import dask_client
     from cfhdask.io.nifti import check_bold, read_header
-    from cfhdask.prep.ingest import SubjectsFailed, ingest
+    from cfhdask.prep.ingest import SubjectsFailed, ingest, subject_tr
     from cfhdask.prep.pipeline import make_prepare
     from cfhdask.prep.summary import format_plan_table, plan_inputs
     from cfhdask.settings import resolve
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.bold or args.bids_derivatives or args.dpabi):
         raise CfhdaskInputError("give BOLD files, --bids-derivatives DIR or --dpabi DIR")
     params = denoise_params_from_args(args)
-    inputs, skipped = inputs_from_args(args, args.bold)
+    inputs, skipped = inputs_from_args(args, args.bold, so)
     denoise = denoise_requested(args)
     problems = [(s.subject, s.reason) for s in skipped]
     if denoise:
@@ -74,16 +73,20 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(format_plan_table(rows))
             return 1 if any(not r.ok for r in rows) else 0
-        bad = {r.subject: r.problem for r in rows if not r.ok}
-        problems = [(k, v) for k, v in bad.items()]
+        problems = [(r.subject, r.problem) for r in rows if not r.ok]
+        bad = {subject for subject, _ in problems}
         inputs = [i for i in inputs if i.subject not in bad]
     else:
         for inp in inputs:  # cheap header checks before any cluster starts
-            check_bold(read_header(inp.bold, so), params.drop_volumes)
+            header = read_header(inp.bold, so)
+            check_bold(header, params.drop_volumes)
+            subject_tr(inp, header, so)
         if args.dry_run:
             for inp in inputs:
                 print(f"{inp.subject}\t{inp.bold}\t(no denoising)")
-            return 0
+            for subject, reason in problems:
+                print(f"SKIPPED {subject}\t{reason}")
+            return 1 if problems else 0
     failed = ""
     if inputs:
         with dask_client(**cluster_kwargs(args)) as client:
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                                storage_options=so,
                                prepare=make_prepare(params) if denoise else None)
             except SubjectsFailed as exc:
-                failed, store = str(exc), exc.store
+                failed, store = exc, exc.store
         if store is not None:
             subjects = store.subjects()
             print(f"cohort store {store.url}: {len(subjects)} subject(s), {store.n_voxels} "
@@ -104,5 +107,7 @@ def run(args: argparse.Namespace) -> int:
     for subject, reason in problems:
         print(f"skipped {subject}: {reason}")
     if failed:
-        print(f"failed: {failed}")
+        for subject, exc in sorted(failed.failures.items()):
+            print(f"failed {subject}: {one_line(exc)}")
     return 1 if (problems or failed) else 0
+

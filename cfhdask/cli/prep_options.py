@@ -11,9 +11,10 @@ import argparse
 from cfhdask.cli.options import add_setting, overrides
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput
+from cfhdask.prep.confounds import check_filter, check_tr
 from cfhdask.prep.discover import Skip, discover_inputs
 from cfhdask.prep.pipeline import DenoiseParams
-from cfhdask.settings import STEPS, resolve, settings
+from cfhdask.settings import FILTERS, STEPS, resolve, settings
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +39,16 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
                         "rp_*.txt or a table with trans_x..rot_z columns), paired by subject id")
     g.add_argument("--tr", type=float, metavar="SECONDS",
                    help="repetition time in seconds; overrides the NIfTI header and the "
-                        "sidecar")
+                        "sidecar (a value above 100 is taken for milliseconds and refused)")
+    g.add_argument("--storage-options", default=None, metavar="JSON",
+                   help="fsspec options of remote folders, files and the store (credentials, "
+                        "endpoint), e.g. '{\"anon\": true}' or '{\"client_kwargs\": "
+                        "{\"endpoint_url\": \"http://127.0.0.1:9000\"}}'")
 
 
 #: Denoising options -> fields of :class:`DenoiseParams`.
 DENOISE_FIELDS = ("drop_volumes", "smoothing_fwhm", "motion", "wm", "csf", "global_signal",
-                  "detrend", "high_pass", "low_pass", "order")
+                  "detrend", "high_pass", "low_pass", "filter", "order")
 
 
 def add_denoise_options(parser: argparse.ArgumentParser, *, dry_run: bool = True) -> None:
@@ -72,6 +77,7 @@ def add_denoise_options(parser: argparse.ArgumentParser, *, dry_run: bool = True
     add_setting(g, "--detrend", "preprocessing", kind="bool")
     add_setting(g, "--high-pass", "preprocessing", type=float, metavar="HZ")
     add_setting(g, "--low-pass", "preprocessing", type=float, metavar="HZ")
+    add_setting(g, "--filter", "preprocessing", metavar="{" + ",".join(FILTERS) + "}")
     g.add_argument("--no-filter", action="store_true", help="no band-pass filtering")
     add_setting(g, "--order", "preprocessing", kind="list", metavar="STEPS",
                 help=f"Steps in order, comma-separated, from {', '.join(STEPS)} ('clean' = "
@@ -90,6 +96,8 @@ def denoise_params_from_args(args: argparse.Namespace) -> DenoiseParams:
     CfhdaskInputError
         A bad or inconsistent option (e.g. ``--high-pass`` above ``--low-pass``), naming it.
     """
+    if args.tr is not None:
+        check_tr(args.tr, "--tr")
     given = overrides(args, DENOISE_FIELDS)
     params = DenoiseParams.from_settings(**given, tr=args.tr)
     changes: dict = {}
@@ -97,7 +105,10 @@ def denoise_params_from_args(args: argparse.Namespace) -> DenoiseParams:
         changes["smoothing_fwhm"] = None
     if args.no_filter:
         changes.update(high_pass=None, low_pass=None)
-    return DenoiseParams(**{**params.model_dump(), **changes}) if changes else params
+    params = DenoiseParams(**{**params.model_dump(), **changes}) if changes else params
+    if args.tr is not None and params.wants_filter:
+        check_filter(args.tr, params.high_pass, params.low_pass, bold="--tr", tr_source="--tr")
+    return params
 
 
 def denoise_requested(args: argparse.Namespace) -> bool:
@@ -107,7 +118,8 @@ def denoise_requested(args: argparse.Namespace) -> bool:
 
 
 def inputs_from_args(
-    args: argparse.Namespace, files: list[str] | None = None
+    args: argparse.Namespace, files: list[str] | None = None,
+    storage_options: dict | None = None,
 ) -> tuple[list[SubjectInput], list[Skip]]:
     """Runs to ingest, and runs skipped with their reason, from parsed options.
 
@@ -117,6 +129,8 @@ def inputs_from_args(
         With the options of :func:`add_input_options` (and ``--motion``).
     files : list of str, optional
         BOLD files given as positional arguments.
+    storage_options : dict, optional
+        fsspec options of remote folders and files (``--storage-options``).
 
     Raises
     ------
@@ -134,4 +148,5 @@ def inputs_from_args(
         participant_label=args.participant_label, dpabi=args.dpabi, dpabi_dir=where.dpabi_dir,
         files=files or None, confounds=args.confounds, tr=args.tr,
         require_confounds=motion not in (None, "none") and denoise_requested(args),
+        storage_options=storage_options,
     )

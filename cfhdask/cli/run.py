@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--schema", action="store_true",
                    help="print the config schema (every key, default and meaning) and exit")
     p.add_argument("--check", action="store_true",
-                   help="validate the config, list the inputs found, and exit without computing")
+                   help="validate the config, the participants table, its sessions and the "
+                        "design, list the inputs found (and those skipped), and exit without "
+                        "computing; exit status 1 when a run is skipped")
     add_cluster_options(p)
     p.set_defaults(func=run)
 
@@ -38,7 +40,7 @@ def print_result(res) -> None:
     print("\nStage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items()))
     print(f"Store:   {res.store}\nStats:   {res.stats_dir}\nReport:  {res.report}")
     for k, v in res.skipped.items():
-        print(f"Skipped: {k}: {v}")
+        print(f"{'Reused' if k == 'stats' else 'Skipped'}: {k}: {v}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,14 +61,21 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         from cfhdask.study.pipeline import check_study
 
-        inputs, skips = check_study(cfg)
-        for i in inputs:
+        plan = check_study(cfg)
+        for i in plan.inputs:
             print(f"{i.subject}\t{i.bold}")
-        for s in skips:
+        for s in plan.skipped:
             print(f"SKIP {s.subject}\t{s.reason}")
-        return 1 if skips else 0
+        if plan.design is not None:
+            d = plan.design
+            several = sum(1 for m in d.maps.values() if len(m) > 1)
+            print(f"design: {d.n} participants {d.n_per_group} from {len(plan.inputs)} runs"
+                  + (f" ({several} with several, combined by {d.combine_runs})"
+                     if several else "")
+                  + f", columns {d.columns}, df {d.df}")
+        return 1 if plan.skipped else 0
     from cfhdask.study.pipeline import run_study
 
     res = run_study(cfg)
     print_result(res)
-    return 1 if "ingest" in res.skipped else 0
+    return 1 if any(k not in ("stats",) for k in res.skipped) else 0

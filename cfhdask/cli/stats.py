@@ -14,22 +14,28 @@ from cfhdask.cli.options import (
 )
 
 #: Options -> fields of the ``stats`` and ``design`` settings.
-STATS_FIELDS = ("n_perm", "scheme", "cluster_p", "connectivity", "tfce", "seed", "metric",
-                "batch_size")
-DESIGN_FIELDS = ("covariates", "categorical", "drop_missing")
+STATS_FIELDS = ("n_perm", "scheme", "cluster_p", "connectivity", "tfce", "mass_tfce_on",
+                "alpha", "seed", "metric", "batch_size")
+DESIGN_FIELDS = ("covariates", "categorical", "drop_missing", "combine_runs")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``stats`` sub-command."""
     p = subparsers.add_parser(
         "stats", help="group comparison of CFH maps by permutation (voxel, cluster, TFCE FWE)",
-        description="Two-group GLM with covariates on the subjects' CFH maps of a cohort "
-                    "store; permutations (Freedman-Lane or Draper-Stoneman) fanned out on "
-                    "Dask; voxel-FWE, cluster-extent/mass FWE and TFCE FWE; clusters "
-                    "labelled with AAL and Harvard-Oxford.")
+        description="Two-group GLM with covariates on the participants' CFH maps of a "
+                    "cohort store (one row per participant: the maps of its sessions and runs "
+                    "are combined, see --combine-runs); permutations (Draper-Stoneman or "
+                    "Freedman-Lane) fanned out on Dask; voxel-FWE, cluster-extent/mass FWE "
+                    "and TFCE FWE; clusters labelled with AAL and Harvard-Oxford.  The "
+                    "participants table, sessions.tsv files, groups and covariates are "
+                    "checked before any Dask cluster starts.  Files this command wrote in "
+                    "--out before are replaced; nothing else there is touched.")
     p.add_argument("store", metavar="STORE", help="cohort store (directory or fsspec URL)")
     p.add_argument("--participants", required=True, metavar="FILE",
-                   help="participants table (TSV or CSV) with a participant_id column")
+                   help="participants table (TSV or CSV, path or URL) with a participant_id "
+                        "column; sub-<label>/sub-<label>_sessions.tsv files next to it give "
+                        "session-level variables")
     p.add_argument("--group", required=True, metavar="COLUMN",
                    help="column of the participants table holding the groups")
     p.add_argument("--groups", type=csv_list, default=None, metavar="A,B",
@@ -39,18 +45,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                 help="Nuisance covariates: numeric ones mean-centred, those named in "
                      "--categorical dummy-coded; '' for none")
     add_setting(p, "--categorical", "design", kind="list", metavar="C1,C2")
+    add_setting(p, "--combine-runs", "design", metavar="mean|ses-L|run-N")
     add_setting(p, "--n-perm", "stats", type=int)
     add_setting(p, "--scheme", "stats", choices=["draper-stoneman", "freedman-lane"])
     add_setting(p, "--cluster-p", "stats", type=float)
     add_setting(p, "--connectivity", "stats", type=int, choices=[6, 18, 26])
     add_setting(p, "--tfce", "stats", kind="bool")
+    add_setting(p, "--mass-tfce-on", "stats", choices=["t", "z"])
+    add_setting(p, "--alpha", "stats", type=float)
     add_setting(p, "--seed", "stats", type=int)
     add_setting(p, "--metric", "stats", choices=["cfh", "r_max"])
     add_setting(p, "--drop-missing", "design", kind="bool")
     add_setting(p, "--batch-size", "stats", type=int)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help='fsspec options for a remote store URL, e.g. \'{"anon": true}\'')
+                   help='fsspec options of a remote store and participants table, e.g. '
+                        '\'{"anon": true}\'')
     add_cluster_options(p)
     p.set_defaults(func=run)
     return p
@@ -63,29 +73,39 @@ def run(args: argparse.Namespace) -> int:
     from cfhdask.cluster import dask_client
     from cfhdask.io.store import open_store
     from cfhdask.settings import resolve
-    from cfhdask.stats.inference import group_inference
+    from cfhdask.stats.inference import group_inference, inference_design
 
     st = resolve("stats", overrides(args, STATS_FIELDS), style="cli")
     des = resolve("design", overrides(args, DESIGN_FIELDS), style="cli")
-    store = open_store(args.store, storage_options=parse_storage_options(args.storage_options))
+    so = parse_storage_options(args.storage_options)
+    store = open_store(args.store, storage_options=so)
+    # every participant, session, group and covariate problem shows here, before any cluster
+    inference_design(store, args.participants, des, group=args.group, groups=args.groups,
+                     storage_options=so)
     with dask_client(**cluster_kwargs(args)) as client:
         res = group_inference(
             store, args.participants, group=args.group, groups=args.groups,
-            covariates=des.covariates, categorical=des.categorical, n_perm=st.n_perm,
-            scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
-            tfce=st.tfce, seed=st.seed, out_dir=args.out, client=client, metric=st.metric,
-            drop_missing=des.drop_missing, batch_size=st.batch_size)
+            covariates=des.covariates, categorical=des.categorical,
+            drop_missing=des.drop_missing, combine_runs=des.combine_runs,
+            storage_options=so, n_perm=st.n_perm, scheme=st.scheme,
+            cluster_p=st.cluster_p, connectivity=st.connectivity, tfce=st.tfce,
+            mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed, out_dir=args.out,
+            client=client, metric=st.metric, batch_size=st.batch_size)
     p = res.params
-    print(f"{len(p['subjects'])} subjects {p['n_per_group']}, df {p['df']}, "
-          f"{p['mask']['n_voxels_analysed']} voxels, {p['n_perm']} permutations "
-          f"({'exhaustive' if p['exhaustive'] else 'random'}, {p['scheme']}), "
+    several = sum(1 for m in p["maps"].values() if len(m) > 1)
+    print(f"{len(p['subjects'])} participants {p['n_per_group']} from {p['n_maps']} maps"
+          + (f" ({several} with several, combined by {p['combine_runs']})" if several else "")
+          + f", df {p['df']}, {p['mask']['n_voxels_analysed']} voxels, {p['n_perm']} "
+          f"permutations ({'exhaustive' if p['exhaustive'] else 'random'}, {p['scheme']}), "
           f"t > {p['t_threshold']:.3f} (p < {p['cluster_p']})")
     if p["dropped_subjects"]:
         print(f"dropped: {p['dropped_subjects']}")
+    for w in p["warnings"]:
+        print(f"WARNING: {w}")
     if len(res.clusters):
         from cfhdask.stats.outputs import summary_clusters
 
-        shown = summary_clusters(res.clusters, alpha=0.05)
+        shown = summary_clusters(res.clusters, alpha=st.alpha)
         cols = [c for c in ("contrast", "cluster", "size_voxels", "peak_t", "peak_x", "peak_y",
                             "peak_z", "p_fwe", "mass_p_fwe", "tfce_p_fwe", "aal_peak",
                             "harvard_oxford_peak") if c in shown.columns]

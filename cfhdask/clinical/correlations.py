@@ -1,6 +1,6 @@
 """Partial correlations of cluster CFH with clinical variables (paper section 2.6).
 
-For each significant cluster, each subject's mean CFH over the cluster is
+For each significant cluster, each participant's mean CFH over the cluster is
 correlated, in the patient group, with the clinical variables (illness
 duration, JRS total, severity and frequency) controlling for the covariates
 (age, sex, education, SAS, SDS).  The partial correlation is the correlation
@@ -25,6 +25,7 @@ from scipy import stats
 
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.io.atomic import atomic_write
+from cfhdask.stats.design import encode_covariates
 
 log = logging.getLogger(__name__)
 
@@ -199,19 +200,16 @@ def _index_participants(participants: pd.DataFrame, subject_column: str) -> pd.D
     return out
 
 
-def encode_covariates(frame: pd.DataFrame) -> pd.DataFrame:
-    """Covariates as float columns: numeric kept, categorical one-hot (first level dropped)."""
-    parts = []
-    for col in frame.columns:
-        s = frame[col]
-        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-            parts.append(s.astype(np.float64).rename(col))
-        else:
-            dummies = pd.get_dummies(s.astype(str), prefix=col, drop_first=True, dtype=np.float64)
-            parts.append(dummies)
-    if not parts:
-        return pd.DataFrame(index=frame.index)
-    return pd.concat(parts, axis=1)
+def _covariate_matrix(frame: pd.DataFrame, covariates: Sequence[str],
+                      categorical: Sequence[str] | None) -> np.ndarray:
+    """Covariates encoded as the GLM encodes them (:func:`cfhdask.stats.design.encode_covariates`)."""
+    if categorical is None:
+        from cfhdask.settings import settings
+
+        categorical = settings().design.categorical
+    X, _ = encode_covariates(frame, list(covariates), categorical,
+                             source="participants table (partial correlations)", center=False)
+    return X
 
 
 def _patient_frame(values: pd.DataFrame, participants: pd.DataFrame, *, group: str,
@@ -243,6 +241,7 @@ def cluster_correlations(
     group_value: str = "patient",
     variables: Sequence[str] = (),
     covariates: Sequence[str] = (),
+    categorical: Sequence[str] | None = None,
     methods: Sequence[str] = METHODS,
     subject_column: str = "participant_id",
     fdr_family: str = "method",
@@ -263,7 +262,10 @@ def cluster_correlations(
     variables : sequence of str
         Clinical variables correlated with every cluster.
     covariates : sequence of str
-        Controlled for (categorical ones one-hot encoded, first level dropped).
+        Controlled for, encoded as in the GLM: those in ``categorical``
+        dummy-coded (first level dropped); the others must be numeric.
+    categorical : sequence of str, optional
+        Categorical covariates (default ``cfhdask.design.categorical``).
     methods : sequence of {"pearson", "spearman"}
     subject_column : str
         Column of participant ids (falls back to the index when absent).
@@ -314,7 +316,7 @@ def cluster_correlations(
         for var in variables:
             sub = pd.concat([vals[[cluster]].rename(columns={cluster: "__y__"}),
                              frame[[var, *covariates]]], axis=1).dropna()
-            z = encode_covariates(sub[covariates]).to_numpy()
+            z = _covariate_matrix(sub, covariates, categorical)
             for method in methods:
                 res = partial_corr(sub[var].to_numpy(), sub["__y__"].to_numpy(), z,
                                    method=method, confidence=confidence)
@@ -358,6 +360,7 @@ def partial_residuals(
     group: str = "group",
     group_value: str = "patient",
     covariates: Sequence[str] = (),
+    categorical: Sequence[str] | None = None,
     subject_column: str = "participant_id",
 ) -> pd.DataFrame:
     """Residualised clinical variable and cluster value (what a partial-correlation plot shows).
@@ -367,7 +370,8 @@ def partial_residuals(
     DataFrame indexed by subject with columns ``x`` (variable residual) and
     ``y`` (cluster-value residual); their Pearson correlation is the partial
     correlation of ``method`` (on ranks for Spearman).  Rows with a missing
-    value are left out.
+    value are left out.  ``categorical`` covariates are dummy-coded as in
+    :func:`cluster_correlations` (default ``cfhdask.design.categorical``).
     """
     covariates = list(covariates)
     frame = _patient_frame(values, participants, group=group, group_value=group_value,
@@ -380,7 +384,7 @@ def partial_residuals(
                      frame], axis=1).dropna()
     x = sub[variable].to_numpy(np.float64)
     y = sub["__y__"].to_numpy(np.float64)
-    z = encode_covariates(sub[covariates]).to_numpy()
+    z = _covariate_matrix(sub, covariates, categorical)
     if method == "spearman":
         x, y = stats.rankdata(x), stats.rankdata(y)
         z = np.column_stack([stats.rankdata(c) for c in z.T]) if z.shape[1] else z

@@ -98,8 +98,11 @@ def _attach(cfg: ClusterSettings, timeout: str) -> Client:
     except (OSError, TimeoutError) as exc:
         raise CfhdaskInputError(f"could not reach the Dask scheduler at {where}: "
                                 f"{exc}") from None
-    except ValueError as exc:  # e.g. a tcp:// client to a TLS-only scheduler
-        raise CfhdaskInputError(f"Dask scheduler at {where}: {exc}") from None
+    except ValueError as exc:  # not an address, or a tcp:// client to a TLS-only scheduler
+        raise CfhdaskInputError(
+            f"--scheduler {where}: not a Dask scheduler address, or not one this client can "
+            f"speak to ({exc}); give e.g. tcp://head-node:8786 (tls:// with --tls-ca-file, "
+            f"--tls-cert and --tls-key for a TLS scheduler)") from None
     log.info("Attached to Dask scheduler %s; dashboard %s", client.scheduler.address,
              client.dashboard_link)
     return client

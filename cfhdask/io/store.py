@@ -38,6 +38,7 @@ from cfhdask.errors import CfhdaskInputError, StoreVersionError
 from cfhdask.grid import voxel_table
 from cfhdask.io.arrays import store_array
 from cfhdask.io.atomic import to_jsonable
+from cfhdask.io.urls import url_to_fs
 from cfhdask.settings import settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 STORE_VERSION = 1
 SUBJECTS = "subjects"
 INGEST_FLAG = "ingest_complete"
+#: Prefix of the group a replacement subject is written to (``--overwrite``) until it
+#: is complete; subject ids never start with ``__``.
+STAGED_PREFIX = "__new__"
+STAGED_FLAG = "staged_complete"
 CFH_FLAG = "cfh_complete"
 CFH_VARS = ("cfh", "counterpart", "r_max")
 _CFH_DTYPES = {"cfh": np.float32, "counterpart": np.int32, "r_max": np.float32}
@@ -56,6 +61,37 @@ Stage = Literal["ingested", "cfh"]
 def now_iso() -> str:
     """The current UTC time in ISO 8601 (seconds)."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def preprocessing_setting(pre: dict | None) -> dict:
+    """The part of a subject's ``preprocessing`` record that must agree across a store.
+
+    The pipeline and its parameters (without the per-run TR override), not
+    what varies per run (regressors found, TR source, notes).
+    """
+    pre = dict(pre or {})
+    out: dict[str, Any] = {"pipeline": pre.get("pipeline", "none")}
+    if isinstance(pre.get("parameters"), dict):
+        out["parameters"] = {k: v for k, v in pre["parameters"].items() if k != "tr"}
+    else:
+        out["drop_volumes"] = pre.get("drop_volumes")
+    return to_jsonable(out)
+
+
+def describe_setting(setting: dict) -> str:
+    """One line of a :func:`preprocessing_setting`: ``pipeline (key value, ...)``."""
+    params = setting.get("parameters") or {k: v for k, v in setting.items() if k != "pipeline"}
+    inner = ", ".join(f"{k} {v}" for k, v in params.items())
+    return f"{setting.get('pipeline')} ({inner})" if inner else str(setting.get("pipeline"))
+
+
+def settings_differ(a: dict, b: dict) -> str:
+    """The keys where two preprocessing settings differ, as ``key: A vs B``."""
+    if a.get("pipeline") != b.get("pipeline"):
+        return f"{describe_setting(a)} vs {describe_setting(b)}"
+    pa, pb = a.get("parameters") or a, b.get("parameters") or b
+    keys = sorted(set(pa) | set(pb), key=str)
+    return "; ".join(f"{k}: {pa.get(k)} vs {pb.get(k)}" for k in keys if pa.get(k) != pb.get(k))
 
 
 def _compressors(dtype) -> list:
@@ -342,6 +378,8 @@ class CohortStore:
             raise ValueError(f"stage must be 'ingested' or 'cfh', not {stage!r}")
         out = []
         for name, grp in self._all_subject_groups().items():
+            if name.startswith(STAGED_PREFIX):
+                continue
             attrs = grp.attrs
             if attrs.get(INGEST_FLAG) is not True:
                 continue
@@ -381,12 +419,19 @@ class CohortStore:
         return da.from_zarr(store_array(self._group(subject), "bold", np.float32,
                                         where=f"{self._where}: subjects/{subject}"))
 
+    def _staged(self, subject: str) -> str:
+        return STAGED_PREFIX + subject
+
     def begin_subject(self, subject: str, n_time: int, attrs: dict) -> zarr.Array:
         """Create an (incomplete) subject group and its empty ``bold`` array.
 
-        Any existing group of that name is removed first.  The group stays
-        invisible until :meth:`finish_subject`.  Use :meth:`write_subject`
-        unless you schedule the writes yourself (as ingest does).
+        A complete subject of that name is kept: the replacement is written to
+        a staged group and swapped in by :meth:`finish_subject` only once it is
+        complete, so readers see the old subject until then (and keep it if
+        the replacement fails, :meth:`abort_subject`).  An incomplete group of
+        that name is removed first.  The group stays invisible until
+        :meth:`finish_subject`.  Use :meth:`write_subject` unless you schedule
+        the writes yourself (as ingest does).
 
         Returns
         -------
@@ -395,9 +440,12 @@ class CohortStore:
         """
         self._require_writable()
         subjects = self._subjects_group()
-        if subject in subjects:
-            del subjects[subject]
-        grp = subjects.create_group(subject)
+        name = subject
+        if subject in subjects and subjects[subject].attrs.get(INGEST_FLAG) is True:
+            name = self._staged(subject)
+        if name in subjects:
+            del subjects[name]
+        grp = subjects.create_group(name)
         attrs = dict(attrs)
         attrs.pop(INGEST_FLAG, None)
         attrs.pop(CFH_FLAG, None)
@@ -426,11 +474,50 @@ class CohortStore:
         return da.store(arr, target, lock=False, compute=False)
 
     def finish_subject(self, subject: str, extra_attrs: dict | None = None) -> None:
-        """Mark a subject written by :meth:`begin_subject` as complete."""
-        grp = self._subjects_group()[subject]
+        """Mark a subject written by :meth:`begin_subject` as complete.
+
+        A staged replacement is flagged complete, then swapped for the old
+        subject (old group deleted, staged group renamed, completion flag set).
+        """
+        subjects = self._subjects_group()
+        staged = self._staged(subject)
+        if staged in subjects:
+            grp = subjects[staged]
+            if extra_attrs:
+                grp.attrs.update(to_jsonable(extra_attrs))
+            grp.attrs.update({STAGED_FLAG: True})
+            self._swap_in(subject)
+            return
+        grp = subjects[subject]
         if extra_attrs:
             grp.attrs.update(to_jsonable(extra_attrs))
         grp.attrs.update({INGEST_FLAG: True})
+
+    def _swap_in(self, subject: str) -> None:
+        """Replace ``subject`` by its complete staged group (also after an interruption)."""
+        fs, root = url_to_fs(self.url, self.storage_options, what="store")
+        base = f"{root.rstrip('/')}/{SUBJECTS}"
+        subjects = self._subjects_group()
+        if subject in subjects:
+            del subjects[subject]
+        fs.mv(f"{base}/{self._staged(subject)}", f"{base}/{subject}", recursive=True)
+        if hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache()
+        grp = self._subjects_group()[subject]
+        grp.attrs.update({INGEST_FLAG: True})
+        log.info("Replaced subject %s in %s", subject, self.url)
+
+    def abort_subject(self, subject: str) -> None:
+        """Drop an unfinished write of ``subject``; a complete subject it was to replace stays."""
+        self._require_writable()
+        if SUBJECTS not in self._root:
+            return
+        subjects = self._root[SUBJECTS]
+        staged = self._staged(subject)
+        if staged in subjects:
+            del subjects[staged]
+        elif subject in subjects and subjects[subject].attrs.get(INGEST_FLAG) is not True:
+            del subjects[subject]
 
     def write_subject(self, subject: str, bold, attrs: dict) -> None:
         """Write one subject's time series, then mark it complete.
@@ -452,7 +539,7 @@ class CohortStore:
             dask.compute(self.bold_store_graph(bold, target))
             self.finish_subject(subject)
         except BaseException:
-            self.remove_subject(subject)
+            self.abort_subject(subject)
             raise
         log.info("Wrote subject %s (%d voxels x %d volumes)", subject, self.n_voxels, n_time)
 
@@ -473,6 +560,9 @@ class CohortStore:
         self._require_writable()
         removed = []
         for name, grp in self._all_subject_groups().items():
+            if name.startswith(STAGED_PREFIX) and grp.attrs.get(STAGED_FLAG) is True:
+                self._swap_in(name.removeprefix(STAGED_PREFIX))  # interrupted swap
+                continue
             if grp.attrs.get(INGEST_FLAG) is not True:
                 del self._root[SUBJECTS][name]
                 removed.append(name)
@@ -582,6 +672,36 @@ class CohortStore:
         if bad:
             tree[SUBJECTS] = tree[SUBJECTS].drop_nodes(bad)
         return tree
+
+    def preprocessing_settings(self, subjects: Sequence[str] | None = None) -> dict[str, dict]:
+        """Subject -> :func:`preprocessing_setting` of complete subjects (default all)."""
+        names = self.subjects() if subjects is None else list(subjects)
+        return {s: preprocessing_setting(self.subject_attrs(s).get("preprocessing"))
+                for s in names}
+
+    def store_preprocessing(self) -> dict | None:
+        """The preprocessing setting every subject of the store shares (None: no subject)."""
+        rec = self.attrs.get("preprocessing")
+        if rec is not None:
+            return rec
+        found = self.preprocessing_settings()
+        return next(iter(found.values()), None)
+
+    def check_same_preprocessing(self, subjects: Sequence[str] | None = None) -> None:
+        """Refuse subjects preprocessed in different ways (naming both settings).
+
+        Raises
+        ------
+        CfhdaskInputError
+        """
+        found = self.preprocessing_settings(subjects)
+        first = next(iter(found.items()), None)
+        for s, setting in found.items():
+            if setting != first[1]:
+                raise CfhdaskInputError(
+                    f"store {self.url}: subjects were preprocessed differently and cannot "
+                    f"be analysed together: {first[0]} {describe_setting(first[1])}; {s} "
+                    f"{describe_setting(setting)} ({settings_differ(first[1], setting)})")
 
     def set_attrs(self, **attrs: Any) -> None:
         """Set root attributes (JSON-able values), e.g. a study's fingerprint."""

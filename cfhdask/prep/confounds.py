@@ -52,6 +52,8 @@ TISSUE_COLUMNS: tuple[str, ...] = ("white_matter", "csf", "global_signal")
 WM_THRESHOLD, CSF_THRESHOLD, BRAIN_THRESHOLD = 0.9, 0.7, 0.5
 #: Agreement (s) under which header and sidecar TR are the same.
 TR_TOLERANCE = 1e-3
+#: A repetition time above this many seconds is taken for milliseconds and refused.
+MAX_TR = 100.0
 
 
 def friston24_names() -> list[str]:
@@ -293,7 +295,42 @@ def sidecar_tr(path: str, storage_options: dict | None = None) -> float | None:
         raise CfhdaskInputError(f"sidecar {path}: RepetitionTime {tr!r} is not a number") from exc
     if not tr > 0:
         raise CfhdaskInputError(f"sidecar {path}: RepetitionTime {tr} must be positive")
+    return check_tr(tr, f"sidecar {path}: RepetitionTime")
+
+
+def check_tr(tr: float, where: str) -> float:
+    """``tr`` (seconds) when plausible; a TR above :data:`MAX_TR` s looks like milliseconds.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Naming ``where`` the value came from, e.g. ``--tr`` or a sidecar.
+    """
+    tr = float(tr)
+    if tr > MAX_TR:
+        raise CfhdaskInputError(
+            f"{where} {tr:g}: a repetition time above {MAX_TR:g} s looks like milliseconds; "
+            f"give it in seconds (e.g. --tr {tr / 1000:g})")
     return tr
+
+
+def check_filter(tr: float, high_pass: float | None, low_pass: float | None, *,
+                 bold: str, tr_source: str | None = None) -> None:
+    """A cutoff at or above Nyquist (``1 / (2 TR)``) is an error, not a filter silently skipped.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Naming the run, its TR (and where it came from), Nyquist and the cutoff.
+    """
+    nyquist = 0.5 / float(tr)
+    for flag, cut in (("--low-pass", low_pass), ("--high-pass", high_pass)):
+        if cut is not None and cut >= nyquist:
+            src = f" ({tr_source})" if tr_source else ""
+            raise CfhdaskInputError(
+                f"{bold}: {flag} {cut:g} Hz is at or above the Nyquist frequency "
+                f"{nyquist:.4g} Hz of TR {float(tr):g} s{src}; it cannot be applied (choose a "
+                f"cutoff below {nyquist:.4g} Hz, or check the TR)")
 
 
 def resolve_tr(
@@ -321,6 +358,7 @@ def resolve_tr(
     if user is not None:
         if not user > 0:
             raise CfhdaskInputError(f"--tr {user}: must be positive (seconds)")
+        check_tr(user, "--tr")
         for val, where in ((sidecar, sidecar_path), (header, f"the header of {bold}")):
             if val is not None and abs(val - user) > TR_TOLERANCE:
                 log.warning("--tr %.4g s overrides TR %.4g s in %s", user, val, where)
@@ -333,7 +371,7 @@ def resolve_tr(
             )
         return float(sidecar), "sidecar"
     if header is not None:
-        return float(header), "header"
+        return check_tr(header, f"the NIfTI header of {bold}: TR"), "header"
     where = f" nor in {sidecar_path}" if sidecar_path else ""
     raise CfhdaskInputError(
         f"no repetition time for {bold}: not in its NIfTI header{where}; give it with --tr SECONDS"

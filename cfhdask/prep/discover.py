@@ -20,7 +20,6 @@ the others.  Folders may be local paths or fsspec URLs.
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import re
 from collections.abc import Sequence
@@ -30,7 +29,11 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput, strip_ext, subject_id
 from cfhdask.io.urls import full_url, url_to_fs
 
+__all__ = ["Skip", "discover_dpabi", "discover_fmriprep", "discover_inputs", "pair_files",
+           "subject_id"]
+
 log = logging.getLogger(__name__)
+
 
 class Skip(NamedTuple):
     """A run that will not be ingested, and why."""
@@ -38,17 +41,20 @@ class Skip(NamedTuple):
     subject: str
     reason: str
 
+
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|run)-([A-Za-z0-9]+)")
 _NIFTI = (".nii.gz", ".nii")
 
 
 def _fs(url: str, storage_options: dict | None = None):
     fs, root = url_to_fs(url, storage_options, what="folder")
-    if not fs.isdir(root):
+    try:
+        is_dir = fs.isdir(root)
+    except Exception as exc:  # unreachable endpoint, denied access (botocore errors)
+        raise CfhdaskInputError(f"{url}: cannot list the folder: {exc}") from None
+    if not is_dir:
         raise CfhdaskInputError(f"not a folder: {url}")
     return fs, root
-
-
 
 
 def _labels(participant_label: Sequence[str] | str | None) -> set[str] | None:
@@ -80,6 +86,7 @@ def discover_fmriprep(
     task: str | None = "rest",
     participant_label: Sequence[str] | str | None = None,
     require_confounds: bool = True,
+    storage_options: dict | None = None,
 ) -> tuple[list[SubjectInput], list[Skip]]:
     """Preprocessed BOLD runs of an fMRIPrep derivatives folder, with confounds and sidecar.
 
@@ -93,7 +100,7 @@ def discover_fmriprep(
     CfhdaskInputError
         The folder does not exist, or holds no matching BOLD at all.
     """
-    fs, base = _fs(root)
+    fs, base = _fs(root, storage_options)
     labels = _labels(participant_label)
     pattern = posixpath.join(base, "**", f"*_space-{space}*_desc-preproc_bold.nii*")
     bolds = sorted(p for p in fs.glob(pattern) if p.endswith(_NIFTI))
@@ -158,6 +165,7 @@ def discover_dpabi(
     dpabi_dir: str = "FunImgARCW",
     participant_label: Sequence[str] | str | None = None,
     require_confounds: bool = True,
+    storage_options: dict | None = None,
 ) -> tuple[list[SubjectInput], list[Skip]]:
     """Runs of a DPABI working folder: ``<dpabi_dir>*/<sub>/*.nii*`` + ``RealignParameter``.
 
@@ -165,7 +173,7 @@ def discover_dpabi(
     -------
     (inputs, skipped)
     """
-    fs, base = _fs(root)
+    fs, base = _fs(root, storage_options)
     func = _dpabi_func_dir(fs, base, root, dpabi_dir)
     labels = _labels(participant_label)
     found: list[SubjectInput] = []
@@ -202,11 +210,22 @@ def _is_realign(path: str) -> bool:
     return posixpath.basename(path).startswith("rp_") and path.endswith(".txt")
 
 
+def _sidecar_of(bold: str, storage_options: dict | None) -> str | None:
+    """The JSON sidecar next to a BOLD path or URL (same stem), if it exists."""
+    cand = strip_ext(bold) + ".json"
+    fs, path = url_to_fs(cand, storage_options)
+    try:
+        return cand if fs.exists(path) else None
+    except Exception as exc:  # unreachable endpoint, denied access (botocore errors)
+        raise CfhdaskInputError(f"{bold}: cannot look for its sidecar {cand}: {exc}") from None
+
+
 def pair_files(
     files: Sequence[str],
     confounds: Sequence[str] | None = None,
     *,
     require_confounds: bool = False,
+    storage_options: dict | None = None,
 ) -> tuple[list[SubjectInput], list[Skip]]:
     """Plain BOLD files, each with the confounds table of the same subject id.
 
@@ -243,10 +262,7 @@ def pair_files(
         if c is None and require_confounds:
             skipped.append(Skip(sub, f"{f}: no confounds file given for subject {sub} (--confounds)"))
             continue
-        side = None
-        if "://" not in f or f.startswith("file://"):
-            cand = strip_ext(f) + ".json"
-            side = cand if os.path.exists(cand) else None
+        side = _sidecar_of(f, storage_options)
         found.append(SubjectInput(
             subject=sub, bold=f,
             confounds=c if c is not None and not _is_realign(c) else None,
@@ -268,6 +284,7 @@ def discover_inputs(
     confounds: Sequence[str] | None = None,
     tr: float | None = None,
     require_confounds: bool = True,
+    storage_options: dict | None = None,
 ) -> tuple[list[SubjectInput], list[Skip]]:
     """All runs to ingest from one source (fMRIPrep, DPABI or plain files).
 
@@ -288,6 +305,8 @@ def discover_inputs(
     require_confounds : bool
         Skip runs without a confounds/realignment table (False when no motion
         regressors are wanted).
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) of remote folders and files.
 
     Returns
     -------
@@ -308,13 +327,14 @@ def discover_inputs(
     if bids_derivatives:
         found, skipped = discover_fmriprep(
             bids_derivatives, space=space, task=task, participant_label=participant_label,
-            require_confounds=require_confounds)
+            require_confounds=require_confounds, storage_options=storage_options)
     elif dpabi:
         found, skipped = discover_dpabi(
             dpabi, dpabi_dir=dpabi_dir, participant_label=participant_label,
-            require_confounds=require_confounds)
+            require_confounds=require_confounds, storage_options=storage_options)
     else:
-        found, skipped = pair_files(files, confounds, require_confounds=require_confounds)
+        found, skipped = pair_files(files, confounds, require_confounds=require_confounds,
+                                    storage_options=storage_options)
     if tr is not None:
         found = [SubjectInput(i.subject, i.bold, i.confounds, i.realign, i.sidecar, tr, i.extra)
                  for i in found]

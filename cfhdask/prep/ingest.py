@@ -31,9 +31,15 @@ from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput, subject_id
 from cfhdask.io.nifti import NiftiInfo, check_bold, check_same_grid, masked_series, read_header
-from cfhdask.io.store import CohortStore, now_iso
+from cfhdask.io.store import (
+    CohortStore,
+    describe_setting,
+    now_iso,
+    preprocessing_setting,
+    settings_differ,
+)
 from cfhdask.io.urls import url_to_fs
-from cfhdask.prep.confounds import sidecar_tr
+from cfhdask.prep.confounds import check_tr, sidecar_tr
 from cfhdask.prep.mask import GM_THRESHOLD, resolve_mask
 
 log = logging.getLogger(__name__)
@@ -130,14 +136,21 @@ def as_subject_inputs(inputs: Sequence[str | SubjectInput]) -> list[SubjectInput
 
 def subject_tr(inp: SubjectInput, header: NiftiInfo,
                storage_options: dict | None = None) -> float | None:
-    """Repetition time: the user's, else the sidecar's, else the NIfTI header's."""
+    """Repetition time: the user's, else the sidecar's, else the NIfTI header's.
+
+    Raises
+    ------
+    CfhdaskInputError
+        A TR that looks like milliseconds (> 100 s), naming where it came from.
+    """
     if inp.tr is not None:
-        return float(inp.tr)
+        return check_tr(inp.tr, "--tr")
     if inp.sidecar:
         tr = sidecar_tr(inp.sidecar, storage_options)
         if tr is not None:
             return tr
-    return header.tr
+    return None if header.tr is None else check_tr(
+        header.tr, f"the NIfTI header of {inp.bold}: TR")
 
 
 def load_series(inp: SubjectInput, info: StoreInfo) -> tuple[da.Array, dict]:
@@ -203,9 +216,10 @@ def _run_writes(store: CohortStore, writes: dict, client) -> dict[str, BaseExcep
         log.info("Ingested %s (%d/%d)", subject, done, n)
 
     def failed(subject: str, exc: BaseException) -> None:
-        store.remove_subject(subject)
+        store.abort_subject(subject)
         failures[subject] = exc
-        log.error("Ingest of %s failed: %s", subject, exc)
+        log.error("Ingest of %s failed: %s", subject, str(exc).strip().split("\n")[0])
+        log.debug("Ingest of %s failed", subject, exc_info=exc)
 
     if client is not None:
         from distributed import as_completed
@@ -220,10 +234,10 @@ def _run_writes(store: CohortStore, writes: dict, client) -> dict[str, BaseExcep
                 else:
                     failed(subject, fut.exception())
         except BaseException:
-            for fut, subject in zip(futures, writes, strict=True):
-                if subject not in store.subjects():
-                    fut.cancel()
-                    store.remove_subject(subject)
+            for fut in futures:
+                fut.cancel()
+            for subject in writes:
+                store.abort_subject(subject)
             raise
         return failures
     for subject, graph in writes.items():
@@ -232,11 +246,42 @@ def _run_writes(store: CohortStore, writes: dict, client) -> dict[str, BaseExcep
         except Exception as exc:  # the subject fails, the others go on
             failed(subject, exc)
         except BaseException:
-            store.remove_subject(subject)
+            store.abort_subject(subject)
             raise
         else:
             finished(subject)
     return failures
+
+
+def _check_preprocessing(store: CohortStore, new_attrs: Sequence[dict]) -> dict | None:
+    """The preprocessing setting of this ingest; refuse one the store's subjects do not share.
+
+    One store holds one preprocessing (plain series and denoised series, or two
+    denoising settings, are never mixed in an analysis).
+
+    Raises
+    ------
+    CfhdaskInputError
+        Naming the store's setting and this ingest's, and where they differ.
+    """
+    settings = [preprocessing_setting(a.get("preprocessing")) for a in new_attrs]
+    if not settings:
+        return None
+    first = settings[0]
+    other = next((s for s in settings[1:] if s != first), None)
+    if other is not None:
+        raise CfhdaskInputError(
+            f"ingest into {store.url}: the runs would be preprocessed in two ways "
+            f"({describe_setting(first)} and {describe_setting(other)}); one store holds "
+            "one preprocessing")
+    held = store.store_preprocessing()
+    if held is not None and held != first:
+        raise CfhdaskInputError(
+            f"store {store.url} holds subjects preprocessed with {describe_setting(held)}; "
+            f"this ingest would use {describe_setting(first)} ({settings_differ(held, first)})"
+            ". One store holds one preprocessing: give another --out, or the store's "
+            "settings")
+    return first
 
 
 def ingest(
@@ -334,6 +379,7 @@ def ingest(
     ijk = store.ijk
     writes: dict = {}
     failures: dict[str, BaseException] = {}
+    prepared: list[tuple[SubjectInput, da.Array, dict]] = []
     try:
         for inp in todo:
             header = headers[inp.subject]
@@ -360,13 +406,15 @@ def ingest(
                 "ingested": now_iso(),
                 **attrs,
             }
+            prepared.append((inp, series, attrs))
+        setting = _check_preprocessing(store, [a for _, _, a in prepared])
+        for inp, series, attrs in prepared:
             target = store.begin_subject(inp.subject, int(series.shape[1]), attrs)
             writes[inp.subject] = store.bold_store_graph(series, target)
         failures.update(_run_writes(store, writes, client or _default_client()))
     except BaseException:
         for subject in writes:
-            if subject not in store.subjects():
-                store.remove_subject(subject)
+            store.abort_subject(subject)
         if not exists and not store.subjects():
             _remove_store(store_url, so)
         raise
@@ -375,6 +423,8 @@ def ingest(
     if not exists and not written:
         _remove_store(store_url, so)
     elif written:
+        if setting is not None and store.attrs.get("preprocessing") is None:
+            store.set_attrs(preprocessing=setting)
         store.append_history("ingest", {
             "inputs": [inp.bold for inp in subject_inputs],
             "written": written, "skipped": skipped, "failed": sorted(failures),

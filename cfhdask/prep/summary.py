@@ -45,7 +45,8 @@ def plan_inputs(
     for inp in inputs:
         try:
             header = read_header(inp.bold, storage_options)
-            rows.append(PlanRow(inp.subject, plan_subject(inp, header, params), bold=inp.bold))
+            plan = plan_subject(inp, header, params, storage_options=storage_options)
+            rows.append(PlanRow(inp.subject, plan, bold=inp.bold))
         except CfhdaskInputError as exc:
             rows.append(PlanRow(inp.subject, problem=str(exc), bold=inp.bold))
     rows += [PlanRow(sub, problem=why) for sub, why in skipped]

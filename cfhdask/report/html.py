@@ -22,6 +22,7 @@ from cfhdask.clinical.correlations import partial_residuals, significant_cluster
 from cfhdask.clinical.table1 import format_p
 from cfhdask.clinical.table1 import table1 as compute_table1
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inputs import match_subjects
 from cfhdask.io.atomic import atomic_write
 from cfhdask.report import figures
 from cfhdask.report.data import (
@@ -159,9 +160,10 @@ def _store_figures(figs: _Figures, store, participants: pd.DataFrame | None, *, 
     if participants is not None and group in participants.columns:
         ids = participants.set_index(participants[subject_column].astype(str)) \
             if subject_column in participants.columns else participants
+        owner = match_subjects(ids.index, subjects)  # sessions/runs -> their participant
         for g in groups:
             members = set(ids.index[ids[group].astype(str) == g])
-            by_group[g] = [i for i, s in enumerate(subjects) if s in members]
+            by_group[g] = [i for i, s in enumerate(subjects) if owner.get(s) in members]
     else:
         by_group["all subjects"] = list(range(len(subjects)))
 

@@ -172,6 +172,11 @@ def methods_paragraphs(p: Mapping[str, Any], versions: Mapping[str, str] | None 
                    "covariates")
     if p.get("contrasts"):
         glm[-1] += f", tested in both directions ({_join(p['contrasts'])})"
+    if p.get("combine_runs"):
+        glm.append("Each participant contributed one map: " + (
+            "the mean of the CFH maps of all its sessions and runs"
+            if p["combine_runs"] == "mean" else
+            f"the CFH map of {p['combine_runs']} (the mean when several runs match)"))
     if p.get("n_perm") is not None:
         scheme = SCHEMES.get(str(p.get("scheme", "")).lower(), p.get("scheme"))
         s = f"Inference used {int(p['n_perm'])} permutations"

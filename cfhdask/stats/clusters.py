@@ -148,10 +148,13 @@ def label_clusters(graph: VoxelGraph, active: np.ndarray) -> np.ndarray:
     return labels
 
 
-def max_cluster_size_mass(graph: VoxelGraph, stat: np.ndarray, threshold: float):
+def max_cluster_size_mass(graph: VoxelGraph, stat: np.ndarray, threshold: float,
+                          excess: np.ndarray | None = None):
     """Largest cluster size and mass of ``stat > threshold``.
 
-    The mass of a cluster is ``sum(stat - threshold)`` over its voxels (as nilearn).
+    The mass of a cluster is ``sum(stat - threshold)`` over its voxels (as
+    nilearn), or the sum of ``excess`` when given (e.g. ``z - z_threshold``,
+    PALM's convention, for clusters formed on t).
 
     Returns
     -------
@@ -162,8 +165,24 @@ def max_cluster_size_mass(graph: VoxelGraph, stat: np.ndarray, threshold: float)
         return 0, 0.0
     comp = _components(idx.size, *_edges_among(graph, idx))
     sizes = np.bincount(comp)
-    masses = np.bincount(comp, weights=stat[idx] - threshold)
+    weights = stat[idx] - threshold if excess is None else excess[idx]
+    masses = np.bincount(comp, weights=weights)
     return int(sizes.max()), float(masses.max())
+
+
+def tfce_step(peak: float, steps: int) -> float:
+    """TFCE height step ``dh`` giving exactly ``steps`` levels up to ``peak``.
+
+    ``peak / steps`` in floating point can make ``floor(peak / dh)`` one less
+    than ``steps`` (the top level at the peak lost); the step is lowered by
+    ulps until ``floor(peak / dh) == steps``.
+    """
+    if not (np.isfinite(peak) and peak > 0):
+        raise ValueError(f"TFCE peak must be a positive number, got {peak}")
+    dh = float(peak) / steps
+    while np.floor(peak / dh) < steps:
+        dh = float(np.nextafter(dh, 0.0))
+    return dh
 
 
 def _find(par: np.ndarray, val: np.ndarray, x: np.ndarray) -> np.ndarray:

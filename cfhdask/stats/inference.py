@@ -27,14 +27,14 @@ from scipy import stats as sstats
 
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
-from cfhdask.io.participants import read_participants
-from cfhdask.settings import resolve
-from cfhdask.stats.clusters import label_clusters, voxel_graph
+from cfhdask.io.participants import read_participants, read_sessions
+from cfhdask.settings import DesignSettings, resolve
+from cfhdask.stats.clusters import label_clusters, tfce_step, voxel_graph
 from cfhdask.stats.clusters import tfce as tfce_scores
-from cfhdask.stats.design import build_design
+from cfhdask.stats.design import Design, build_design
 from cfhdask.stats.fanout import null_maxima_dask, null_maxima_local
 from cfhdask.stats.glm import prepare_glm
-from cfhdask.stats.null import NULL_STATS, SIGNS, NullSettings, t_maps
+from cfhdask.stats.null import NULL_STATS, SIGNS, NullSettings, t_maps, t_to_z
 from cfhdask.stats.permute import make_schedule
 from cfhdask.stats.results import ContrastResult, GroupResult, fwe_p
 
@@ -53,15 +53,24 @@ def _neglog10(p: np.ndarray) -> np.ndarray:
     return -np.log10(np.clip(p, np.finfo(float).tiny, 1.0))
 
 
+def _subject_names(data, subjects) -> list[str]:
+    """Store subjects (maps) analysed: the given ones, else every subject with CFH maps."""
+    if hasattr(data, "cfh_maps"):
+        names = list(subjects) if subjects is not None else data.subjects("cfh")
+        if not names:
+            raise CfhdaskInputError(f"store {data.url}: no subject with complete CFH maps")
+        return names
+    n = np.shape(data)[0] if np.ndim(data) == 2 else 0
+    names = list(subjects) if subjects is not None else [f"sub-{i + 1:02d}" for i in range(n)]
+    return names
+
+
 def _load(data, subjects, ijk, grid_shape, affine, hemisphere, metric):
-    """Data matrix (n, V) and geometry from a store or an array."""
+    """Data matrix (n_maps, V) of ``subjects`` and geometry from a store or an array."""
     if hasattr(data, "cfh_maps"):
         store = data
-        subjects = list(subjects) if subjects is not None else store.subjects("cfh")
-        if not subjects:
-            raise CfhdaskInputError(f"store {store.url}: no subject with complete CFH maps")
         Y = np.asarray(store.cfh_maps(subjects, var=metric).values, dtype=np.float64)
-        return (Y, subjects, np.asarray(store.ijk), tuple(store.grid_shape),
+        return (Y, np.asarray(store.ijk), tuple(store.grid_shape),
                 np.asarray(store.affine), np.asarray(store.hemisphere))
     Y = np.asarray(data, dtype=np.float64)
     if Y.ndim != 2:
@@ -74,22 +83,103 @@ def _load(data, subjects, ijk, grid_shape, affine, hemisphere, metric):
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
     if hemisphere is None:
         hemisphere = hemisphere_of(ijk_to_xyz(ijk, affine)[:, 0])
-    if subjects is None:
-        subjects = [f"sub-{i + 1:02d}" for i in range(Y.shape[0])]
-    subjects = list(subjects)
     if len(subjects) != Y.shape[0]:
         raise CfhdaskInputError(f"{len(subjects)} subject names for {Y.shape[0]} data rows")
-    return Y, subjects, ijk, tuple(int(s) for s in grid_shape), affine, np.asarray(hemisphere)
+    return Y, ijk, tuple(int(s) for s in grid_shape), affine, np.asarray(hemisphere)
 
 
-def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases) -> pd.DataFrame:
-    """One row per cluster of a contrast."""
+def participant_maps(design: Design, subjects: Sequence[str], Y: np.ndarray) -> np.ndarray:
+    """One row per participant of the design: the mean of its maps (``design.maps``).
+
+    ``Y`` holds the maps of ``subjects`` (one row each); two maps of one
+    participant become one row, never two observations.
+    """
+    row = {s: i for i, s in enumerate(subjects)}
+    out = np.empty((design.n, Y.shape[1]), dtype=np.float64)
+    for k, pid in enumerate(design.subjects):
+        idx = [row[s] for s in design.maps[pid]]
+        out[k] = Y[idx[0]] if len(idx) == 1 else Y[idx].mean(axis=0)
+    return out
+
+
+def inference_design(data: Any, participants: pd.DataFrame | str, des: DesignSettings, *,
+                     group: str, groups: Sequence[str] | None = None,
+                     subjects: Sequence[str] | None = None,
+                     sessions: pd.DataFrame | None = None,
+                     storage_options: dict | None = None) -> tuple[Design, list[str]]:
+    """The design :func:`group_inference` will use, from map names only (no map is read).
+
+    Everything about the participants (table, ``sessions.tsv``, groups,
+    covariates, sessions/runs) is checked here, so callers run it before any
+    Dask cluster starts.  A store whose analysed subjects were preprocessed
+    differently is refused.
+
+    Parameters
+    ----------
+    data, participants, group, groups, subjects, sessions, storage_options
+        As :func:`group_inference`.
+    des : DesignSettings
+        Covariates, categorical ones, ``drop_missing``, ``combine_runs``
+        (:func:`cfhdask.settings.resolve` of the ``design`` section).
+
+    Returns
+    -------
+    (Design, list of str)
+        The design and the store subjects (maps) it was built from.
+    """
+    names = _subject_names(data, subjects)
+    so = storage_options if storage_options is not None else \
+        getattr(data, "storage_options", None)
+    source = None
+    if not isinstance(participants, pd.DataFrame):
+        source = str(participants)
+        if sessions is None:
+            sessions = read_sessions(participants, so)
+        participants = read_participants(participants, so)
+    design = build_design(participants, names, group=group, groups=groups,
+                          covariates=des.covariates, categorical=des.categorical,
+                          drop_missing=des.drop_missing, combine_runs=des.combine_runs,
+                          sessions=sessions, source=source)
+    used = [s for pid in design.subjects for s in design.maps[pid]]
+    if hasattr(data, "check_same_preprocessing"):
+        data.check_same_preprocessing(used)
+    return design, used
+
+
+def _min_p_warning(n_perm: int, alpha: float) -> str | None:
+    """A warning when no permutation p can be below ``alpha`` (p >= 1 / n_perm)."""
+    if 1.0 / n_perm < alpha:
+        return None
+    return (f"only {n_perm} permutation(s): the smallest possible p is 1/{n_perm} = "
+            f"{1.0 / n_perm:.3g}, not below alpha {alpha:g}, so no voxel or cluster can be "
+            f"significant; use at least {int(np.floor(1.0 / alpha)) + 1} permutations "
+            "(thousands for a paper)")
+
+
+def tfce_steps(stat_obs: np.ndarray, steps: int = 0) -> tuple[float, float]:
+    """Each contrast's own TFCE step: its observed peak / ``steps`` (guarded, see
+    :func:`~cfhdask.stats.clusters.tfce_step`); a contrast without a positive peak
+    uses the largest |value|."""
+    steps = steps or TFCE_STEPS
+    top = float(np.abs(stat_obs).max()) if stat_obs.size else 0.0
+    out = []
+    for sign in SIGNS:
+        peak = float((sign * stat_obs).max()) if stat_obs.size else 0.0
+        peak = peak if peak > 0 else (top if top > 0 else 1.0)
+        out.append(tfce_step(peak, steps))
+    return out[0], out[1]
+
+
+def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases,
+                   excess=None) -> pd.DataFrame:
+    """One row per cluster of a contrast (mass: sum of ``excess``, default ``s - t_thr``)."""
     voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
     rows = []
     n_cl = int(labels.max())
     if n_cl:
         sizes = np.bincount(labels, minlength=n_cl + 1)[1:]
-        masses = np.bincount(labels, weights=np.where(labels > 0, s - t_thr, 0.0),
+        excess = s - t_thr if excess is None else excess
+        masses = np.bincount(labels, weights=np.where(labels > 0, excess, 0.0),
                              minlength=n_cl + 1)[1:]
         p_size = fwe_p(null["max_size"], sizes)
         p_mass = fwe_p(null["max_mass"], masses)
@@ -128,6 +218,8 @@ def group_inference(
     connectivity: int | None = None,
     tfce: bool | None = None,
     tfce_dh: float | None = None,
+    mass_tfce_on: str | None = None,
+    alpha: float | None = None,
     seed: int | None = None,
     out_dir: str | None = None,
     client: Any = None,
@@ -138,35 +230,45 @@ def group_inference(
     hemisphere: np.ndarray | None = None,
     metric: str | None = None,
     drop_missing: bool | None = None,
+    combine_runs: str | None = None,
+    sessions: pd.DataFrame | None = None,
+    storage_options: dict | None = None,
     batch_size: int | None = None,
     atlases: Sequence[str] | None = None,
     compute: Literal["dask", "local"] = "dask",
 ) -> GroupResult:
-    """Two-group comparison of subjects' maps with covariates, by permutation.
+    """Two-group comparison of participants' maps with covariates, by permutation.
 
     Parameters
     ----------
-    data : CohortStore or ndarray (n_subjects, n_voxels)
+    data : CohortStore or ndarray (n_maps, n_voxels)
         A store (its ``cfh_maps(var=metric)``, ``ijk``, ``grid_shape``,
         ``affine``, ``hemisphere`` are used) or a data matrix with explicit
         ``subjects``, ``ijk``, ``grid_shape``, ``affine``.
     participants : DataFrame or path
-        Participants table (``participant_id``, group, covariates).
+        Participants table (``participant_id``, group, covariates); from a path,
+        the dataset's ``sessions.tsv`` files are read too.
     group : str
         Group column.  ``groups`` picks the two groups (first > second is the
         first contrast); default the column's two values, sorted.
     covariates : sequence of str
-        Nuisance covariates (numeric mean-centred, categorical dummy-coded).
+        Nuisance covariates (numeric mean-centred, ``categorical`` dummy-coded).
     n_perm : int
         Permutations, identity included (default ``cfhdask.stats.n-perm``);
-        fewer when all distinct permutations are fewer (exhaustive).
+        fewer when all distinct permutations are fewer (exhaustive).  When no p
+        can reach ``alpha`` a warning is logged and recorded in ``stats.json``.
     scheme : {"freedman-lane", "draper-stoneman"}
     cluster_p : float
         Cluster-forming voxel p (one-sided), converted to t at ``df = n - rank(X)``.
     connectivity : {6, 18, 26}
     tfce : bool
-        Also TFCE (E = 0.5, H = 2) with FWE p; ``tfce_dh`` its step (default
-        max |t| / 100 of the observed map, fixed for all permutations).
+        Also TFCE (E = 0.5, H = 2) with FWE p.  Each contrast has its own step
+        ``dh`` = its observed peak / 100 (fixed for all permutations; the top
+        level at the peak is guaranteed), unless ``tfce_dh`` is given.
+    mass_tfce_on : {"t", "z"}
+        Compute cluster mass and TFCE on t, or on z (PALM's convention).
+    alpha : float
+        FWE level (for the too-few-permutations warning).
     seed : int
     out_dir : str, optional
         Write the maps, ``clusters.tsv``, null distributions and ``stats.json`` there.
@@ -174,7 +276,14 @@ def group_inference(
         Dask client; default :func:`cfhdask.cluster.dask_client` (the current
         client or an embedded LocalCluster).  Ignored with ``compute="local"``.
     drop_missing : bool
-        Drop subjects missing from the table/data or with missing values.
+        Drop participants missing from the table/data or with missing values.
+    combine_runs : str
+        How a participant's maps (sessions, runs) make its one row: ``"mean"``
+        or a session/run such as ``"ses-1"`` (see :func:`build_design`).
+    sessions : DataFrame, optional
+        Session-level variables, when ``participants`` is a DataFrame.
+    storage_options : dict, optional
+        fsspec options of a remote participants table (default: the store's).
     batch_size : int, optional
         Permutations per Dask task (default ``cfhdask.stats.batch-size``).
     atlases : sequence of str or None
@@ -188,27 +297,34 @@ def group_inference(
     """
     st = resolve("stats", dict(n_perm=n_perm, scheme=scheme, cluster_p=cluster_p,
                                connectivity=connectivity, tfce=tfce, seed=seed, metric=metric,
-                               batch_size=batch_size,
+                               batch_size=batch_size, mass_tfce_on=mass_tfce_on, alpha=alpha,
                                atlases=list(atlases) if atlases is not None else None))
-    des = resolve("design", dict(covariates=None if covariates is None else list(covariates),
-                                 categorical=None if categorical is None else list(categorical),
-                                 drop_missing=drop_missing))
     n_perm, scheme, cluster_p, connectivity = st.n_perm, st.scheme, st.cluster_p, st.connectivity
-    tfce, seed, metric, drop_missing = st.tfce, st.seed, st.metric, des.drop_missing
-    covariates = des.covariates
+    tfce, seed, metric = st.tfce, st.seed, st.metric
     atlases = () if atlases is not None and not list(atlases) else st.atlases
     if tfce_dh is not None and not tfce_dh > 0:
         raise CfhdaskInputError(f"tfce_dh must be > 0, got {tfce_dh}")
 
-    Y, subjects, ijk, grid_shape, affine, hemi = _load(
-        data, subjects, ijk, grid_shape, affine, hemisphere, metric)
-    if not isinstance(participants, pd.DataFrame):
-        participants = read_participants(participants)
-    design = build_design(participants, subjects, group=group, groups=groups,
-                          covariates=covariates, categorical=des.categorical,
-                          drop_missing=drop_missing)
-    rows = [subjects.index(s) for s in design.subjects]
-    Y = Y[rows]
+    des = resolve("design", dict(covariates=None if covariates is None else list(covariates),
+                                 categorical=None if categorical is None else list(categorical),
+                                 drop_missing=drop_missing, combine_runs=combine_runs))
+    design, used = inference_design(data, participants, des, group=group, groups=groups,
+                                    subjects=subjects, sessions=sessions,
+                                    storage_options=storage_options)
+    covariates = list(des.covariates)
+    if hasattr(data, "cfh_maps"):
+        Y, ijk, grid_shape, affine, hemi = _load(data, used, ijk, grid_shape, affine,
+                                                 hemisphere, metric)
+    else:
+        names = _subject_names(data, subjects)
+        Y, ijk, grid_shape, affine, hemi = _load(data, names, ijk, grid_shape, affine,
+                                                 hemisphere, metric)
+        Y = Y[[names.index(s) for s in used]]
+    Y = participant_maps(design, used, Y)
+    n_maps = {p: len(m) for p, m in design.maps.items() if len(m) > 1}
+    if n_maps:
+        log.info("%d participant(s) have several maps, combined by %s: %s", len(n_maps),
+                 design.combine_runs, n_maps)
 
     finite = np.all(np.isfinite(Y), axis=0)
     midline = hemi == 0
@@ -236,17 +352,24 @@ def group_inference(
     if df != design.df:  # pragma: no cover - guarded by build_design
         raise CfhdaskInputError(f"design df {design.df} != GLM df {df}")
     t_thr = float(sstats.t.isf(cluster_p, df))
+    on_z = st.mass_tfce_on == "z"
+    z_thr = float(sstats.norm.isf(cluster_p)) if on_z else None
     schedule = make_schedule(design.x, n_perm, seed, scheme)
     if schedule.exhaustive:
         log.info("Exhaustive: %d distinct permutations (asked %d)", schedule.n_perm, n_perm)
+    warnings = [w for w in (_min_p_warning(schedule.n_perm, st.alpha),) if w]
+    for w in warnings:
+        log.warning("%s", w)
     graph = voxel_graph(ijk_m, grid_shape, connectivity)
     _, t_obs = next(t_maps(prep, schedule, 0, 1, scheme))
     t_obs = np.array(t_obs)
-    if tfce and tfce_dh is None:
-        tfce_dh = float(np.abs(t_obs).max()) / TFCE_STEPS
-    settings = NullSettings(scheme=scheme, t_threshold=t_thr,
-                            tfce_dh=float(tfce_dh) if tfce else None,
-                            tfce_E=TFCE_E, tfce_H=TFCE_H)
+    e_obs = t_to_z(t_obs, df) if on_z else t_obs
+    dhs = None
+    if tfce:
+        dhs = (float(tfce_dh), float(tfce_dh)) if tfce_dh is not None else tfce_steps(e_obs)
+    settings = NullSettings(scheme=scheme, t_threshold=t_thr, tfce_dh=dhs,
+                            tfce_E=TFCE_E, tfce_H=TFCE_H, z_df=float(df) if on_z else None,
+                            z_threshold=z_thr)
 
     if compute == "local":
         null = null_maxima_local(prep, graph, schedule, settings, batch_size)
@@ -269,9 +392,11 @@ def group_inference(
     results: dict[str, ContrastResult] = {}
     for i, (name, sign) in enumerate(zip(design.contrasts, SIGNS, strict=True)):
         s = sign * t_obs
+        e = sign * e_obs
         nl = {k: null[:, i, j] for j, k in enumerate(NULL_STATS) if k != "max_tfce" or tfce}
         labels = label_clusters(graph, s > t_thr)
-        table = _cluster_table(name, s, labels, ijk_m, affine, nl, t_thr, atlas_objs)
+        table = _cluster_table(name, s, labels, ijk_m, affine, nl, t_thr, atlas_objs,
+                               excess=e - settings.mass_threshold if on_z else None)
         lp_size = np.zeros(s.size)
         lp_mass = np.zeros(s.size)
         for _, row in table.iterrows():
@@ -284,7 +409,7 @@ def group_inference(
             logp_cluster_mass_fwe=lp_mass, cluster_labels=labels, clusters=table, null=nl,
         )
         if tfce:
-            res.tfce = tfce_map = tfce_scores(graph, s, tfce_dh, TFCE_E, TFCE_H)
+            res.tfce = tfce_map = tfce_scores(graph, e, settings.dh(i), TFCE_E, TFCE_H)
             res.logp_tfce_fwe = _neglog10(fwe_p(nl["max_tfce"], tfce_map))
             table["tfce_p_fwe"] = [
                 float(fwe_p(nl["max_tfce"], tfce_map[labels == c].max()))
@@ -296,15 +421,20 @@ def group_inference(
                     else next(iter(results.values())).clusters.copy())
     params = {
         "group": group, "groups": list(design.groups), "covariates": list(covariates),
+        "categorical": [c for c in des.categorical if c in covariates],
         "design_columns": design.columns, "n_per_group": design.n_per_group,
-        "subjects": design.subjects, "dropped_subjects": design.dropped,
+        "subjects": design.subjects, "maps": design.maps,
+        "combine_runs": design.combine_runs, "n_maps": len(used),
+        "dropped_subjects": design.dropped,
         "n_perm_requested": n_perm, "n_perm": schedule.n_perm,
         "exhaustive": schedule.exhaustive, "scheme": scheme, "seed": seed,
         "cluster_p": cluster_p, "t_threshold": t_thr, "df": df,
         "connectivity": connectivity, "tfce": bool(tfce),
-        "tfce_dh": float(tfce_dh) if tfce else None, "tfce_E": TFCE_E, "tfce_H": TFCE_H,
-        "metric": metric, "batch_size": batch_size, "drop_missing": drop_missing,
-        "mask": mask_info, "atlases": list(atlases or []),
+        "tfce_dh": dict(zip(design.contrasts, dhs, strict=True)) if tfce else None,
+        "tfce_E": TFCE_E, "tfce_H": TFCE_H, "mass_tfce_on": st.mass_tfce_on,
+        "z_threshold": z_thr, "alpha": st.alpha,
+        "metric": metric, "batch_size": batch_size, "drop_missing": des.drop_missing,
+        "mask": mask_info, "atlases": list(atlases or []), "warnings": warnings,
         "p_value": "#(null >= observed) / n_perm, identity permutation included",
         "uncorrected_p": "parametric Student t, one-sided per contrast",
     }

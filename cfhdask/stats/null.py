@@ -35,6 +35,20 @@ SIGNS: tuple[int, int] = (1, -1)
 REFINE_TOL = 1e-4
 
 
+def t_to_z(t: np.ndarray, df: float) -> np.ndarray:
+    """The z of the same one-sided p as each t at ``df`` (sign kept; exact far in the tails).
+
+    ``z = -Phi^-1(log S_t(|t|))`` through the log survival function, so
+    t = 40 at df = 20 gives a finite z (PALM's ``palm_gtoz`` for t).
+    """
+    from scipy import special
+    from scipy import stats as sstats
+
+    t = np.asarray(t, dtype=np.float64)
+    z = -special.ndtri_exp(sstats.t.logsf(np.abs(t), df))
+    return np.copysign(z, t)
+
+
 @dataclass(frozen=True)
 class NullSettings:
     """What each permutation is scored on.
@@ -45,17 +59,43 @@ class NullSettings:
         "freedman-lane" or "draper-stoneman".
     t_threshold : float
         Cluster-forming threshold on t (one-sided, per sign).
-    tfce_dh : float or None
-        TFCE height step; ``None`` skips TFCE (its maxima are then 0).
+    tfce_dh : float, (float, float) or None
+        TFCE height step, one for both signs or one per sign (contrast) in the
+        order of :data:`SIGNS`; ``None`` skips TFCE (its maxima are then 0).
     tfce_E, tfce_H : float
         TFCE exponents.
+    z_df : float or None
+        With a value, cluster mass and TFCE are computed on z (``t_to_z`` at
+        these degrees of freedom, PALM's convention) instead of t; clusters are
+        still formed by ``t > t_threshold`` (the same voxels).
+    z_threshold : float or None
+        The cluster-forming threshold as z (mass is ``sum(z - z_threshold)``).
     """
 
     scheme: str
     t_threshold: float
-    tfce_dh: float | None = None
+    tfce_dh: float | tuple[float, float] | None = None
     tfce_E: float = 0.5
     tfce_H: float = 2.0
+    z_df: float | None = None
+    z_threshold: float | None = None
+
+    def dh(self, sign_index: int) -> float | None:
+        """TFCE step of sign ``sign_index`` (None without TFCE)."""
+        if self.tfce_dh is None:
+            return None
+        if isinstance(self.tfce_dh, tuple | list):
+            return float(self.tfce_dh[sign_index])
+        return float(self.tfce_dh)
+
+    def enhanced(self, t: np.ndarray) -> np.ndarray:
+        """The map mass and TFCE are computed on: ``t``, or its z (PALM)."""
+        return t if self.z_df is None else t_to_z(t, self.z_df)
+
+    @property
+    def mass_threshold(self) -> float:
+        """Cluster-forming threshold on the scale of :meth:`enhanced`."""
+        return self.t_threshold if self.z_df is None else float(self.z_threshold)
 
 
 def t_maps(prep: GLMPrep, schedule: PermutationSchedule, start: int, stop: int,
@@ -91,10 +131,12 @@ def refine_decisions(prep: GLMPrep, perm: np.ndarray, t32: np.ndarray,
     near |= t32 >= np.float32(tmax - 2 * REFINE_TOL * (1.0 + abs(tmax)))
     near |= t32 <= np.float32(tmin + 2 * REFINE_TOL * (1.0 + abs(tmin)))
     if settings.tfce_dh is not None:
-        r = a / np.float32(settings.tfce_dh)
-        r -= np.rint(r)
-        np.abs(r, out=r)
-        near |= r <= (np.float32(REFINE_TOL / settings.tfce_dh) * (1 + a))
+        e = np.abs(settings.enhanced(t32)).astype(np.float32) if settings.z_df else a
+        for dh in {settings.dh(i) for i in range(len(SIGNS))}:
+            r = e / np.float32(dh)
+            r -= np.rint(r)
+            np.abs(r, out=r)
+            near |= r <= (np.float32(REFINE_TOL / dh) * (1 + e))
     t = t32.astype(np.float64)
     idx = np.flatnonzero(near)
     t[idx] = exact_t(prep, perm, idx, settings.scheme)
@@ -104,12 +146,16 @@ def refine_decisions(prep: GLMPrep, perm: np.ndarray, t32: np.ndarray,
 def map_maxima(graph: VoxelGraph, t: np.ndarray, settings: NullSettings) -> np.ndarray:
     """Null maxima of one t-map: array (2 signs, 4 stats) as :data:`NULL_STATS`."""
     out = np.zeros((len(SIGNS), len(NULL_STATS)))
+    z = settings.enhanced(t) if settings.z_df is not None else None
     for i, sign in enumerate(SIGNS):
         s = sign * t
+        e = s if z is None else sign * z
         out[i, 0] = s.max()
-        out[i, 1], out[i, 2] = max_cluster_size_mass(graph, s, settings.t_threshold)
+        out[i, 1], out[i, 2] = max_cluster_size_mass(
+            graph, s, settings.t_threshold,
+            None if z is None else e - settings.mass_threshold)
         if settings.tfce_dh is not None:
-            out[i, 3] = tfce(graph, s, settings.tfce_dh, settings.tfce_E, settings.tfce_H).max()
+            out[i, 3] = tfce(graph, e, settings.dh(i), settings.tfce_E, settings.tfce_H).max()
     return out
 
 

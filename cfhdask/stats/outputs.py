@@ -6,11 +6,14 @@ Per contrast: ``<contrast>_tstat.nii.gz``, ``_logp_uncorrected``,
 maxima ``<contrast>_null_<stat>.npy``; then ``clusters.tsv`` and, last,
 ``stats.json`` (parameters, seed, permutations used, package versions).
 Every file is written to a temporary name and renamed into place, so a
-reader never sees a half-written file.
+reader never sees a half-written file; files gain the umask's permissions.
+Files a previous run wrote in the same folder (as listed in its
+``stats.json``) are removed first, so two analyses are never mixed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -40,6 +43,9 @@ def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
         raise CfhdaskInputError(f"--out {out_dir}: cannot create the directory: {exc}") from exc
+    removed = clear_previous_outputs(out_dir)
+    if removed:
+        log.info("Removed %d file(s) of the previous analysis in %s", len(removed), out_dir)
     written: list[str] = []
 
     def nifti(name: str, values: np.ndarray, dtype) -> None:
@@ -74,6 +80,34 @@ def write_outputs(result: GroupResult, out_dir: str) -> list[str]:
     written.append(path)
     log.info("Wrote %d files to %s", len(written), out_dir)
     return written
+
+
+def clear_previous_outputs(out_dir: str) -> list[str]:
+    """Delete the files a previous :func:`write_outputs` wrote in ``out_dir`` (only those).
+
+    They are the ``outputs`` listed in its ``stats.json``, which goes first, so
+    that an interrupted rerun never leaves a ``stats.json`` describing files of
+    two analyses.  A rerun with other contrasts, without TFCE or with fewer
+    statistics thus leaves no stale map or null distribution behind.
+
+    Returns
+    -------
+    list of str
+        Paths removed.
+    """
+    meta_path = os.path.join(out_dir, "stats.json")
+    try:
+        with open(meta_path) as f:
+            listed = json.load(f).get("outputs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    removed = []
+    for name in ["stats.json", *listed]:
+        path = os.path.join(out_dir, os.path.basename(str(name)))
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def contrast_order(contrasts: list[str], table: pd.DataFrame) -> list[str]:

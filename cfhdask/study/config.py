@@ -24,10 +24,13 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inputs import parse_combine
+from cfhdask.prep.confounds import MAX_TR
 from cfhdask.settings import (
     CFHSettings,
     ClinicalSettings,
     ClusterSettings,
+    DesignSettings,
     InputsSettings,
     MaskSettings,
     PreprocessingSettings,
@@ -55,6 +58,14 @@ class StudyInputs(InputsSettings):
                                                          "with or without 'sub-').")
     tr: float | None = Field(None, gt=0.0, description="Repetition time (s) overriding "
                                                        "headers and sidecars.")
+
+    @field_validator("tr")
+    @classmethod
+    def _seconds(cls, v: float | None) -> float | None:
+        if v is not None and v > MAX_TR:
+            raise ValueError(f"{v:g} looks like milliseconds (a TR above {MAX_TR:g} s); "
+                             f"give seconds, e.g. {v / 1000:g}")
+        return v
 
 
 class StudyGroups(Section):
@@ -92,6 +103,7 @@ class StudyConfig(Section):
                                    "every other covariate must be numeric.")
     drop_missing: bool = Field(False, description="Drop (and report) subjects with missing "
                                                   "values instead of stopping.")
+    combine_runs: str = DesignSettings.model_fields["combine_runs"]
     mask: MaskSettings = Field(default_factory=MaskSettings)
     preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
     cfh: CFHSettings = Field(default_factory=CFHSettings)
@@ -99,9 +111,15 @@ class StudyConfig(Section):
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
+    @field_validator("combine_runs")
+    @classmethod
+    def _combine(cls, v: str) -> str:
+        parse_combine(v)
+        return v.strip()
+
 
 #: Top-level study keys whose defaults come from the ``design`` settings section.
-_FROM_DESIGN = ("covariates", "categorical", "drop_missing")
+_FROM_DESIGN = ("covariates", "categorical", "drop_missing", "combine_runs")
 #: Sections whose defaults are the current settings of the same name.
 _SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "stats", "clinical", "cluster")
 
@@ -185,6 +203,12 @@ def validate_config(raw: Mapping | None, base_dir: str = ".") -> StudyConfig:
         _raise(exc)
     base_dir = os.path.abspath(base_dir)
     inp = cfg.inputs
+    pre = cfg.preprocessing
+    for key, cut in (("low_pass", pre.low_pass), ("high_pass", pre.high_pass)):
+        if inp.tr is not None and pre.denoise and cut is not None and cut >= 0.5 / inp.tr:
+            raise CfhdaskInputError(
+                f"config key 'preprocessing.{key}': {cut:g} Hz is at or above the Nyquist "
+                f"frequency {0.5 / inp.tr:.4g} Hz of 'inputs.tr' {inp.tr:g} s")
     sources = [bool(inp.bold), bool(inp.bids_derivatives), bool(inp.dpabi)]
     if sum(sources) != 1:
         raise CfhdaskInputError("config: give exactly one of 'inputs.bold', "

@@ -29,6 +29,7 @@ import pandas as pd
 
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inputs import ID_COLUMN, match_subjects
 from cfhdask.io.atomic import write_json
 from cfhdask.io.participants import read_participants
 from cfhdask.settings import resolve
@@ -94,18 +95,41 @@ def group_levels(cfg: StudyConfig, participants: pd.DataFrame) -> list[str]:
     return list(cfg.groups.levels)
 
 
-def check_columns(cfg: StudyConfig, participants: pd.DataFrame) -> None:
-    """Every column the config names exists in the participants table."""
+def check_columns(cfg: StudyConfig, participants: pd.DataFrame,
+                  sessions: pd.DataFrame | None = None) -> None:
+    """Every column the config names exists in the participants (or sessions) table."""
+    columns = set(participants.columns) | (set(sessions.columns) if sessions is not None
+                                           else set())
     named = {"groups.column": [cfg.groups.column], "covariates": list(cfg.covariates),
              "categorical": [c for c in cfg.categorical if c in cfg.covariates],
              "clinical.variables": list(cfg.clinical.variables),
              "clinical.table1": list(cfg.clinical.table1)}
     for key, cols in named.items():
-        missing = [c for c in cols if c not in participants.columns]
+        missing = [c for c in cols if c not in columns]
         if missing:
             raise CfhdaskInputError(f"config key '{key}': column(s) {missing} not in "
                                     f"participants table {cfg.participants}")
     group_levels(cfg, participants)
+
+
+def _expand_bold(patterns: list[str], so: dict) -> list[str]:
+    """``inputs.bold`` patterns -> files (local globs, or globs on a remote filesystem)."""
+    from cfhdask.io.urls import full_url, url_to_fs
+
+    files: list[str] = []
+    for pattern in patterns:
+        if not any(ch in pattern for ch in "*?["):
+            files.append(pattern)
+            continue
+        if "://" in pattern:
+            fs, path = url_to_fs(pattern, so, what="config key 'inputs.bold'")
+            hits = [full_url(fs, h) for h in sorted(fs.glob(path))]
+        else:
+            hits = sorted(glob.glob(pattern))
+        if not hits:
+            raise CfhdaskInputError(f"config key 'inputs.bold': nothing matches {pattern}")
+        files.extend(hits)
+    return files
 
 
 def discover(cfg: StudyConfig):
@@ -113,14 +137,7 @@ def discover(cfg: StudyConfig):
     from cfhdask.prep.discover import discover_inputs
 
     inp = cfg.inputs
-    files = None
-    if inp.bold:
-        files = []
-        for pattern in inp.bold:
-            hits = sorted(glob.glob(pattern)) if "://" not in pattern else [pattern]
-            if not hits:
-                raise CfhdaskInputError(f"config key 'inputs.bold': nothing matches {pattern}")
-            files.extend(hits)
+    files = _expand_bold(inp.bold, cfg.storage_options) if inp.bold else None
     pre = cfg.preprocessing
     needs_confounds = pre.denoise and pre.motion != "none" and (
         inp.bids_derivatives is not None or inp.dpabi is not None or bool(inp.confounds))
@@ -128,20 +145,129 @@ def discover(cfg: StudyConfig):
         bids_derivatives=inp.bids_derivatives, space=inp.space, task=inp.task,
         participant_label=inp.participant_label or None, dpabi=inp.dpabi,
         dpabi_dir=inp.dpabi_dir, files=files, confounds=inp.confounds or None, tr=inp.tr,
-        require_confounds=needs_confounds)
+        require_confounds=needs_confounds, storage_options=cfg.storage_options)
 
 
-def check_study(cfg: StudyConfig) -> tuple[list, list]:
-    """Everything checkable before compute: participants, columns, groups, inputs.
+@dataclass
+class StudyPlan:
+    """What :func:`check_study` found: everything checked before any cluster starts.
 
-    Returns
-    -------
-    (inputs, skipped)
-        The runs found and those skipped (with the reason).
+    Attributes
+    ----------
+    participants : pandas.DataFrame
+        The participants table, without the participants whose every run is
+        skipped (they are listed in ``skipped``).
+    sessions : pandas.DataFrame or None
+        Session-level variables (``sessions.tsv``).
+    levels : list of str
+        The two groups compared.
+    inputs : list of SubjectInput
+        The runs to ingest.
+    skipped : list of Skip
+        Runs left out, with the reason.
+    design : Design
+        The design these runs would give (one row per participant).
     """
-    participants = read_participants(cfg.participants)
-    check_columns(cfg, participants)
-    return discover(cfg)
+
+    participants: pd.DataFrame
+    sessions: pd.DataFrame | None
+    levels: list[str]
+    inputs: list
+    skipped: list
+    design: Any
+
+
+def _without_skipped(participants: pd.DataFrame, runs: list[str],
+                     skipped: list[str]) -> pd.DataFrame:
+    """Drop the participants whose every run was skipped (they are reported, not errors)."""
+    have = set(match_subjects(participants[ID_COLUMN], runs).values())
+    lost = set(match_subjects(participants[ID_COLUMN], skipped).values()) - have
+    return participants[~participants[ID_COLUMN].isin(lost)]
+
+
+def _design(cfg: StudyConfig, participants, sessions, levels, runs):
+    from cfhdask.stats.design import build_design
+
+    return build_design(participants, runs, group=cfg.groups.column, groups=levels,
+                        covariates=cfg.covariates, categorical=cfg.categorical,
+                        drop_missing=cfg.drop_missing, combine_runs=cfg.combine_runs,
+                        sessions=sessions, source=cfg.participants)
+
+
+def _check_clinical(cfg: StudyConfig, participants, sessions, design) -> None:
+    """Clinical variables are numeric and the covariates encode in the first group
+    (the partial correlations' data), before any compute."""
+    from cfhdask.stats.design import encode_covariates, participant_values
+
+    if not cfg.clinical.variables:
+        return
+    first = [p for p, g in zip(design.subjects, design.x, strict=True) if g == 1.0]
+    maps = {p: design.maps[p] for p in first}
+    table = participant_values(participants, maps, [*cfg.clinical.variables, *cfg.covariates],
+                               categorical=cfg.categorical, sessions=sessions,
+                               source=cfg.participants)
+    for var in cfg.clinical.variables:
+        num = pd.to_numeric(table[var], errors="coerce")
+        bad = table.index[num.isna() & table[var].notna()]
+        if len(bad):
+            raise CfhdaskInputError(
+                f"config key 'clinical.variables': {var!r} must be numeric but participant "
+                f"{bad[0]!r} of {cfg.participants} has {table.at[bad[0], var]!r}")
+    if cfg.covariates:
+        encode_covariates(table.dropna(subset=list(cfg.covariates)), cfg.covariates,
+                          cfg.categorical, source=f"participants table {cfg.participants} "
+                          f"(group {design.groups[0]!r}, clinical correlations)")
+
+
+def check_study(cfg: StudyConfig) -> StudyPlan:
+    """Everything checkable before compute: participants, sessions, columns, groups, inputs,
+    the match of every run to a participant, and the design they give.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Naming the config key, the column or the runs at fault.
+    """
+    from cfhdask.io.participants import read_sessions
+
+    so = cfg.storage_options
+    participants = read_participants(cfg.participants, so)
+    sessions = read_sessions(cfg.participants, so)
+    check_columns(cfg, participants, sessions)
+    levels = group_levels(cfg, participants)
+    inputs, skips = discover(cfg)
+    inputs, skips = _plan_denoising(cfg, inputs, list(skips))
+    runs = [i.subject for i in inputs]
+    matched = match_subjects(participants[ID_COLUMN], runs)
+    unknown = [r for r in runs if r not in matched]
+    if unknown:
+        raise CfhdaskInputError(
+            f"config key 'participants': run(s) {unknown} match no participant_id of "
+            f"{cfg.participants} (participant_id sub-<label> pairs with "
+            "sub-<label>[_ses-..][_run-..])")
+    participants = _without_skipped(participants, runs, [s.subject for s in skips])
+    design = _design(cfg, participants, sessions, levels, runs) if runs else None
+    if design is not None:
+        _check_clinical(cfg, participants, sessions, design)
+    return StudyPlan(participants, sessions, levels, inputs, skips, design)
+
+
+def _plan_denoising(cfg: StudyConfig, inputs: list, skips: list) -> tuple[list, list]:
+    """Check every run's headers, tables and sidecars against the denoising settings.
+
+    A run that cannot be denoised (no TR, too few volumes, a filter band without
+    frequency bins...) is skipped with its reason, before anything is computed.
+    """
+    params = denoise_params(cfg)
+    if params is None or not inputs:
+        return inputs, skips
+    from cfhdask.prep.discover import Skip
+    from cfhdask.prep.summary import plan_inputs
+
+    rows = plan_inputs(inputs, params, (), cfg.storage_options)
+    bad = {r.subject: r.problem for r in rows if not r.ok}
+    skips += [Skip(sub, why) for sub, why in bad.items()]
+    return [i for i in inputs if i.subject not in bad], skips
 
 
 def denoise_params(cfg: StudyConfig):
@@ -227,38 +353,31 @@ def run_study(config: str | Mapping | StudyConfig, *, client: Any = None, base_d
     if scheduler or scheduler_file:
         cfg.cluster = resolve("cluster", {"scheduler": scheduler,
                                           "scheduler_file": scheduler_file}, base=cfg.cluster)
-    participants = read_participants(cfg.participants)
-    check_columns(cfg, participants)
-    levels = group_levels(cfg, participants)
-    inputs, skips = discover(cfg)
-    if not inputs:
+    plan = check_study(cfg)
+    if not plan.inputs:
         raise CfhdaskInputError("no input runs found: " + "; ".join(
-            f"{s.subject}: {s.reason}" for s in skips) if skips else "no input runs found")
-    ids = set(participants["participant_id"].astype(str))
-    unknown = sorted({i.subject.split("_")[0] for i in inputs} - ids)
-    if unknown:
-        raise CfhdaskInputError(
-            f"subjects {unknown} have images but no row in {cfg.participants}")
+            f"{s.subject}: {s.reason}" for s in plan.skipped) if plan.skipped
+            else "no input runs found")
     os.makedirs(cfg.output, exist_ok=True)
 
     from cfhdask.cluster import dask_client
 
     if client is not None:
-        return _run(cfg, levels, participants, inputs, skips, client, on_stage)
+        return _run(cfg, plan, client, on_stage)
     with dask_client(config=cfg.cluster) as c:  # one cluster for every stage
         log.info("Dask dashboard: %s", c.dashboard_link)
-        return _run(cfg, levels, participants, inputs, skips, c, on_stage)
+        return _run(cfg, plan, c, on_stage)
 
 
-def _run(cfg: StudyConfig, levels, participants, inputs, skips, client,
-         on_stage) -> StudyResult:
+def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
     from cfhdask.cfh.compute import compute_cfh
     from cfhdask.io.store import CohortStore
     from cfhdask.prep.ingest import SubjectsFailed, ingest
     from cfhdask.prep.pipeline import make_prepare
 
     timings: dict[str, float] = {}
-    skipped = {s.subject: s.reason for s in skips}
+    levels, participants, inputs = plan.levels, plan.participants, plan.inputs
+    skipped = {s.subject: s.reason for s in plan.skipped}
     params = denoise_params(cfg)
     drop = cfg.preprocessing.drop_volumes
     store_params = {"mask": cfg.mask.model_dump(),
@@ -298,11 +417,14 @@ def _run(cfg: StudyConfig, levels, participants, inputs, skips, client,
         compute_cfh(store, client=client, block=cfg.cfh.block,
                     split_every=cfg.cfh.split_every, backend=cfg.cfh.backend)
 
-    ids = set(participants["participant_id"].astype(str))
-    subjects = sorted(s for s in store.subjects("cfh") if s.split("_")[0] in ids)
+    runs = [i.subject for i in inputs]
+    failed = sorted(set(runs) - set(store.subjects("cfh")))
+    participants = _without_skipped(participants, store.subjects("cfh"), failed)
+    matched = match_subjects(participants[ID_COLUMN], store.subjects("cfh"))
+    subjects = sorted(s for s in store.subjects("cfh") if s in matched and s in set(runs))
     st = cfg.stats
     design = {"covariates": cfg.covariates, "categorical": cfg.categorical,
-              "drop_missing": cfg.drop_missing}
+              "drop_missing": cfg.drop_missing, "combine_runs": cfg.combine_runs}
     stats_params = {"store": store_fp, "subjects": subjects,
                     "group": {"column": cfg.groups.column, "levels": levels}, **design,
                     **st.model_dump(exclude={"batch_size"})}
@@ -319,21 +441,26 @@ def _run(cfg: StudyConfig, levels, participants, inputs, skips, client,
                 store, participants, group=cfg.groups.column, groups=levels,
                 covariates=cfg.covariates, categorical=cfg.categorical, n_perm=st.n_perm,
                 scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
-                tfce=st.tfce, seed=st.seed, metric=st.metric, atlases=st.atlases,
-                out_dir=stats_dir, client=client, subjects=subjects,
-                drop_missing=cfg.drop_missing, batch_size=st.batch_size)
+                tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed,
+                metric=st.metric, atlases=st.atlases, out_dir=stats_dir, client=client,
+                subjects=subjects, drop_missing=cfg.drop_missing,
+                combine_runs=cfg.combine_runs, sessions=plan.sessions,
+                batch_size=st.batch_size)
             _mark_stage(stats_dir, stats_fp, stats_params)
     clusters = pd.read_csv(os.path.join(stats_dir, "clusters.tsv"), sep="\t")
+    with open(os.path.join(stats_dir, "stats.json")) as f:
+        maps = json.load(f)["maps"]
+    table = _participant_table(cfg, participants, plan.sessions, maps)
 
     with _Timer(timings, "clinical", on_stage):
-        t1, corr = _clinical(cfg, levels, participants, store, stats_dir, clusters, subjects)
+        t1, corr, values = _clinical(cfg, levels, table, store, stats_dir, clusters, maps)
 
     with _Timer(timings, "report", on_stage):
         from cfhdask.report.html import build_report
 
         report = build_report(
             os.path.join(cfg.output, "report.html"), stats_dir=stats_dir, store=store,
-            participants=participants, table1=t1, correlations=corr,
+            participants=table, table1=t1, correlations=corr, cluster_values=values,
             params=_report_params(cfg, params), title=cfg.name,
             group=cfg.groups.column, groups=tuple(levels), alpha=st.alpha)
     write_json(os.path.join(cfg.output, "timings.json"), timings)
@@ -342,7 +469,24 @@ def _run(cfg: StudyConfig, levels, participants, inputs, skips, client,
                        correlations=corr, timings=timings, skipped=skipped)
 
 
-def _clinical(cfg: StudyConfig, levels, participants, store, stats_dir, clusters, subjects):
+def _participant_table(cfg: StudyConfig, participants: pd.DataFrame, sessions, maps: dict
+                       ) -> pd.DataFrame:
+    """The participants analysed, one row each, session-level values combined over their maps."""
+    from cfhdask.stats.design import participant_values
+
+    columns = list(dict.fromkeys([cfg.groups.column, *cfg.covariates, *cfg.clinical.variables,
+                                  *cfg.clinical.table1]))
+    table = participant_values(participants, maps, columns,
+                               categorical=[*cfg.categorical, cfg.groups.column],
+                               sessions=sessions, source=cfg.participants)
+    others = participants.set_index(ID_COLUMN).drop(columns=columns, errors="ignore")
+    table = table.join(others.loc[~others.index.duplicated()], how="left")
+    table.index.name = ID_COLUMN
+    return table.reset_index()
+
+
+def _clinical(cfg: StudyConfig, levels, table: pd.DataFrame, store, stats_dir, clusters,
+              maps: dict):
     from cfhdask.clinical.correlations import (
         cluster_correlations,
         significant_cluster_values,
@@ -350,31 +494,33 @@ def _clinical(cfg: StudyConfig, levels, participants, store, stats_dir, clusters
     )
     from cfhdask.clinical.table1 import table1, write_table1
 
-    ids = {s.split("_")[0] for s in subjects}
-    part = participants[participants["participant_id"].astype(str).isin(ids)]
     variables = list(cfg.clinical.table1) or list(dict.fromkeys(
         [*cfg.covariates, *cfg.clinical.variables]))
-    t1 = table1(part, group=cfg.groups.column, groups=tuple(levels),
-                variables=[v for v in variables if v in part.columns],
+    t1 = table1(table, group=cfg.groups.column, groups=tuple(levels),
+                variables=[v for v in variables if v in table.columns],
                 normality_alpha=cfg.clinical.normality_alpha)
     clin_dir = os.path.join(cfg.output, "clinical")
     os.makedirs(clin_dir, exist_ok=True)
     write_table1(t1, os.path.join(clin_dir, "table1.tsv"))
     contrasts = sorted(set(clusters["contrast"])) if len(clusters) else []
     imgs = {c: os.path.join(stats_dir, f"{c}_clusters.nii.gz") for c in contrasts}
-    corr = pd.DataFrame()
+    corr, values = pd.DataFrame(), None
     if imgs and cfg.clinical.variables:
-        values = significant_cluster_values(
-            store.cfh_maps(subjects), store.ijk, imgs, clusters, alpha=cfg.stats.alpha)
-        if values.shape[1]:
-            values.index = [s.split("_")[0] for s in values.index]
+        runs = [s for subs in maps.values() for s in subs]
+        per_map = significant_cluster_values(
+            store.cfh_maps(runs), store.ijk, imgs, clusters, alpha=cfg.stats.alpha)
+        if per_map.shape[1]:
+            owner = {s: pid for pid, subs in maps.items() for s in subs}
+            values = per_map.groupby(per_map.index.map(owner), sort=False).mean()
+            values.index.name = "subject"
             values.to_csv(os.path.join(clin_dir, "cluster_values.tsv"), sep="\t")
             corr = cluster_correlations(
-                values, participants, group=cfg.groups.column, group_value=levels[0],
+                values, table, group=cfg.groups.column, group_value=levels[0],
                 variables=cfg.clinical.variables, covariates=cfg.covariates,
-                methods=tuple(cfg.clinical.methods), drop_missing=True)
+                categorical=cfg.categorical, methods=tuple(cfg.clinical.methods),
+                drop_missing=True)
             write_correlations(corr, os.path.join(clin_dir, "correlations.tsv"))
-    return t1, corr
+    return t1, corr, values
 
 
 def _report_params(cfg: StudyConfig, params) -> dict:
@@ -382,6 +528,7 @@ def _report_params(cfg: StudyConfig, params) -> dict:
     out = {"n_perm": st.n_perm, "scheme": st.scheme, "cluster_p": st.cluster_p,
            "connectivity": st.connectivity, "tfce": st.tfce, "seed": st.seed,
            "covariates": cfg.covariates, "gm_threshold": cfg.mask.gm_threshold,
+           "combine_runs": cfg.combine_runs, "mass_tfce_on": st.mass_tfce_on,
            "clinical_covariates": cfg.covariates,
            "clinical_variables": cfg.clinical.variables,
            "correlation_methods": cfg.clinical.methods,

@@ -236,3 +236,47 @@ def test_bad_store_urls(s3, inputs):
     with pytest.raises(CfhdaskInputError, match=re.escape(f"--out {url}: cannot access")):
         ingest([inputs.local[0]], url, mask=inputs.mask_path, storage_options=dead)
     assert s3.fs.ls(BUCKET, refresh=True) == before
+
+
+def test_fmriprep_study_on_s3_with_storage_options(s3, local_client, tmp_path, capsys):
+    """An fMRIPrep folder, its participants and sessions tables and the store on S3; the
+    endpoint and credentials only in --storage-options / study.yaml: discovery, confounds
+    tables, JSON sidecars, sessions.tsv, ingest, CFH, stats and the report all reach them."""
+    import yaml
+
+    from cfhdask.sim.cohort import simulate_cohort
+
+    local = tmp_path / "deriv"
+    simulate_cohort(str(local), n_patients=3, n_controls=3, n_volumes=40, grid="6mm",
+                    layout="fmriprep", seed=11)
+    (local / "sub-P01" / "sub-P01_sessions.tsv").write_text("session_id\tsite\nses-1\tA\n")
+    s3.fs.put(str(local), f"{BUCKET}/deriv", recursive=True)
+    deriv = f"s3://{BUCKET}/deriv"
+    so = json.dumps(s3.so)
+    assert main(["confounds", "--bids-derivatives", deriv, "--storage-options", so,
+                 "--drop-volumes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "6 run(s) ready, 0 with problems" in out and "2 (sidecar)" in out
+    # without the options the endpoint is unknown: a clear one-line error, no traceback
+    dead = json.dumps({**s3.so, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+                       "config_kwargs": {"retries": {"max_attempts": 1}}})
+    assert main(["ingest", "--bids-derivatives", deriv, "--storage-options", dead, "--out",
+                 str(tmp_path / "x.zarr"), "--dry-run"]) == 2
+    assert deriv in capsys.readouterr().err
+
+    cfg = {"name": "on S3", "output": str(tmp_path / "out"), "storage_options": s3.so,
+           "inputs": {"bids_derivatives": deriv},
+           "participants": f"{deriv}/participants.tsv", "store": f"s3://{BUCKET}/study.zarr",
+           "preprocessing": {"drop_volumes": 4}, "covariates": ["age"],
+           "stats": {"n_perm": 10, "seed": 1}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--scheduler", local_client.scheduler.address]) == 0
+    assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
+    store = CohortStore.open(f"s3://{BUCKET}/study.zarr", storage_options=s3.so)
+    assert len(store.subjects("cfh")) == 6
+    src = store.subject_attrs("sub-P01")["source"]
+    assert src["sidecar"].startswith("s3://") and src["confounds"].startswith("s3://")
+    assert store.subject_attrs("sub-P01")["preprocessing"]["tr_source"] == "sidecar"
+    stats_json = next((tmp_path / "out").glob("stats-*/stats.json"))
+    assert len(json.loads(stats_json.read_text())["subjects"]) == 6

@@ -11,7 +11,7 @@ import zarr
 from iohelpers import AFFINE, SHAPE
 
 from cfhdask.errors import CfhdaskInputError, StoreVersionError
-from cfhdask.io.store import CohortStore, open_store
+from cfhdask.io.store import STAGED_FLAG, STAGED_PREFIX, CohortStore, open_store
 
 _N = [0]
 
@@ -113,10 +113,74 @@ def test_failed_write_leaves_nothing(user_mask, rng):
     with pytest.raises(RuntimeError, match="disk full"):
         store.write_subject("sub-02", bad, {})
     assert store.subjects() == ["sub-01"] and store.incomplete_subjects() == []
-    # a failing overwrite of a complete subject removes it rather than leaving a mix
+    # a failing overwrite keeps the complete subject as it was, and nothing staged
     with pytest.raises(RuntimeError):
         store.write_subject("sub-01", bad, {})
-    assert store.subjects() == []
+    assert store.subjects() == ["sub-01"] and store.incomplete_subjects() == []
+    np.testing.assert_array_equal(store.bold("sub-01").compute(), good)
+
+
+@pytest.mark.parametrize("where", ["memory", "local"])
+def test_overwrite_keeps_the_old_subject_until_the_new_one_is_complete(user_mask, rng,
+                                                                       tmp_path, where):
+    """--overwrite: readers see the complete old subject during the write and after a
+    failure injected mid-write; the replacement appears whole, old CFH maps gone."""
+    url = _url() if where == "memory" else str(tmp_path / "s.zarr")
+    store = _create(user_mask, url)
+    old = rng.standard_normal((store.n_voxels, 20)).astype(np.float32)
+    store.write_subject("sub-01", old, {"source": "old"})
+    n = store.n_voxels
+    store.write_cfh("sub-01", np.ones(n, np.float32), np.zeros(n, np.int32),
+                    np.ones(n, np.float32), {})
+    new = old + 1.0
+    seen = []
+
+    def check_then(block, block_info=None, fail_at=None):
+        reader = CohortStore.open(url)  # another reader, mid-write
+        seen.append((reader.subjects("cfh"), float(reader.bold("sub-01")[0, 0].compute())))
+        if block_info[0]["chunk-location"][0] == fail_at:
+            raise RuntimeError("killed mid-write")
+        return block
+
+    chunks = (50, 20)
+    with dask.config.set(scheduler="synchronous"):
+        failing = da.from_array(new, chunks=chunks).map_blocks(check_then, fail_at=1,
+                                                               dtype=np.float32)
+        with pytest.raises(RuntimeError, match="killed mid-write"):
+            store.write_subject("sub-01", failing, {"source": "new"})
+        assert seen and all(s == (["sub-01"], float(old[0, 0])) for s in seen)
+        again = CohortStore.open(url)
+        assert again.subjects("cfh") == ["sub-01"] and again.incomplete_subjects() == []
+        np.testing.assert_array_equal(again.bold("sub-01").compute(), old)
+        assert again.subject_attrs("sub-01")["source"] == "old"
+        # the same replacement, now complete: swapped in whole
+        seen.clear()
+        ok = da.from_array(new, chunks=chunks).map_blocks(check_then, dtype=np.float32)
+        store.write_subject("sub-01", ok, {"source": "new"})
+    assert seen and all(s == (["sub-01"], float(old[0, 0])) for s in seen)
+    again = CohortStore.open(url)
+    assert again.subjects() == ["sub-01"] and again.subjects("cfh") == []
+    np.testing.assert_array_equal(again.bold("sub-01").compute(), new)
+    assert again.subject_attrs("sub-01")["source"] == "new"
+    assert sorted(zarr.open_group(url, mode="r")["subjects"].group_keys()) == ["sub-01"]
+
+
+def test_interrupted_swap_is_finished_by_cleanup(user_mask, rng, tmp_path):
+    """Killed between deleting the old subject and renaming its complete replacement:
+    the next writer finishes the swap, the replacement is not lost."""
+    url = str(tmp_path / "s.zarr")
+    store = _create(user_mask, url)
+    store.write_subject("sub-01", np.zeros((store.n_voxels, 12), np.float32), {})
+    target = store.begin_subject("sub-01", 12, {"source": "new"})
+    target[...] = np.ones((store.n_voxels, 12), np.float32)
+    grp = zarr.open_group(url, mode="r+")["subjects"]
+    grp[STAGED_PREFIX + "sub-01"].attrs.update({STAGED_FLAG: True})
+    del grp["sub-01"]  # the kill came here
+    again = CohortStore.open(url, mode="r+")
+    assert again.subjects() == []  # nothing half-written is visible meanwhile
+    again.cleanup_incomplete()
+    assert again.subjects() == ["sub-01"]
+    np.testing.assert_array_equal(again.bold("sub-01").compute(), 1.0)
 
 
 def test_incomplete_subject_invisible_then_cleaned(user_mask, rng, tmp_path):
@@ -189,3 +253,17 @@ def test_read_only_and_history(user_mask):
         ro.write_subject("sub-01", np.zeros((ro.n_voxels, 12), np.float32), {})
     with pytest.raises(CfhdaskInputError, match="no voxel"):
         _create(np.zeros(SHAPE, bool))
+
+
+def test_mixed_preprocessing_is_refused_naming_both(user_mask, rng):
+    store = _create(user_mask)
+    series = np.zeros((store.n_voxels, 12), np.float32)
+    store.write_subject("sub-01", series, {"preprocessing": {"pipeline": "none",
+                                                             "drop_volumes": 0}})
+    store.write_subject("sub-02", series, {"preprocessing": {
+        "pipeline": "cfhdask.denoise", "parameters": {"drop_volumes": 10, "tr": 2.0},
+        "steps": ["smooth"]}})
+    store.check_same_preprocessing(["sub-01"])
+    with pytest.raises(CfhdaskInputError, match=r"sub-01 none \(drop_volumes 0\); sub-02 "
+                                                r"cfhdask.denoise \(drop_volumes 10\)"):
+        store.check_same_preprocessing()
