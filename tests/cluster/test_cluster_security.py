@@ -164,6 +164,11 @@ def test_redaction_in_errors_and_logs(caplog):
     with caplog.at_level(logging.DEBUG, logger="botocore.test"):
         logging.getLogger("botocore.test").debug("headers %s", {"x": "nested-secret-value-123"})
     assert "nested-secret-value-123" not in caplog.text and "***" in caplog.text
+    # a library's own exception (not a CfhdaskError) quoting a secret, as the CLI prints it
+    from cfhdask.cli.logs import one_line
+
+    line = one_line(PermissionError("denied for token tok-ABCDEFGH\nmore"))
+    assert line == "PermissionError: denied for token ***"
 
 
 # ----------------------------------------------------------------------------- no pickles
