@@ -209,10 +209,11 @@ def long_store(tmp_path_factory, local_client):
 def _long_cfh(long_store, tmp_path: Path, n_subjects: int = 16) -> list:
     """``cfhdask cfh`` on a copy of ``n_subjects`` of the long store (tens of seconds)."""
     src = Path(long_store[0])
-    keep = sorted(os.listdir(src / "subjects"))[:n_subjects]
+    keep = sorted(n for n in os.listdir(src / "subjects") if n.startswith("sub-"))[:n_subjects]
 
-    def ignore(folder, names):
-        return [n for n in names if Path(folder) == src / "subjects" and n not in keep]
+    def ignore(folder, names):  # other subjects only: the group's zarr.json stays
+        return [n for n in names if Path(folder) == src / "subjects" and n.startswith("sub-")
+                and n not in keep]
 
     store = tmp_path / "store.zarr"
     shutil.copytree(src, store, ignore=ignore)
