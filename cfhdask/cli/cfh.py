@@ -59,7 +59,7 @@ def run_map(args: argparse.Namespace, compute: Callable, kwargs: dict,
                   overwrite=args.overwrite, show_progress=not args.no_progress,
                   storage_options=parse_storage_options(args.storage_options))
     ckw = cluster_kwargs(args)
-    if any(ckw[k] is not None for k in ("cluster", "n_workers", "threads_per_worker")):
+    if set(ckw) - {"scheduler", "scheduler_file"}:  # more than where the scheduler is
         with dask_client(**ckw) as client:
             ds = compute(args.store, client=client, **kwargs)
     else:

@@ -49,6 +49,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError, StoreVersionError
 from cfhdask.grid import voxel_table
+from cfhdask.io.arrays import store_array
 from cfhdask.io.atomic import to_jsonable
 from cfhdask.io.urls import url_to_fs
 from cfhdask.settings import settings
@@ -187,6 +188,7 @@ class CohortStore:
         self.n_voxels = self.n_left + self.n_right + self.n_midline
         self.voxel_chunk = int(attrs.get("voxel_chunk", max(1, self.n_voxels)))
         self.layout_version = int(attrs.get("cfhdask_store_version", STORE_VERSION))
+        self._where = f"store {self.url}"
         self._ijk: np.ndarray | None = None
         self._xyz: np.ndarray | None = None
         self._hemisphere: np.ndarray | None = None
@@ -352,21 +354,22 @@ class CohortStore:
     def ijk(self) -> np.ndarray:
         """Voxel indices on the grid, shape (n_voxels, 3), int32."""
         if self._ijk is None:
-            self._ijk = np.asarray(self._root["ijk"][...])
+            self._ijk = np.asarray(store_array(self._root, "ijk", np.int32, where=self._where)[...])
         return self._ijk
 
     @property
     def xyz(self) -> np.ndarray:
         """MNI coordinates (mm) of the voxels, shape (n_voxels, 3), float32."""
         if self._xyz is None:
-            self._xyz = np.asarray(self._root["xyz"][...])
+            self._xyz = np.asarray(store_array(self._root, "xyz", np.float32, where=self._where)[...])
         return self._xyz
 
     @property
     def hemisphere(self) -> np.ndarray:
         """Hemisphere of each voxel: -1 left, +1 right, 0 midline (int8)."""
         if self._hemisphere is None:
-            self._hemisphere = np.asarray(self._root["hemisphere"][...])
+            self._hemisphere = np.asarray(
+                store_array(self._root, "hemisphere", np.int8, where=self._where)[...])
         return self._hemisphere
 
     @property
@@ -506,7 +509,8 @@ class CohortStore:
         dask.array.Array of shape (n_voxels, n_time), float32
             Chunked like the Zarr array: (voxel_chunk, n_time).
         """
-        return da.from_zarr(self._group(subject)["bold"])
+        return da.from_zarr(store_array(self._group(subject), "bold", np.float32,
+                                        where=f"{self._where}: subjects/{subject}"))
 
     def _staged(self, subject: str) -> str:
         return STAGED_PREFIX + subject
@@ -780,7 +784,9 @@ class CohortStore:
         """
         metric = metric_of(var)
         names = list(self.subjects(metric) if subjects is None else subjects)
-        arrays = [da.from_zarr(self._group(s, metric)[self._array_name(var)]) for s in names]
+        arrays = [da.from_zarr(store_array(self._group(s, metric), self._array_name(var),
+                                           _dtype(var), where=f"{self._where}: subjects/{s}"))
+                  for s in names]
         if arrays:
             data = da.stack(arrays, axis=0)
         else:

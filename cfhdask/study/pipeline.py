@@ -377,10 +377,7 @@ def run_study(config: str | Mapping | StudyConfig, *, client: Any = None, base_d
 
     if client is not None:
         return _run(cfg, plan, client, on_stage)
-    cl = cfg.cluster
-    with dask_client(scheduler=cl.scheduler, scheduler_file=cl.scheduler_file,
-                     cluster=cl.kind, n_workers=cl.n_workers,
-                     threads_per_worker=cl.threads_per_worker) as c:
+    with dask_client(config=cfg.cluster) as c:  # one cluster for every stage
         log.info("Dask dashboard: %s", c.dashboard_link)
         return _run(cfg, plan, c, on_stage)
 
