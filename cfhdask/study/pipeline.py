@@ -219,6 +219,15 @@ def _check_clinical(cfg: StudyConfig, participants, sessions, design) -> None:
     table = participant_values(participants, maps, [*cfg.clinical.variables, *cfg.covariates],
                                categorical=cfg.categorical, sessions=sessions,
                                source=cfg.participants)
+    empty = [v for v in cfg.clinical.variables if not table[v].notna().any()]
+    if empty:
+        key = "groups.levels" if cfg.groups.levels is not None else \
+            "groups.levels (not set: the column's values, sorted)"
+        raise CfhdaskInputError(
+            f"config key 'clinical.variables': {empty} have no value in group "
+            f"{design.groups[0]!r}, the first of {key}, where the clinical correlations are "
+            f"computed; put the group with clinical scores first, e.g. groups: {{levels: "
+            f"[{design.groups[1]}, {design.groups[0]}]}}")
     for var in cfg.clinical.variables:
         num = pd.to_numeric(table[var], errors="coerce")
         bad = table.index[num.isna() & table[var].notna()]
