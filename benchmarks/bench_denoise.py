@@ -100,29 +100,20 @@ def child_chunked(bold: str, out: str, memory_limit: str) -> None:
 
 def child_nilearn(bold: str, out: str) -> None:
     import nibabel as nib
-    from nilearn import image, signal
+    from _bench_util import nilearn_denoise
 
     from cfhdask.grid import voxel_table
     from cfhdask.prep.confounds import friston24, tissue_masks
     from cfhdask.prep.mask import gm_mask
 
-    t0 = time.perf_counter()
     img = nib.load(bold)
     ijk = voxel_table(gm_mask(img.shape[:3], img.affine), img.affine).ijk
-    data = img.get_fdata(dtype=np.float32)[..., 10:]
-    tissue = np.stack([data[m].mean(axis=0, dtype=np.float64)
-                       for m in tissue_masks(img.shape[:3], img.affine)], axis=1)
-    smoothed = image.smooth_img(nib.Nifti1Image(data, img.affine), 4.0).get_fdata(
-        dtype=np.float32)
-    del data
-    series = smoothed[ijk[:, 0], ijk[:, 1], ijk[:, 2]].T
-    del smoothed
     motion = np.loadtxt(os.path.join(os.path.dirname(bold), "rp_sub-01.txt"))
-    confounds = np.hstack([friston24(motion)[10:], tissue])
-    r = signal.clean(series, confounds=confounds, detrend=True, standardize=None, filter=False)
-    r = signal.clean(r, detrend=False, standardize=None, high_pass=0.01, low_pass=0.1, t_r=TR)
+    r, times = nilearn_denoise(bold, ijk, friston24(motion)[10:], drop=10, fwhm=4.0, tr=TR,
+                               high_pass=0.01, low_pass=0.1,
+                               tissue_masks=tissue_masks(img.shape[:3], img.affine))
     np.save(out, r.T.astype(np.float32))
-    print(json.dumps({"wall": time.perf_counter() - t0}))
+    print(json.dumps({"wall": times["denoise"]}))
 
 
 # ---------------------------------------------------------------- measuring

@@ -55,6 +55,8 @@ YAML_PATH = os.path.join(os.path.dirname(__file__), "cfhdask.yaml")
 
 #: Denoising steps ``preprocessing.order`` may name.
 STEPS = ("smooth", "regress", "filter", "clean")
+#: Band-pass filters: nilearn's Butterworth, DPABI's ideal (FFT) filter.
+FILTERS = ("butterworth", "ideal")
 
 
 class Section(BaseModel):
@@ -165,6 +167,10 @@ class PreprocessingSettings(Section):
                                                               "(null: none).")
     low_pass: float | None = Field(0.1, gt=0.0, description="Low-pass cutoff in Hz "
                                                             "(null: none).")
+    filter: Literal[FILTERS] = Field(
+        "butterworth", description="Band-pass filter: butterworth (nilearn's signal.clean: "
+                                   "order 5, zero-phase) or ideal (DPABI's FFT filter, "
+                                   "y_IdealFilter: bins outside the band set to zero).")
     order: list[Literal["smooth", "regress", "filter", "clean"]] = Field(
         ["smooth", "regress", "filter"],
         description="Steps in the order they run ('clean' = nilearn's combined "

@@ -14,7 +14,7 @@ from cfhdask.inputs import SubjectInput
 from cfhdask.prep.confounds import check_filter, check_tr
 from cfhdask.prep.discover import Skip, discover_inputs
 from cfhdask.prep.pipeline import DenoiseParams
-from cfhdask.settings import STEPS, resolve, settings
+from cfhdask.settings import FILTERS, STEPS, resolve, settings
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
 
 #: Denoising options -> fields of :class:`DenoiseParams`.
 DENOISE_FIELDS = ("drop_volumes", "smoothing_fwhm", "motion", "wm", "csf", "global_signal",
-                  "detrend", "high_pass", "low_pass", "order")
+                  "detrend", "high_pass", "low_pass", "filter", "order")
 
 
 def add_denoise_options(parser: argparse.ArgumentParser, *, dry_run: bool = True) -> None:
@@ -77,6 +77,7 @@ def add_denoise_options(parser: argparse.ArgumentParser, *, dry_run: bool = True
     add_setting(g, "--detrend", "preprocessing", kind="bool")
     add_setting(g, "--high-pass", "preprocessing", type=float, metavar="HZ")
     add_setting(g, "--low-pass", "preprocessing", type=float, metavar="HZ")
+    add_setting(g, "--filter", "preprocessing", metavar="{" + ",".join(FILTERS) + "}")
     g.add_argument("--no-filter", action="store_true", help="no band-pass filtering")
     add_setting(g, "--order", "preprocessing", kind="list", metavar="STEPS",
                 help=f"Steps in order, comma-separated, from {', '.join(STEPS)} ('clean' = "

@@ -236,6 +236,7 @@ def check_study(cfg: StudyConfig) -> StudyPlan:
     check_columns(cfg, participants, sessions)
     levels = group_levels(cfg, participants)
     inputs, skips = discover(cfg)
+    inputs, skips = _plan_denoising(cfg, inputs, list(skips))
     runs = [i.subject for i in inputs]
     matched = match_subjects(participants[ID_COLUMN], runs)
     unknown = [r for r in runs if r not in matched]
@@ -249,6 +250,24 @@ def check_study(cfg: StudyConfig) -> StudyPlan:
     if design is not None:
         _check_clinical(cfg, participants, sessions, design)
     return StudyPlan(participants, sessions, levels, inputs, skips, design)
+
+
+def _plan_denoising(cfg: StudyConfig, inputs: list, skips: list) -> tuple[list, list]:
+    """Check every run's headers, tables and sidecars against the denoising settings.
+
+    A run that cannot be denoised (no TR, too few volumes, a filter band without
+    frequency bins...) is skipped with its reason, before anything is computed.
+    """
+    params = denoise_params(cfg)
+    if params is None or not inputs:
+        return inputs, skips
+    from cfhdask.prep.discover import Skip
+    from cfhdask.prep.summary import plan_inputs
+
+    rows = plan_inputs(inputs, params, (), cfg.storage_options)
+    bad = {r.subject: r.problem for r in rows if not r.ok}
+    skips += [Skip(sub, why) for sub, why in bad.items()]
+    return [i for i in inputs if i.subject not in bad], skips
 
 
 def denoise_params(cfg: StudyConfig):
