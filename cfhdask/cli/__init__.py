@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "cfhdask.cli.ingest",
     "cfh": "cfhdask.cli.cfh",
     "stats": "cfhdask.cli.stats",
+    "null-check": "cfhdask.cli.nullcheck",
     "run": "cfhdask.cli.run",
     "demo": "cfhdask.cli.demo",
 }

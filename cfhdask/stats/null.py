@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cfhdask.backend import to_numpy
-from cfhdask.stats.clusters import VoxelGraph, max_cluster_size_mass, tfce, tfce_step
+from cfhdask.stats.clusters import VoxelGraph, max_cluster_size_mass, tfce_batch, tfce_step
 from cfhdask.stats.glm import MICRO_BATCH, GLMPrep, exact_t, permuted_t, permuted_t_fast
 from cfhdask.stats.permute import PermutationSchedule
 
@@ -195,8 +195,12 @@ def refine_decisions(prep: GLMPrep, perm: np.ndarray, t32: np.ndarray,
     return t
 
 
-def map_maxima(graph: VoxelGraph, t: np.ndarray, settings: NullSettings) -> np.ndarray:
-    """Null maxima of one t-map: array (2 signs, 4 stats) as :data:`NULL_STATS`."""
+def map_maxima(graph: VoxelGraph, t: np.ndarray, settings: NullSettings,
+               with_tfce: bool = True) -> np.ndarray:
+    """Null maxima of one t-map: array (2 signs, 4 stats) as :data:`NULL_STATS`.
+
+    With ``with_tfce=False`` the TFCE column is left 0 (see :func:`tfce_maps`).
+    """
     out = np.zeros((len(SIGNS), len(NULL_STATS)))
     z = settings.enhanced(t) if settings.z_df is not None else None
     for i, sign in enumerate(SIGNS):
@@ -206,9 +210,24 @@ def map_maxima(graph: VoxelGraph, t: np.ndarray, settings: NullSettings) -> np.n
         out[i, 1], out[i, 2] = max_cluster_size_mass(
             graph, s, settings.t_threshold,
             None if z is None else e - settings.mass_threshold)
-        if settings.tfce_dh is not None:
-            out[i, 3] = tfce(graph, e, settings.dh(i), settings.tfce_E, settings.tfce_H).max()
+    if with_tfce and settings.tfce_dh is not None:
+        out[:, 3] = tfce_maxima(graph, t[None], settings)[0]
     return out
+
+
+def tfce_maxima(graph: VoxelGraph, ts: np.ndarray, settings: NullSettings) -> np.ndarray:
+    """Peak TFCE of each sign of each t-map of ``ts`` (B, V): array (B, 2).
+
+    All ``2 B`` maps go through one :func:`~cfhdask.stats.clusters.tfce_batch`
+    call (the per-level work of the union-find is shared), each sign with its
+    own step.
+    """
+    ts = np.atleast_2d(ts)
+    e = settings.enhanced(ts) if settings.z_df is not None else ts
+    maps = np.concatenate([sign * e for sign in SIGNS])  # sign-major: (2 B, V)
+    dhs = np.repeat([settings.dh(i) for i in range(len(SIGNS))], ts.shape[0])
+    scores = tfce_batch(graph, maps, dhs, settings.tfce_E, settings.tfce_H)
+    return scores.max(axis=1).reshape(len(SIGNS), ts.shape[0]).T
 
 
 def batch_null_maxima(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSchedule,
@@ -227,8 +246,12 @@ def batch_null_maxima(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSch
         mb1 = min(mb0 + MICRO_BATCH, schedule.n_perm)
         perms = schedule.batch(mb0, mb1)
         t32 = to_numpy(permuted_t_fast(prep, perms, settings.scheme))
-        for kk in range(k, min(mb1, stop)):
-            t = refine_decisions(prep, perms[kk - mb0], t32[kk - mb0], settings)
-            out[kk - start] = map_maxima(graph, t, settings)
+        ks = range(k, min(mb1, stop))
+        ts = np.stack([refine_decisions(prep, perms[kk - mb0], t32[kk - mb0], settings)
+                       for kk in ks])
+        for j, kk in enumerate(ks):
+            out[kk - start] = map_maxima(graph, ts[j], settings, with_tfce=False)
+        if settings.tfce_dh is not None:
+            out[k - start:ks.stop - start, :, 3] = tfce_maxima(graph, ts, settings)
         k = mb1
     return out
