@@ -37,7 +37,7 @@ from scipy import stats as sstats
 from cfhdask.stats.null import NULL_STATS
 
 __all__ = ["INTERVALS", "METHODS", "binomial_interval", "fwer_table", "rule_level",
-           "split_p_values", "tests_positive"]
+           "split_p_values", "found_by_method"]
 
 #: Methods of the summary, in this order; the FWE ones map to :data:`NULL_STATS`.
 METHODS: tuple[str, ...] = ("voxel_fwe", "cluster_extent_fwe", "cluster_mass_fwe",
@@ -87,7 +87,7 @@ def split_p_values(count: np.ndarray, n_perm: np.ndarray) -> np.ndarray:
     return count / np.asarray(n_perm, dtype=np.float64).reshape(-1, 1, 1)
 
 
-def tests_positive(p: np.ndarray, observed: np.ndarray, t_uncorrected: np.ndarray,
+def found_by_method(p: np.ndarray, observed: np.ndarray, t_uncorrected: np.ndarray,
                    alpha: float, tfce: bool) -> dict[str, np.ndarray]:
     """Per method, whether each test (split, contrast) finds something: (S, 2) bool each.
 
@@ -123,7 +123,7 @@ def fwer_table(positive: Mapping[str, np.ndarray], alpha: float, *, level: float
     Parameters
     ----------
     positive : dict method -> ndarray of bool (S, 2)
-        :func:`tests_positive`.
+        :func:`found_by_method`.
     alpha : float
         Nominal level.
     level : float

@@ -46,7 +46,7 @@ from cfhdask.settings import DesignSettings, NullCheckSettings, resolve
 from cfhdask.stats.clusters import voxel_graph
 from cfhdask.stats.design import Design
 from cfhdask.stats.fanout import auto_batch_size, batch_bounds, fan_out
-from cfhdask.stats.fwer import fwer_table, rule_level, split_p_values, tests_positive
+from cfhdask.stats.fwer import found_by_method, fwer_table, rule_level, split_p_values
 from cfhdask.stats.inference import (
     _load,
     _min_p_warning,
@@ -341,7 +341,7 @@ def null_check(
     acc = _run_splits(plan, spec, Y, plan.design.Z, graph, client=client, compute=compute,
                       batch_size=st.batch_size, progress=progress)
     p = split_p_values(acc["count"], acc["n_perm"])
-    positive = tests_positive(p, acc["observed"], acc["t_uncorrected"], st.alpha,
+    positive = found_by_method(p, acc["observed"], acc["t_uncorrected"], st.alpha,
                               bool(st.tfce))
     summary = fwer_table(positive, st.alpha, interval=nc.interval)
     warnings = [w for w in (_min_p_warning(int(acc["n_perm"].min()), st.alpha),) if w]
