@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 
 from cfhdask.cli.options import (
-    add_cluster_options,
     add_setting,
     cluster_kwargs,
     csv_list,
     overrides,
     parse_storage_options,
 )
-from cfhdask.cli.stats import DESIGN_FIELDS, add_inference_options, add_study_options
+from cfhdask.cli.stats import (
+    DESIGN_FIELDS,
+    add_inference_options,
+    add_output_options,
+    add_study_options,
+)
 
 #: Options -> fields of the ``stats`` and ``null_check`` settings.
 STATS_FIELDS = ("scheme", "cluster_p", "connectivity", "tfce", "mass_tfce_on", "alpha",
@@ -56,11 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_setting(p, "--uncorrected-p", "null_check", type=float)
     add_setting(p, "--interval", "null_check", choices=["clopper-pearson", "wilson"])
     add_inference_options(p, own="null_check")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help='fsspec options of a remote store and participants table, e.g. '
-                        '\'{"anon": true}\'')
-    add_cluster_options(p)
+    add_output_options(p)
     p.set_defaults(func=run)
     return p
 

@@ -34,13 +34,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE", help="cohort store (directory or fsspec URL)")
     add_study_options(p)
     add_inference_options(p)
+    add_output_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """``--out``, ``--storage-options`` and the Dask cluster options."""
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--storage-options", default=None, metavar="JSON",
                    help='fsspec options of a remote store and participants table, e.g. '
                         '\'{"anon": true}\'')
     add_cluster_options(p)
-    p.set_defaults(func=run)
-    return p
 
 
 def add_study_options(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,10 @@ Stages (each timed, each reusing what an earlier run stored):
    skipped when that folder is complete for the same parameters and subjects.
 4. **clinical** — Table 1 and partial correlations of significant clusters.
 5. **report** — ``OUTPUT/report.html``.
+
+With ``null_check.enabled``, the null-check (:mod:`cfhdask.stats.nullcheck`)
+runs after the stats into ``OUTPUT/null-check-<fingerprint>/``, reused the
+same way; :func:`cfhdask.report.nullcheck.null_check_section` renders it.
 """
 
 from __future__ import annotations
@@ -450,6 +454,10 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
                 combine_runs=cfg.combine_runs, sessions=plan.sessions,
                 batch_size=st.batch_size)
             _mark_stage(stats_dir, stats_fp, stats_params)
+    if cfg.null_check.enabled:
+        with _Timer(timings, "null_check", on_stage):
+            skipped.update(_null_check_stage(cfg, store, participants, levels, subjects,
+                                             plan.sessions, client, stats_params))
     clusters = pd.read_csv(os.path.join(stats_dir, "clusters.tsv"), sep="\t")
     with open(os.path.join(stats_dir, "stats.json")) as f:
         maps = json.load(f)["maps"]
@@ -540,3 +548,29 @@ def _report_params(cfg: StudyConfig, params) -> dict:
         out.update(denoise=params.to_dict(), smoothing_fwhm=params.smoothing_fwhm,
                    bandpass=[params.high_pass, params.low_pass])
     return out
+
+
+def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, levels,
+                      subjects: list[str], sessions, client, stats_params: dict
+                      ) -> dict[str, str]:
+    """The optional null-check stage, with the study's design and ``stats`` settings."""
+    nc, st = cfg.null_check, cfg.stats
+    params = {**stats_params, "null_check": nc.model_dump(exclude={"enabled"})}
+    fp = fingerprint(params)
+    out = os.path.join(cfg.output, f"null-check-{fp}")
+    if _stage_done(out, fp):
+        log.info("null-check: %s is complete for these parameters; reusing it", out)
+        return {"null_check": "reused " + out}
+    from cfhdask.stats.nullcheck import null_check
+
+    null_check(store, participants, group=cfg.groups.column, groups=levels, level=nc.level,
+               sizes=nc.sizes, n_splits=nc.n_splits, n_perm=nc.n_perm, seed=nc.seed,
+               uncorrected_p=nc.uncorrected_p, interval=nc.interval,
+               covariates=cfg.covariates, categorical=cfg.categorical,
+               drop_missing=cfg.drop_missing, combine_runs=cfg.combine_runs,
+               scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
+               tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, metric=st.metric,
+               batch_size=st.batch_size, sessions=sessions, subjects=subjects,
+               client=client, out_dir=out)
+    _mark_stage(out, fp, params)
+    return {}
