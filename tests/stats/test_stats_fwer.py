@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,10 +36,11 @@ CLUSTER_P = 0.01
 def _calibrate(null_cohort, scheme: str, n_splits: int) -> pd.DataFrame:
     store, participants = null_cohort
     logging.getLogger("cfhdask").setLevel(logging.WARNING)
-    res = null_check(store, participants, group="group", level="control",
-                     n_splits=n_splits, n_perm=N_PERM, seed=11, scheme=scheme,
-                     covariates=["age", "sex"], tfce=True, cluster_p=CLUSTER_P,
-                     compute="local")
+    with dask.config.set(scheduler="threads"):  # maps read here, whatever client came before
+        res = null_check(store, participants, group="group", level="control",
+                         n_splits=n_splits, n_perm=N_PERM, seed=11, scheme=scheme,
+                         covariates=["age", "sex"], tfce=True, cluster_p=CLUSTER_P,
+                         compute="local")
     tab = res.summary.set_index("method")
     print(f"\n{scheme}, {n_splits} splits x {N_PERM} permutations, "
           f"{res.params['mask']['n_voxels_analysed']} voxels:\n"
