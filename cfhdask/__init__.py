@@ -31,6 +31,7 @@ _API: dict[str, str] = {
     "cfh_graph": "cfhdask.cfh.graph",
     "dask_client": "cfhdask.cluster",
     "group_inference": "cfhdask.stats.inference",
+    "null_check": "cfhdask.stats.nullcheck",
     "table1": "cfhdask.clinical.table1",
     "cluster_correlations": "cfhdask.clinical.correlations",
     "prepare_series": "cfhdask.prep.pipeline",

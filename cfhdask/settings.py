@@ -2,7 +2,7 @@
 
 :class:`Settings` has one section per part of the analysis (``cluster``,
 ``store``, ``inputs``, ``mask``, ``preprocessing``, ``cfh``, ``autonomy``,
-``design``, ``stats``, ``clinical``, ``simulate``).  The command line, the shipped
+``design``, ``stats``, ``null_check``, ``clinical``, ``simulate``).  The command line, the shipped
 ``cfhdask.yaml``, ``study.yaml`` and the Python API all take their defaults
 from here.  Values are layered, later ones winning:
 
@@ -43,11 +43,11 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import parse_combine
 
 __all__ = [
-    "AutonomySettings", "CFHSettings", "ClinicalSettings", "ClusterSettings", "DesignSettings", "InputsSettings",
-    "JobqueueSettings", "KubernetesSettings", "MaskSettings", "PreprocessingSettings",
-    "Settings", "SimulateSettings", "StatsSettings", "StoreSettings", "default_metric",
-    "defaults_yaml", "duration_seconds", "error_message", "resolve", "settings",
-    "walltime_seconds",
+    "AutonomySettings", "CFHSettings", "ClinicalSettings", "ClusterSettings",
+    "DesignSettings", "InputsSettings", "JobqueueSettings", "KubernetesSettings",
+    "MaskSettings", "NullCheckSettings", "PreprocessingSettings", "Settings",
+    "SimulateSettings", "StatsSettings", "StoreSettings", "default_metric", "defaults_yaml",
+    "duration_seconds", "error_message", "resolve", "settings", "walltime_seconds",
 ]
 
 #: The shipped defaults file (Dask config format, ``cfhdask:`` namespace).
@@ -431,6 +431,34 @@ class StatsSettings(Section):
         ["aal", "harvard_oxford"], description="Atlases labelling the clusters.")
 
 
+class NullCheckSettings(Section):
+    """False positives measured on the cohort itself (``cfhdask null-check``)."""
+
+    enabled: bool = Field(False, description="Run the null-check as a stage of `cfhdask run` "
+                                             "(splits of one group into pseudo-groups).")
+    level: str | None = Field(None, description="Group whose participants are split (null: "
+                              "the second of the two groups compared, e.g. the controls of "
+                              "levels [patient, control]).")
+    sizes: list[int] | None = Field(None, description="Sizes of the two pseudo-groups (null: "
+                                    "the study's group sizes when they fit in the group, else "
+                                    "half each).")
+    n_splits: int = Field(1000, ge=1, description="Random splits (distinct).")
+    n_perm: int = Field(1000, ge=1, description="Permutations per split, identity included.")
+    seed: int = Field(0, ge=0, description="Seed of the splits and of their permutations.")
+    uncorrected_p: float = Field(0.001, gt=0.0, lt=1.0, description="Uncorrected parametric "
+                                 "voxel threshold whose false-positive rate is shown beside "
+                                 "the corrected methods.")
+    interval: Literal["clopper-pearson", "wilson"] = Field(
+        "clopper-pearson", description="Binomial 95% interval of each rate.")
+
+    @field_validator("sizes")
+    @classmethod
+    def _two_sizes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) != 2 or min(v) < 1):
+            raise ValueError(f"two positive sizes are needed, got {v}")
+        return v
+
+
 class ClinicalSettings(Section):
     """Table 1 and clinical correlations."""
 
@@ -474,6 +502,7 @@ class Settings(Section):
     autonomy: AutonomySettings = Field(default_factory=AutonomySettings)
     design: DesignSettings = Field(default_factory=DesignSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    null_check: NullCheckSettings = Field(default_factory=NullCheckSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
 

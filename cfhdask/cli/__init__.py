@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "vmhc": "cfhdask.cli.vmhc",
     "autonomy": "cfhdask.cli.autonomy",
     "stats": "cfhdask.cli.stats",
+    "null-check": "cfhdask.cli.nullcheck",
     "run": "cfhdask.cli.run",
     "demo": "cfhdask.cli.demo",
     "migrate": "cfhdask.cli.migrate",

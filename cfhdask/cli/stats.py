@@ -34,6 +34,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "are checked before any Dask cluster starts.  Files this command wrote in "
                     "--out before are replaced; nothing else there is touched.")
     p.add_argument("store", metavar="STORE", help="cohort store (directory or fsspec URL)")
+    add_study_options(p)
+    add_inference_options(p)
+    add_output_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """``--out``, ``--storage-options`` and the Dask cluster options."""
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help='fsspec options of a remote store and participants table, e.g. '
+                        '\'{"anon": true}\'')
+    add_cluster_options(p)
+
+
+def add_study_options(p: argparse.ArgumentParser) -> None:
+    """``--participants``, ``--group``, ``--groups`` and the design options (covariates...)."""
     p.add_argument("--participants", required=True, metavar="FILE",
                    help="participants table (TSV or CSV, path or URL) with a participant_id "
                         "column; sub-<label>/sub-<label>_sessions.tsv files next to it give "
@@ -48,24 +66,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      "--categorical dummy-coded; '' for none")
     add_setting(p, "--categorical", "design", kind="list", metavar="C1,C2")
     add_setting(p, "--combine-runs", "design", metavar="mean|ses-L|run-N")
-    add_setting(p, "--n-perm", "stats", type=int)
+    add_setting(p, "--drop-missing", "design", kind="bool")
+
+
+def add_inference_options(p: argparse.ArgumentParser, *, own: str = "stats") -> None:
+    """The ``stats`` options; ``--n-perm`` and ``--seed`` of section ``own``."""
+    add_setting(p, "--n-perm", own, type=int)
     add_setting(p, "--scheme", "stats", choices=["draper-stoneman", "freedman-lane"])
     add_setting(p, "--cluster-p", "stats", type=float)
     add_setting(p, "--connectivity", "stats", type=int, choices=[6, 18, 26])
     add_setting(p, "--tfce", "stats", kind="bool")
     add_setting(p, "--mass-tfce-on", "stats", choices=["t", "z"])
     add_setting(p, "--alpha", "stats", type=float)
-    add_setting(p, "--seed", "stats", type=int)
+    add_setting(p, "--seed", own, type=int)
     add_setting(p, "--metric", "stats", choices=["cfh", "cfh_subject", "vmhc", "ai"])
-    add_setting(p, "--drop-missing", "design", kind="bool")
     add_setting(p, "--batch-size", "stats", type=int)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help='fsspec options of a remote store and participants table, e.g. '
-                        '\'{"anon": true}\'')
-    add_cluster_options(p)
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,20 +29,28 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
 from cfhdask.io.participants import read_participants, read_sessions
 from cfhdask.settings import DesignSettings, default_metric, resolve
-from cfhdask.stats.clusters import label_clusters, tfce_step, voxel_graph
+from cfhdask.stats.clusters import label_clusters, voxel_graph
 from cfhdask.stats.clusters import tfce as tfce_scores
 from cfhdask.stats.design import Design, build_design
 from cfhdask.stats.fanout import null_maxima_dask, null_maxima_local
-from cfhdask.stats.glm import prepare_glm
-from cfhdask.stats.null import NULL_STATS, SIGNS, NullSettings, t_maps, t_to_z
+from cfhdask.stats.glm import GLMPrep, prepare_glm
+from cfhdask.stats.null import (
+    NULL_STATS,
+    SIGNS,
+    TFCE_E,
+    TFCE_H,
+    TFCE_STEPS,
+    null_settings,
+    observed_t,
+    tfce_steps,
+)
 from cfhdask.stats.permute import make_schedule
 from cfhdask.stats.results import ContrastResult, GroupResult, fwe_p
 
 log = logging.getLogger(__name__)
 
-TFCE_E, TFCE_H = 0.5, 2.0
-#: Number of TFCE steps up to the observed max |t| when no step is given.
-TFCE_STEPS = 100
+__all__ = ["TFCE_E", "TFCE_H", "TFCE_STEPS", "analysis_mask", "group_inference",
+           "inference_design", "participant_maps", "tfce_steps"]
 CLUSTER_COLUMNS = [
     "contrast", "cluster", "size_voxels", "size_mm3", "mass", "peak_t", "peak_x", "peak_y",
     "peak_z", "p_fwe", "mass_p_fwe",
@@ -165,18 +173,39 @@ def _min_p_warning(n_perm: int, alpha: float) -> str | None:
             "(thousands for a paper)")
 
 
-def tfce_steps(stat_obs: np.ndarray, steps: int = 0) -> tuple[float, float]:
-    """Each contrast's own TFCE step: its observed peak / ``steps`` (guarded, see
-    :func:`~cfhdask.stats.clusters.tfce_step`); a contrast without a positive peak
-    uses the largest |value|."""
-    steps = steps or TFCE_STEPS
-    top = float(np.abs(stat_obs).max()) if stat_obs.size else 0.0
-    out = []
-    for sign in SIGNS:
-        peak = float((sign * stat_obs).max()) if stat_obs.size else 0.0
-        peak = peak if peak > 0 else (top if top > 0 else 1.0)
-        out.append(tfce_step(peak, steps))
-    return out[0], out[1]
+def analysis_mask(Y: np.ndarray, hemisphere: np.ndarray, x: np.ndarray, Z: np.ndarray
+                  ) -> tuple[np.ndarray, GLMPrep, dict]:
+    """Voxels analysed: finite in every row, off the midline, not constant after the
+    nuisance columns; with the GLM of those voxels and the counts dropped.
+
+    Returns
+    -------
+    (keep, prep, info)
+        ``keep`` (V,) bool, the :class:`GLMPrep` of ``Y[:, keep]``, and the
+        ``mask`` entry of ``stats.json``.
+    """
+    finite = np.all(np.isfinite(Y), axis=0)
+    midline = hemisphere == 0
+    keep = finite & ~midline
+    prep = prepare_glm(Y[:, keep], x, Z)
+    nonconst = prep.ss > 1e-12 * max(float(prep.ss.max(initial=0.0)), 1e-300)
+    n_const = int((~nonconst).sum())
+    if n_const:
+        kept = np.flatnonzero(keep)
+        keep[kept[~nonconst]] = False
+        prep = prepare_glm(Y[:, keep], x, Z)
+    if not keep.any():
+        raise CfhdaskInputError("no voxel left in the analysis mask (all NaN, midline or constant)")
+    info = {
+        "n_voxels_data": int(Y.shape[1]), "n_voxels_analysed": int(keep.sum()),
+        "n_dropped_midline": int(midline.sum()),
+        "n_dropped_nonfinite": int((~finite & ~midline).sum()),
+        "n_dropped_constant": n_const,
+    }
+    log.info("Analysis mask: %d voxels (dropped %d midline, %d not finite in every "
+             "subject, %d constant)", info["n_voxels_analysed"], info["n_dropped_midline"],
+             info["n_dropped_nonfinite"], n_const)
+    return keep, prep, info
 
 
 def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases,
@@ -340,34 +369,12 @@ def group_inference(
         log.info("%d participant(s) have several maps, combined by %s: %s", len(n_maps),
                  design.combine_runs, n_maps)
 
-    finite = np.all(np.isfinite(Y), axis=0)
-    midline = hemi == 0
-    keep = finite & ~midline
-    prep = prepare_glm(Y[:, keep], design.x, design.Z)
-    nonconst = prep.ss > 1e-12 * max(float(prep.ss.max(initial=0.0)), 1e-300)
-    n_const = int((~nonconst).sum())
-    if n_const:
-        kept = np.flatnonzero(keep)
-        keep[kept[~nonconst]] = False
-        prep = prepare_glm(Y[:, keep], design.x, design.Z)
-    if not keep.any():
-        raise CfhdaskInputError("no voxel left in the analysis mask (all NaN, midline or constant)")
-    mask_info = {
-        "n_voxels_data": int(Y.shape[1]), "n_voxels_analysed": int(keep.sum()),
-        "n_dropped_midline": int(midline.sum()),
-        "n_dropped_nonfinite": int((~finite & ~midline).sum()),
-        "n_dropped_constant": n_const,
-    }
-    log.info("Analysis mask: %d voxels (dropped %d midline, %d not finite in every "
-             "subject, %d constant)", mask_info["n_voxels_analysed"],
-             mask_info["n_dropped_midline"], mask_info["n_dropped_nonfinite"], n_const)
+    keep, prep, mask_info = analysis_mask(Y, hemi, design.x, design.Z)
     ijk_m = ijk[keep]
     df = prep.df
     if df != design.df:  # pragma: no cover - guarded by build_design
         raise CfhdaskInputError(f"design df {design.df} != GLM df {df}")
-    t_thr = float(sstats.t.isf(cluster_p, df))
     on_z = st.mass_tfce_on == "z"
-    z_thr = float(sstats.norm.isf(cluster_p)) if on_z else None
     schedule = make_schedule(design.x, n_perm, seed, scheme)
     if schedule.exhaustive:
         log.info("Exhaustive: %d distinct permutations (asked %d)", schedule.n_perm, n_perm)
@@ -375,15 +382,11 @@ def group_inference(
     for w in warnings:
         log.warning("%s", w)
     graph = voxel_graph(ijk_m, grid_shape, connectivity)
-    _, t_obs = next(t_maps(prep, schedule, 0, 1, scheme))
-    t_obs = np.array(t_obs)
-    e_obs = t_to_z(t_obs, df) if on_z else t_obs
-    dhs = None
-    if tfce:
-        dhs = (float(tfce_dh), float(tfce_dh)) if tfce_dh is not None else tfce_steps(e_obs)
-    settings = NullSettings(scheme=scheme, t_threshold=t_thr, tfce_dh=dhs,
-                            tfce_E=TFCE_E, tfce_H=TFCE_H, z_df=float(df) if on_z else None,
-                            z_threshold=z_thr)
+    t_obs = observed_t(prep, schedule, scheme)
+    settings = null_settings(t_obs, df, scheme=scheme, cluster_p=cluster_p, tfce=tfce,
+                             tfce_dh=tfce_dh, mass_tfce_on=st.mass_tfce_on)
+    e_obs = settings.enhanced(t_obs)
+    t_thr, z_thr, dhs = settings.t_threshold, settings.z_threshold, settings.tfce_dh
 
     if compute == "local":
         null = null_maxima_local(prep, graph, schedule, settings, batch_size)

@@ -1,7 +1,7 @@
 """``study.yaml``: the whole study in one typed config (:class:`StudyConfig`).
 
 The sections shared with the rest of cfhdask (``mask``, ``preprocessing``,
-``cfh``, ``autonomy``, ``stats``, ``clinical``, ``cluster``) are the models of
+``cfh``, ``autonomy``, ``stats``, ``null_check``, ``clinical``, ``cluster``) are the models of
 :mod:`cfhdask.settings`, and their defaults are the current settings (model
 defaults, ``cfhdask.yaml``, the user's Dask config): a lab-wide
 ``~/.config/dask/cfhdask.yaml`` applies to every study unless the study says
@@ -34,6 +34,7 @@ from cfhdask.settings import (
     DesignSettings,
     InputsSettings,
     MaskSettings,
+    NullCheckSettings,
     PreprocessingSettings,
     Section,
     StatsSettings,
@@ -116,6 +117,7 @@ class StudyConfig(Section):
     cfh: CFHSettings = Field(default_factory=CFHSettings)
     autonomy: AutonomySettings = Field(default_factory=AutonomySettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    null_check: NullCheckSettings = Field(default_factory=NullCheckSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
@@ -143,7 +145,8 @@ class StudyConfig(Section):
 #: Top-level study keys whose defaults come from the ``design`` settings section.
 _FROM_DESIGN = ("covariates", "categorical", "drop_missing", "combine_runs")
 #: Sections whose defaults are the current settings of the same name.
-_SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "autonomy", "stats", "clinical",
+_SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "autonomy", "stats", "null_check",
+              "clinical",
              "cluster")
 
 

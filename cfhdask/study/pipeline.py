@@ -16,6 +16,10 @@ Stages (each timed, each reusing what an earlier run stored):
 4. **clinical** — Table 1 and, per metric, partial correlations of its
    significant clusters.
 5. **report** — ``OUTPUT/report.html``, a section per metric.
+
+With ``null_check.enabled``, the null-check (:mod:`cfhdask.stats.nullcheck`)
+runs after the stats, on the main metric, into ``OUTPUT/null-check-<fingerprint>/``, reused the
+same way; :func:`cfhdask.report.nullcheck.null_check_section` renders it.
 """
 
 from __future__ import annotations
@@ -446,6 +450,11 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
             per_metric[metric] = _stats(cfg, store, store_fp, metric, plan, runs, client,
                                         skipped)
     main = per_metric[metrics[0]]
+    if cfg.null_check.enabled:
+        with _Timer(timings, "null_check", on_stage):
+            skipped.update(_null_check_stage(cfg, store, main["participants"], levels,
+                                             main["subjects"], plan.sessions, client,
+                                             main["stats_params"], metrics[0]))
     table = _participant_table(cfg, main["participants"], plan.sessions, main["maps"])
 
     with _Timer(timings, "clinical", on_stage):
@@ -554,7 +563,8 @@ def _stats(cfg: StudyConfig, store, store_fp: str, metric: str, plan: StudyPlan,
     with open(os.path.join(stats_dir, "stats.json")) as f:
         maps = json.load(f)["maps"]
     return {"stats_dir": stats_dir, "clusters": clusters, "subjects": subjects,
-            "participants": participants, "maps": maps, "values": None,
+            "participants": participants, "maps": maps, "stats_params": stats_params,
+            "values": None,
             "correlations": pd.DataFrame()}
 
 
@@ -626,3 +636,29 @@ def _report_params(cfg: StudyConfig, params) -> dict:
         out.update(denoise=params.to_dict(), smoothing_fwhm=params.smoothing_fwhm,
                    bandpass=[params.high_pass, params.low_pass])
     return out
+
+
+def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, levels,
+                      subjects: list[str], sessions, client, stats_params: dict,
+                      metric: str) -> dict[str, str]:
+    """The optional null-check stage, with the study's design and ``stats`` settings."""
+    nc, st = cfg.null_check, cfg.stats
+    params = {**stats_params, "null_check": nc.model_dump(exclude={"enabled"})}
+    fp = fingerprint(params)
+    out = os.path.join(cfg.output, f"null-check-{fp}")
+    if _stage_done(out, fp):
+        log.info("null-check: %s is complete for these parameters; reusing it", out)
+        return {"null_check": "reused " + out}
+    from cfhdask.stats.nullcheck import null_check
+
+    null_check(store, participants, group=cfg.groups.column, groups=levels, level=nc.level,
+               sizes=nc.sizes, n_splits=nc.n_splits, n_perm=nc.n_perm, seed=nc.seed,
+               uncorrected_p=nc.uncorrected_p, interval=nc.interval,
+               covariates=cfg.covariates, categorical=cfg.categorical,
+               drop_missing=cfg.drop_missing, combine_runs=cfg.combine_runs,
+               scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
+               tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, metric=metric,
+               batch_size=st.batch_size, sessions=sessions, subjects=subjects,
+               client=client, out_dir=out)
+    _mark_stage(out, fp, params)
+    return {}
