@@ -1,7 +1,7 @@
 """``study.yaml``: the whole study in one typed config (:class:`StudyConfig`).
 
 The sections shared with the rest of cfhdask (``mask``, ``preprocessing``,
-``cfh``, ``stats``, ``clinical``, ``cluster``) are the models of
+``cfh``, ``stats``, ``clinical``, ``report``, ``cluster``) are the models of
 :mod:`cfhdask.settings`, and their defaults are the current settings (model
 defaults, ``cfhdask.yaml``, the user's Dask config): a lab-wide
 ``~/.config/dask/cfhdask.yaml`` applies to every study unless the study says
@@ -31,6 +31,7 @@ from cfhdask.settings import (
     InputsSettings,
     MaskSettings,
     PreprocessingSettings,
+    ReportSettings,
     Section,
     StatsSettings,
     error_message,
@@ -97,13 +98,15 @@ class StudyConfig(Section):
     cfh: CFHSettings = Field(default_factory=CFHSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
 
 #: Top-level study keys whose defaults come from the ``design`` settings section.
 _FROM_DESIGN = ("covariates", "categorical", "drop_missing")
 #: Sections whose defaults are the current settings of the same name.
-_SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "stats", "clinical", "cluster")
+_SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "stats", "clinical", "report",
+             "cluster")
 
 
 def current_defaults() -> dict:
