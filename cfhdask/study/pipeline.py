@@ -337,8 +337,9 @@ def _run(cfg: StudyConfig, levels, participants, inputs, skips, client,
         report = build_report(
             os.path.join(cfg.output, "report.html"), stats_dir=stats_dir, store=store,
             participants=participants, table1=t1, correlations=corr,
-            params=_report_params(cfg, params), title=cfg.name,
-            group=cfg.groups.column, groups=tuple(levels), alpha=st.alpha)
+            params=_report_params(cfg), title=cfg.name,
+            group=cfg.groups.column, groups=tuple(levels), alpha=st.alpha,
+            **cfg.report.model_dump())
     write_json(os.path.join(cfg.output, "timings.json"), timings)
     return StudyResult(output=cfg.output, store=url, stats_dir=stats_dir,
                        report=str(report), clusters=clusters, table1=t1,
@@ -380,16 +381,12 @@ def _clinical(cfg: StudyConfig, levels, participants, store, stats_dir, clusters
     return t1, corr
 
 
-def _report_params(cfg: StudyConfig, params) -> dict:
-    st = cfg.stats
-    out = {"n_perm": st.n_perm, "scheme": st.scheme, "cluster_p": st.cluster_p,
-           "connectivity": st.connectivity, "tfce": st.tfce, "seed": st.seed,
-           "covariates": cfg.covariates, "gm_threshold": cfg.mask.gm_threshold,
-           "clinical_covariates": cfg.covariates,
-           "clinical_variables": cfg.clinical.variables,
-           "correlation_methods": cfg.clinical.methods,
-           "drop_volumes": cfg.preprocessing.drop_volumes}
-    if params is not None:
-        out.update(denoise=params.to_dict(), smoothing_fwhm=params.smoothing_fwhm,
-                   bandpass=[params.high_pass, params.low_pass])
-    return out
+def _report_params(cfg: StudyConfig) -> dict:
+    """What the report's methods text needs beyond the recorded provenance.
+
+    Everything that ran (denoising, mask, permutations, thresholds) is read by
+    the report from the store and ``stats.json``; only the clinical analysis
+    is described from the config.
+    """
+    return {"clinical_covariates": list(cfg.covariates),
+            "normality_alpha": cfg.clinical.normality_alpha}
