@@ -36,6 +36,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
 
+from cfhdask.clinical.table1 import format_p  # noqa: E402
+
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
 
@@ -72,12 +74,14 @@ def contrast_cmap(index: int):
 
 
 def p_text(p: float, name: str = "p") -> str:
-    """``"p < 0.001"`` or ``"p = 0.012"`` (never ``p = 0.000``); empty for NaN."""
-    if p is None or not np.isfinite(p):
+    """``"p < 0.001"`` or ``"p = 0.012"`` (never ``p = 0.000``); empty for NaN.
+
+    The digits and the floor are those of the tables (:func:`~cfhdask.clinical.table1.format_p`).
+    """
+    text = format_p(p)
+    if not text:
         return ""
-    if p < 0.001:
-        return f"{name} < 0.001"
-    return f"{name} = {p:.3f}"
+    return f"{name} < {text[1:]}" if text.startswith("<") else f"{name} = {text}"
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,7 @@ def cluster_slices(cluster_img: nib.Nifti1Image, peak: Sequence[float], *, thres
         display_mode="ortho", threshold=1e-6, vmin=threshold, vmax=vmax, axes=ax, cmap=cmap,
         symmetric_cbar=False, colorbar=False, draw_cross=False, annotate=False, black_bg=False,
         dim=0, resampling_interpolation="nearest")
-    display.draw_cross(color="#3a7bd5", linewidth=0.5, alpha=0.8)
+    display.draw_cross(color="0.35", linewidth=0.5, alpha=0.7)
     _annotate(display)
     _colorbar(fig, bar, cmap, threshold, vmax, "t")
     return fig
@@ -406,6 +410,7 @@ def displacement_figure(displacement: np.ndarray, median_img: nib.Nifti1Image):
         ax.legend(frameon=False)
     ax.set_xlabel("mirror-to-counterpart distance (mm)")
     ax.set_ylabel("voxels \u00d7 subjects")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
     ax2 = fig.add_axes((0.32, 0.0, 0.56, 0.92))
     ax2.set_axis_off()
     med = np.asarray(median_img.dataobj, dtype=np.float64)
@@ -447,7 +452,7 @@ def partial_scatter(panels: Sequence[tuple[str, pd.DataFrame, Mapping[str, float
             slope, icpt = np.polyfit(x, y, 1)
             xs = np.array([x.min(), x.max()])
             ax.plot(xs, slope * xs + icpt, color="tab:red", lw=1.0)
-        ax.set_title(title, fontsize=FONT - 1)
+        ax.set_title(title, fontsize=FONT - 2)
         ax.text(0.02, 0.97, f"r = {st['r']:.2f}, {p_text(st['p'])}\n"
                 f"{p_text(st['p_fdr'], 'FDR q')}", transform=ax.transAxes, va="top",
                 fontsize=FONT - 2, bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})

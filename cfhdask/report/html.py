@@ -47,7 +47,7 @@ from cfhdask.report.data import (
     read_stats_dir,
 )
 from cfhdask.report.methods import contrast_label, gather_provenance, methods_paragraphs
-from cfhdask.report.tables import cluster_table, frame_table, table1_display
+from cfhdask.report.tables import cluster_name, cluster_table, frame_table, table1_display
 from cfhdask.settings import resolve
 from cfhdask.stats.outputs import clusters_to_show, contrast_order, summary_clusters
 
@@ -375,7 +375,7 @@ def _scatter_blocks(figs: _Figures, correlations: pd.DataFrame, values: pd.DataF
             res = partial_residuals(values, participants, cluster=r.cluster, variable=r.variable,
                                     method=method, group=group, group_value=group_value,
                                     covariates=list(covariates), subject_column=subject_column)
-            panels.append((f"{r.cluster} ~ {r.variable}", res,
+            panels.append((f"{cluster_name(r.cluster)}\nvs {r.variable}", res,
                            {"r": r.r, "p": r.p, "p_fdr": r.p_fdr}))
         caption = (f"Partial {str(method).capitalize()} correlations in the {group_value} group: "
                    f"residuals after regressing out {', '.join(covariates) or 'nothing'}"
@@ -588,13 +588,18 @@ def _sections(outputs: Mapping[str | None, StatsOutputs], figs: _Figures, facts,
     sections += [fig1, tables]
     sections.append(Section("methods", "Methods", [{
         "kind": "paragraphs", "paragraphs": methods_paragraphs(facts, versions)}]))
-    t1 = [frame_table(table1_display(table1, groups), caption="Demographic and clinical "
-                      "characteristics")] if table1 is not None else \
-        [_note("Table 1", "no participants table was given")]
     if table1 is not None:
+        shown = table1_display(table1, groups)
+        paper = {"variable", "test"} <= set(shown.columns)
+        t1 = [frame_table(shown, caption="Demographic and clinical characteristics",
+                          columns={"variable": "Variable", **{g: g for g in groups},
+                                   "test": "Test", "statistic": "Statistic", "p": "p"}
+                          if paper else None)]
         t1.append(_note("Table 1", "numeric variables: mean (SD) when Shapiro\u2013Wilk does "
                         "not reject normality in either group, otherwise median (min\u2013max); "
                         "categorical: counts per level."))
+    else:
+        t1 = [_note("Table 1", "no participants table was given")]
     sections.append(Section("table1", "Table 1", t1))
     for an in analyses:
         for c in an.contrasts:
@@ -613,10 +618,13 @@ def _sections(outputs: Mapping[str | None, StatsOutputs], figs: _Figures, facts,
     sections.append(Section("permutations", "Permutation inference",
                             [_null_block(an, figs, alpha) for an in analyses]))
     if correlations is not None and not correlations.empty:
-        blocks = [frame_table(correlations, caption="Partial correlations of cluster CFH with "
-                              "clinical variables", columns=(
-                                  "cluster", "variable", "method", "n", "r", "ci_low",
-                                  "ci_high", "p", "p_fdr"))]
+        shown = correlations.assign(cluster=[cluster_name(c) for c in correlations["cluster"]])
+        blocks = [frame_table(shown, caption="Partial correlations of cluster CFH with "
+                              "clinical variables", columns={
+                                  "cluster": "Cluster", "variable": "Clinical variable",
+                                  "method": "Method", "n": "n", "r": "r",
+                                  "ci_low": "95% CI low", "ci_high": "95% CI high", "p": "p",
+                                  "p_fdr": "p FDR"})]
         if participants is not None:
             first = analyses[0].outputs
             if cluster_values is None and store is not None and first.clusters_img:

@@ -12,7 +12,7 @@ its t, MNI coordinates, voxel-level FWE p and atlas labels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from cfhdask.clinical.table1 import format_p
 from cfhdask.stats.atlas import NO_LABEL
 from cfhdask.stats.clusters import N_MAXIMA
 
-__all__ = ["cluster_table", "frame_table", "region_lines", "table1_display"]
+__all__ = ["cluster_name", "cluster_table", "frame_table", "region_lines", "table1_display"]
 
 #: p-value columns of generic tables, printed as ``<0.001`` / ``0.012``.
 P_COLUMNS = ("p", "p_fwe", "mass_p_fwe", "p_fdr", "tfce_p_fwe")
@@ -69,6 +69,12 @@ def _label_lines(label: Any, prob: Any = None) -> list[str]:
     if not exact and isinstance(prob, str) and prob and prob != NO_LABEL:
         lines.append(prob)
     return lines
+
+
+def cluster_name(column: str) -> str:
+    """``"patient_gt_control_c1"`` (a cluster-values column) -> ``"patient > control, cluster 1"``."""
+    head, sep, k = str(column).rpartition("_c")
+    return f"{head.replace('_gt_', ' > ')}, cluster {k}" if sep and k.isdigit() else str(column)
 
 
 def _coord(r, pre: str) -> str:
@@ -136,11 +142,15 @@ def cluster_table(rows: pd.DataFrame, *, caption: str, alpha: float, hidden: int
 
 
 def frame_table(df: pd.DataFrame | None, *, caption: str,
-                columns: Sequence[str] | None = None) -> dict[str, Any]:
-    """A DataFrame as a table block: p-values as ``<0.001``, floats to 3 significant digits."""
+                columns: Sequence[str] | Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A DataFrame as a table block: p-values as ``<0.001``, floats to 3 significant digits.
+
+    ``columns`` picks the columns (in order); a mapping also renames them for display.
+    """
     if df is None or df.empty:
         return {"kind": "table", "caption": caption, "columns": [], "rows": [], "note": "",
                 "cls": "", "empty": "No rows."}
+    names = dict(columns) if isinstance(columns, Mapping) else {}
     if columns is not None:
         df = df[[c for c in columns if c in df.columns]]
     rows = []
@@ -158,8 +168,9 @@ def frame_table(df: pd.DataFrame | None, *, caption: str,
                 cells.append(_cell("" if v is None or (isinstance(v, float) and np.isnan(v))
                                    else v))
         rows.append({"cls": "", "cells": cells})
-    return {"kind": "table", "caption": caption, "columns": [str(c) for c in df.columns],
-            "rows": rows, "note": "", "cls": "", "empty": ""}
+    return {"kind": "table", "caption": caption,
+            "columns": [names.get(c, str(c)) for c in df.columns], "rows": rows, "note": "",
+            "cls": "", "empty": ""}
 
 
 def table1_display(t1: pd.DataFrame, groups: Sequence[str]) -> pd.DataFrame:

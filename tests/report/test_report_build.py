@@ -28,7 +28,7 @@ from cfhdask.io.store import open_store
 from cfhdask.report import figures
 from cfhdask.report.data import cluster_t_map, counterpart_displacement, read_stats_dir
 from cfhdask.report.html import build_report
-from cfhdask.report.tables import region_lines
+from cfhdask.report.tables import cluster_name, region_lines
 
 matplotlib.use("Agg")
 
@@ -72,6 +72,9 @@ def test_report_is_self_contained_with_every_figure(report):
         assert np.asarray(img.convert("L")).std() > 5  # not blank
     assert "figure failed" not in html and "no cohort store" not in html
     assert f"{corr.r.iloc[0]:.3g}" in html
+    clinical = section_text(html, "correlations")  # readable headers and cluster names
+    assert "Clinical variable" in clinical and "95% CI low" in clinical
+    assert "patient > control, cluster 1" in clinical and "ci_low" not in clinical
     assert not list(path.parent.glob(".tmp-*")) and not list(path.parent.glob(".figures-*"))
 
 
@@ -124,7 +127,7 @@ def test_cluster_table_lists_maxima_labels_and_hides_small_clusters(report, synt
 def test_min_cluster_voxels_setting_shows_every_cluster(synthetic_study, tmp_path):
     stats_dir, _, _ = synthetic_study
     out = build_report(tmp_path / "r.html", stats_dir=stats_dir, min_cluster_voxels=1, dpi=60,
-                       max_cluster_figures=0)
+                       max_cluster_figures=0, vector_format="svg")
     table = section_text(out.read_text(), "clusters")
     assert "SupraMarginal_R" in table and "smaller than" not in table
     assert not list((tmp_path / "figures").glob("*cluster0*"))  # max_cluster_figures=0
@@ -133,7 +136,7 @@ def test_min_cluster_voxels_setting_shows_every_cluster(synthetic_study, tmp_pat
 def test_report_without_store_or_participants(synthetic_study, tmp_path):
     stats_dir, _, _ = synthetic_study
     out = build_report(tmp_path / "r.html", stats_dir=stats_dir, versions={"cfhdask": "9.9"},
-                       dpi=60)
+                       dpi=60, vector_format="svg")
     html = out.read_text()
     assert "no cohort store given" in html and "no participants table" in html
     methods = section_text(html, "methods")
@@ -141,9 +144,26 @@ def test_report_without_store_or_participants(synthetic_study, tmp_path):
     assert "statsmodels" not in methods and "pingouin" not in methods
     assert len(IMG_SRC.findall(html)) == 6  # figure 1, 2 glass brains, 2 clusters, nulls
     # a second build replaces the figure folder whole: no stale file survives
+    assert (tmp_path / "figures" / "figure1_significant_clusters.svg").read_text().startswith(
+        "<?xml")
     (tmp_path / "figures" / "stale.png").write_bytes(b"x")
-    build_report(tmp_path / "r.html", stats_dir=stats_dir, dpi=60)
+    build_report(tmp_path / "r.html", stats_dir=stats_dir, dpi=60, vector_format="svg",
+                 max_cluster_figures=0)
     assert not (tmp_path / "figures" / "stale.png").exists()
+
+
+def test_one_set_of_sections_per_metric(synthetic_study, tmp_path):
+    stats_dir, _, _ = synthetic_study
+    out = build_report(tmp_path / "r.html", stats_dir={"cfh": stats_dir, "vmhc": stats_dir},
+                       dpi=50, max_cluster_figures=0, vector_format="svg")
+    html = out.read_text()
+    files = {p.name for p in (tmp_path / "figures").iterdir()}
+    for metric in ("cfh", "vmhc"):
+        assert f"{metric}_figure1_significant_clusters.png" in files
+        assert f"{metric}_patient_gt_control_glass_brain.svg" in files
+        assert f'id="contrast-{metric}_patient_gt_control"' in html
+        assert f"{metric}: patient &gt; control: clusters" in html
+    assert figure_links(html) == {f"figures/{f}" for f in files}
 
 
 def test_cluster_map_shows_only_the_asked_clusters_of_one_sign(synthetic_study):
@@ -191,6 +211,8 @@ def test_p_values_and_region_lines_read_as_in_a_paper():
     assert figures.p_text(0.0123) == "p = 0.012" and figures.p_text(float("nan")) == ""
     assert region_lines("Putamen_L 80%; no_label 15%; Insula_L 4%; A 1%") == [
         "Putamen_L 80%", "unlabelled 15%", "(+2 smaller)"]
+    assert cluster_name("patient_gt_control_c3") == "patient > control, cluster 3"
+    assert cluster_name("age") == "age" and cluster_name("x_cfoo") == "x_cfoo"
 
 
 def test_axial_cuts_go_through_the_peaks_and_show_voxels():
