@@ -2,9 +2,9 @@
 
 :class:`Settings` has one section per part of the analysis (``cluster``,
 ``store``, ``inputs``, ``mask``, ``preprocessing``, ``cfh``, ``autonomy``,
-``design``, ``stats``, ``clinical``, ``simulate``).  The command line, the shipped
-``cfhdask.yaml``, ``study.yaml`` and the Python API all take their defaults
-from here.  Values are layered, later ones winning:
+``design``, ``stats``, ``clinical``, ``report``, ``simulate``).  The command
+line, the shipped ``cfhdask.yaml``, ``study.yaml`` and the Python API all take
+their defaults from here.  Values are layered, later ones winning:
 
 1. the field defaults below (the only place a default is written);
 2. ``cfhdask/cfhdask.yaml`` shipped with the package (generated from 1 by
@@ -45,8 +45,8 @@ from cfhdask.inputs import parse_combine
 __all__ = [
     "AutonomySettings", "CFHSettings", "ClinicalSettings", "ClusterSettings", "DesignSettings", "InputsSettings",
     "JobqueueSettings", "KubernetesSettings", "MaskSettings", "PreprocessingSettings",
-    "Settings", "SimulateSettings", "StatsSettings", "StoreSettings", "default_metric",
-    "defaults_yaml",
+    "ReportSettings", "Settings", "SimulateSettings", "StatsSettings", "StoreSettings",
+    "default_metric", "defaults_yaml",
     "error_message", "resolve", "settings",
 ]
 
@@ -288,6 +288,23 @@ class ClinicalSettings(Section):
         ["pearson", "spearman"], description="Partial correlation methods.")
 
 
+class ReportSettings(Section):
+    """The HTML report and its figure files."""
+
+    min_cluster_voxels: int = Field(2, ge=1, description="Clusters smaller than this "
+                                    "(voxels) are left out of the report's tables and "
+                                    "figures; clusters.tsv lists every cluster.")
+    max_cluster_figures: int = Field(8, ge=0, description="At most this many cluster "
+                                     "slice figures per contrast.")
+    glass_brain: Literal["clusters", "thresholded"] = Field(
+        "clusters", description="Glass brains show the significant clusters of each "
+                                "contrast, or the whole map thresholded at the "
+                                "cluster-forming threshold.")
+    dpi: int = Field(300, ge=50, le=1200, description="Resolution of the PNG figure files.")
+    vector_format: Literal["pdf", "svg"] = Field("pdf", description="Vector format written "
+                                                 "next to each PNG figure file.")
+
+
 class SimulateSettings(Section):
     """Simulated cohorts (``cfhdask simulate``, ``cfhdask demo``)."""
 
@@ -319,6 +336,7 @@ class Settings(Section):
     design: DesignSettings = Field(default_factory=DesignSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
 
 

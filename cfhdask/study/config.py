@@ -1,9 +1,9 @@
 """``study.yaml``: the whole study in one typed config (:class:`StudyConfig`).
 
 The sections shared with the rest of cfhdask (``mask``, ``preprocessing``,
-``cfh``, ``autonomy``, ``stats``, ``clinical``, ``cluster``) are the models of
-:mod:`cfhdask.settings`, and their defaults are the current settings (model
-defaults, ``cfhdask.yaml``, the user's Dask config): a lab-wide
+``cfh``, ``autonomy``, ``stats``, ``clinical``, ``report``, ``cluster``) are the
+models of :mod:`cfhdask.settings`, and their defaults are the current settings
+(model defaults, ``cfhdask.yaml``, the user's Dask config): a lab-wide
 ``~/.config/dask/cfhdask.yaml`` applies to every study unless the study says
 otherwise.  :func:`validate_config` checks a parsed YAML mapping before any
 compute, resolves relative paths against the YAML file's folder and checks
@@ -35,6 +35,7 @@ from cfhdask.settings import (
     InputsSettings,
     MaskSettings,
     PreprocessingSettings,
+    ReportSettings,
     Section,
     StatsSettings,
     error_message,
@@ -117,6 +118,7 @@ class StudyConfig(Section):
     autonomy: AutonomySettings = Field(default_factory=AutonomySettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @field_validator("combine_runs")
@@ -144,7 +146,7 @@ class StudyConfig(Section):
 _FROM_DESIGN = ("covariates", "categorical", "drop_missing", "combine_runs")
 #: Sections whose defaults are the current settings of the same name.
 _SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "autonomy", "stats", "clinical",
-             "cluster")
+             "report", "cluster")
 
 
 def current_defaults() -> dict:

@@ -46,9 +46,12 @@ def test_two_metrics_get_their_analyses_and_report_sections(cohort, tmp_path, lo
     res = run_study(_study(cohort, tmp_path / "out", metrics=["cfh", "ai"],
                            autonomy={"threshold": 0.3}), client=local_client)
     html = _check_run(res, ["cfh", "ai"])
-    for text in ("Group difference: autonomy index", "CFH (group-defined counterpart)",
-                 "group counterpart (one for the cohort)",
-                 "summed over all 10 subjects (no group label used)"):
+    for text in ("autonomy index: patient &gt; control: clusters",
+                 "CFH (group-defined counterpart): patient &gt; control: clusters",
+                 "ai_permutation_null_distributions", "group_mean_ai", "group_mean_cfh",
+                 "group counterpart (one for the cohort",
+                 "over all 10 subjects of the cohort store (no group label is used",
+                 "exceeds r = 0.3", "each metric in its own analysis"):
         assert text in html, text
     from cfhdask.io.store import open_store
 
@@ -61,7 +64,7 @@ def test_two_metrics_get_their_analyses_and_report_sections(cohort, tmp_path, lo
 def test_three_metrics_and_reuse(cohort, tmp_path, local_client):
     cfg = _study(cohort, tmp_path / "out", metrics=["cfh", "vmhc", "ai"])
     res = run_study(cfg, client=local_client)
-    assert "Group difference: VMHC" in _check_run(res, ["cfh", "vmhc", "ai"])
+    assert "VMHC: patient &gt; control: clusters" in _check_run(res, ["cfh", "vmhc", "ai"])
     # a rerun reuses the analyses whose maps did not change, and redoes the others
     other = run_study(_study(cohort, tmp_path / "out", metrics=["cfh", "vmhc", "ai"],
                              autonomy={"threshold": 0.2}), client=local_client)
