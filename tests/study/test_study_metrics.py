@@ -26,7 +26,8 @@ def _study(cohort, out, **extra):
             "participants": str(cohort / "participants.tsv"),
             "preprocessing": {"drop_volumes": 2}, "covariates": ["age"],
             "clinical": {"variables": ["illness_duration"]},
-            "stats": {"n_perm": 20, "seed": 2}, **extra}
+            "stats": {"n_perm": 20, "seed": 2},
+            "report": {"dpi": 60, "max_cluster_figures": 1, "vector_format": "svg"}, **extra}
 
 
 def _check_run(res, metrics):

@@ -66,7 +66,8 @@ def study(cohort: Path, out: Path, **extra) -> dict:
            "preprocessing": {"drop_volumes": 4},
            "covariates": ["age", "sex", "SAS"],
            "clinical": {"variables": ["JRS_total"]},
-           "stats": {"n_perm": 30, "seed": 2, "cluster_p": 0.01}}
+           "stats": {"n_perm": 30, "seed": 2, "cluster_p": 0.01},
+           "report": {"dpi": 60, "max_cluster_figures": 1, "vector_format": "svg"}}
     cfg.update(extra)
     return cfg
 
