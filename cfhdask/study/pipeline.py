@@ -468,8 +468,9 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
             stats_dir={m: r["stats_dir"] for m, r in per_metric.items()}, store=store,
             participants=table, table1=t1, correlations=corr,
             cluster_values={m: r["values"] for m, r in per_metric.items()},
-            params=_report_params(cfg, params), title=cfg.name,
-            group=cfg.groups.column, groups=tuple(levels), alpha=cfg.stats.alpha)
+            params=_report_params(cfg), title=cfg.name,
+            group=cfg.groups.column, groups=tuple(levels), alpha=cfg.stats.alpha,
+            **cfg.report.model_dump())
     write_json(os.path.join(cfg.output, "timings.json"), timings)
     main = per_metric[metrics[0]]
     return StudyResult(output=cfg.output, store=url, stats_dir=main["stats_dir"],
@@ -622,20 +623,15 @@ def _clinical(cfg: StudyConfig, levels, table: pd.DataFrame, store, per_metric: 
     return t1, corr
 
 
-def _report_params(cfg: StudyConfig, params) -> dict:
-    st = cfg.stats
-    out = {"n_perm": st.n_perm, "scheme": st.scheme, "cluster_p": st.cluster_p,
-           "connectivity": st.connectivity, "tfce": st.tfce, "seed": st.seed,
-           "covariates": cfg.covariates, "gm_threshold": cfg.mask.gm_threshold,
-           "combine_runs": cfg.combine_runs, "mass_tfce_on": st.mass_tfce_on,
-           "clinical_covariates": cfg.covariates,
-           "clinical_variables": cfg.clinical.variables,
-           "correlation_methods": cfg.clinical.methods,
-           "drop_volumes": cfg.preprocessing.drop_volumes}
-    if params is not None:
-        out.update(denoise=params.to_dict(), smoothing_fwhm=params.smoothing_fwhm,
-                   bandpass=[params.high_pass, params.low_pass])
-    return out
+def _report_params(cfg: StudyConfig) -> dict:
+    """What the report's methods text needs beyond the recorded provenance.
+
+    Everything that ran (denoising, mask, permutations, thresholds) is read by
+    the report from the store and ``stats.json``; only the clinical analysis
+    is described from the config.
+    """
+    return {"clinical_covariates": list(cfg.covariates),
+            "normality_alpha": cfg.clinical.normality_alpha}
 
 
 def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, levels,

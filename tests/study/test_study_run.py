@@ -27,7 +27,9 @@ def study(cohort, out, **stats):
             "participants": str(cohort / "participants.tsv"),
             "preprocessing": {"drop_volumes": 4},
             "covariates": ["age", "sex", "education", "SDS", "SAS"],
-            "stats": {"n_perm": 40, "seed": 1, **stats}}
+            "stats": {"n_perm": 40, "seed": 1, **stats},
+            # the pipeline is tested here, the figure rendering in tests/report: small figures
+            "report": {"dpi": 60, "max_cluster_figures": 1, "vector_format": "svg"}}
 
 
 def test_run_study_end_to_end_and_reuse(cohort, tmp_path, local_client):
