@@ -50,6 +50,12 @@ from cfhdask.report.data import (
     read_stats_dir,
 )
 from cfhdask.report.methods import contrast_label, gather_provenance, methods_paragraphs
+from cfhdask.report.nullcheck import (
+    null_check_intro,
+    null_check_plot,
+    null_check_rows,
+    read_null_check,
+)
 from cfhdask.report.tables import cluster_name, cluster_table, frame_table, table1_display
 from cfhdask.settings import resolve
 from cfhdask.stats.outputs import clusters_to_show, contrast_order, summary_clusters
@@ -509,6 +515,7 @@ def build_report(
     glass_brain: str | None = None,
     dpi: int | None = None,
     vector_format: str | None = None,
+    null_check_dir: str | Path | None = None,
 ) -> Path:
     """Write the report of a CFH study: ``report.html`` and ``figures/``.
 
@@ -558,6 +565,9 @@ def build_report(
         (``clusters.tsv`` keeps them); at most ``max_cluster_figures`` cluster
         figures per contrast; glass brains of the ``"clusters"`` or the
         ``"thresholded"`` map; PNG resolution and vector format of the files.
+    null_check_dir : str or Path, optional
+        Output folder of :func:`cfhdask.stats.nullcheck.null_check`: a section with
+        the empirical FWER per method, its interval and the nominal line.
 
     Returns
     -------
@@ -624,7 +634,8 @@ def build_report(
                              participants=participants, table1=table1,
                              correlations=correlations, cluster_values=cluster_values,
                              params=params, group=group, groups=groups,
-                             subject_column=subject_column, alpha=alpha, rs=rs)
+                             subject_column=subject_column, alpha=alpha, rs=rs,
+                             null_check_dir=null_check_dir)
         n_sig = sum(int((o.clusters["p_fwe"] < alpha).sum()) for o in outputs.values()
                     if "p_fwe" in o.clusters)
         n_all = sum(len(o.clusters) for o in outputs.values())
@@ -659,7 +670,7 @@ def _metric_of(name: str | None, outputs: StatsOutputs) -> str:
 
 def _sections(outputs: Mapping[str | None, StatsOutputs], figs: _Figures, facts, versions, *,
               store, participants, table1, correlations, cluster_values, params, group,
-              groups, subject_column, alpha, rs) -> list[Section]:
+              groups, subject_column, alpha, rs, null_check_dir=None) -> list[Section]:
     several = len(outputs) > 1
     analyses = [_prepare(name if several else None, o, alpha=alpha,
                          min_voxels=rs.min_cluster_voxels, metric=_metric_of(name, o))
@@ -715,12 +726,25 @@ def _sections(outputs: Mapping[str | None, StatsOutputs], figs: _Figures, facts,
             "group-mean maps and counterpart displacement are not shown")]))
     sections.append(Section("permutations", "Permutation inference",
                             [_null_block(an, figs, alpha) for an in analyses]))
+    if null_check_dir is not None:
+        sections.append(_null_check_section(figs, null_check_dir))
     if correlations is not None and not correlations.empty:
         sections.append(Section("correlations", "Clinical correlations", _clinical_blocks(
             figs, analyses, facts, store=store, participants=participants,
             correlations=correlations, cluster_values=cluster_values, params=params,
             group=group, groups=groups, subject_column=subject_column, alpha=alpha)))
     return sections
+
+
+def _null_check_section(figs: _Figures, out_dir: str | Path) -> Section:
+    """False positives measured on the cohort itself: text, figure, table of rates."""
+    summary, params = read_null_check(out_dir)
+    return Section("null-check", "False positives on the cohort itself (null-check)", [
+        {"kind": "paragraphs", "paragraphs": [("Null-check", null_check_intro(params))]},
+        figs.block("null_check_fwer", "Empirical family-wise error rate per method, with "
+                   "its 95% interval; dashed: the nominal level",
+                   lambda: null_check_plot(summary, float(params["alpha"]))),
+        frame_table(null_check_rows(summary), caption=f"null_check.tsv in {out_dir}")])
 
 
 def _clinical_blocks(figs: _Figures, analyses: Sequence[_Analysis], facts, *, store,

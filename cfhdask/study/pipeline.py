@@ -19,7 +19,7 @@ Stages (each timed, each reusing what an earlier run stored):
 
 With ``null_check.enabled``, the null-check (:mod:`cfhdask.stats.nullcheck`)
 runs after the stats, on the main metric, into ``OUTPUT/null-check-<fingerprint>/``, reused the
-same way; :func:`cfhdask.report.nullcheck.null_check_section` renders it.
+same way; the report shows it in its own section.
 """
 
 from __future__ import annotations
@@ -450,11 +450,13 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
             per_metric[metric] = _stats(cfg, store, store_fp, metric, plan, runs, client,
                                         skipped)
     main = per_metric[metrics[0]]
+    null_dir = None
     if cfg.null_check.enabled:
         with _Timer(timings, "null_check", on_stage):
-            skipped.update(_null_check_stage(cfg, store, main["participants"], levels,
-                                             main["subjects"], plan.sessions, client,
-                                             main["stats_params"], metrics[0]))
+            null_dir, reused = _null_check_stage(
+                cfg, store, main["participants"], levels, main["subjects"], plan.sessions,
+                client, main["stats_params"], metrics[0])
+            skipped.update(reused)
     table = _participant_table(cfg, main["participants"], plan.sessions, main["maps"])
 
     with _Timer(timings, "clinical", on_stage):
@@ -470,7 +472,7 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
             cluster_values={m: r["values"] for m, r in per_metric.items()},
             params=_report_params(cfg), title=cfg.name,
             group=cfg.groups.column, groups=tuple(levels), alpha=cfg.stats.alpha,
-            **cfg.report.model_dump())
+            null_check_dir=null_dir, **cfg.report.model_dump())
     write_json(os.path.join(cfg.output, "timings.json"), timings)
     main = per_metric[metrics[0]]
     return StudyResult(output=cfg.output, store=url, stats_dir=main["stats_dir"],
@@ -636,15 +638,18 @@ def _report_params(cfg: StudyConfig) -> dict:
 
 def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, levels,
                       subjects: list[str], sessions, client, stats_params: dict,
-                      metric: str) -> dict[str, str]:
-    """The optional null-check stage, with the study's design and ``stats`` settings."""
+                      metric: str) -> tuple[str, dict[str, str]]:
+    """The optional null-check stage, with the study's design and ``stats`` settings.
+
+    Returns its output folder and what was reused (for ``skipped``).
+    """
     nc, st = cfg.null_check, cfg.stats
     params = {**stats_params, "null_check": nc.model_dump(exclude={"enabled"})}
     fp = fingerprint(params)
     out = os.path.join(cfg.output, f"null-check-{fp}")
     if _stage_done(out, fp):
         log.info("null-check: %s is complete for these parameters; reusing it", out)
-        return {"null_check": "reused " + out}
+        return out, {"null_check": "reused " + out}
     from cfhdask.stats.nullcheck import null_check
 
     null_check(store, participants, group=cfg.groups.column, groups=levels, level=nc.level,
@@ -657,4 +662,4 @@ def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, level
                batch_size=st.batch_size, sessions=sessions, subjects=subjects,
                client=client, out_dir=out)
     _mark_stage(out, fp, params)
-    return {}
+    return out, {}
