@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from cfhdask.io.store import CFH_VARS, open_store
+from cfhdask.io.store import METRICS, open_store
 
 #: The ``cfhdask`` command of this environment.
 CFHDASK = str(Path(sys.executable).with_name("cfhdask"))
@@ -52,7 +52,7 @@ def assert_same_cfh(store, ref) -> None:
     """Every subject's CFH results are identical, bit for bit."""
     store, ref = open_store(str(store)), open_store(str(ref))
     assert store.subjects("cfh") == ref.subjects("cfh") and ref.subjects("cfh")
-    for var in CFH_VARS:
+    for var in METRICS["cfh"]:
         np.testing.assert_array_equal(store.cfh_maps(var=var).values,
                                       ref.cfh_maps(var=var).values)
 
