@@ -3,7 +3,9 @@
 The residualised data and the voxel graph are scattered to every worker once;
 each task scores one batch of the permutation schedule and returns only its
 null maxima (an array of shape (batch, 2, 4), never a map); the client puts
-them in schedule order.  Because permutation ``k`` depends only on the seed
+them in schedule order.  Finished batches survive lost workers: when the
+workers holding the scattered data die, the data are scattered again and only
+the unfinished batches rerun.  Because permutation ``k`` depends only on the seed
 and ``k`` (see :mod:`cfhdask.stats.permute`) and GEMMs run on aligned
 micro-batches, the result is identical whatever the number of workers or the
 batch size.
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
+from concurrent.futures import CancelledError
 
 import numpy as np
-from distributed import Client, as_completed
+from distributed import Client, KilledWorker, as_completed
 
+from cfhdask.errors import CfhdaskError
 from cfhdask.stats.clusters import VoxelGraph
 from cfhdask.stats.glm import MICRO_BATCH, GLMPrep
 from cfhdask.stats.null import NULL_STATS, SIGNS, NullSettings, batch_null_maxima
@@ -29,6 +34,10 @@ log = logging.getLogger(__name__)
 TASKS_PER_THREAD = 4
 #: Largest automatic batch (permutations per task).
 MAX_AUTO_BATCH = 512
+#: Times the shared data may be scattered again after the workers holding them died.
+MAX_RESCATTERS = 5
+#: Seconds to wait for a worker when none is left (e.g. while a nanny restarts one).
+WORKER_WAIT_S = 300
 
 
 def auto_batch_size(n_perm: int, n_threads: int) -> int:
@@ -49,10 +58,21 @@ def batch_bounds(n_perm: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + b, n_perm)) for s in range(0, n_perm, b)]
 
 
+def _lost(fut) -> bool:
+    """The task stopped because the scattered data (or the workers holding them) were lost."""
+    return fut.status == "cancelled" or (
+        fut.status == "error" and isinstance(fut.exception(), CancelledError))
+
+
 def null_maxima_dask(client: Client, prep: GLMPrep, graph: VoxelGraph,
                      schedule: PermutationSchedule, settings: NullSettings,
                      batch_size: int | None = None) -> np.ndarray:
     """Null maxima of every permutation of ``schedule``, computed on ``client``.
+
+    When the workers holding the scattered data die, the data are scattered
+    again and only the unfinished batches are resubmitted (finished batches
+    are kept); after :data:`MAX_RESCATTERS` such losses a one-line
+    :class:`~cfhdask.errors.CfhdaskError` says how many batches had finished.
 
     Parameters
     ----------
@@ -74,33 +94,65 @@ def null_maxima_dask(client: Client, prep: GLMPrep, graph: VoxelGraph,
     """
     if batch_size is None:
         batch_size = auto_batch_size(schedule.n_perm, sum(client.nthreads().values()))
-    prep_f, graph_f = client.scatter([prep, graph], broadcast=True, hash=False)
     bounds = batch_bounds(schedule.n_perm, batch_size)
     log.info("permutations: %d in %d task(s) of %d", schedule.n_perm, len(bounds), batch_size)
-    futures = {}
-    for start, stop in bounds:
-        fut = client.submit(batch_null_maxima, prep_f, graph_f, schedule, start, stop,
-                            settings, key=f"cfhdask-null-{start}-{stop}-{id(schedule)}",
-                            pure=False)
-        futures[fut] = start
     out = np.zeros((schedule.n_perm, len(SIGNS), len(NULL_STATS)))
-    done = 0
-    step = max(1, len(bounds) // 10)
+    todo = dict(bounds)
+    token = uuid.uuid4().hex[:10]
+    for attempt in range(MAX_RESCATTERS + 1):
+        if not _run_batches(client, prep, graph, schedule, settings, todo, out,
+                            key=f"cfhdask-null-{token}-{attempt}"):
+            return out
+        log.warning("permutations: the workers holding the data were lost; scattering it "
+                    "again for the %d unfinished batch(es) of %d (finished ones kept)",
+                    len(todo), len(bounds))
+    raise CfhdaskError(
+        f"permutations: the Dask workers holding the data were lost {MAX_RESCATTERS + 1} "
+        f"times; {len(bounds) - len(todo)} of {len(bounds)} batches had finished (check the "
+        "workers' memory limit and logs)")
+
+
+def _run_batches(client: Client, prep: GLMPrep, graph: VoxelGraph,
+                 schedule: PermutationSchedule, settings: NullSettings,
+                 todo: dict[int, int], out: np.ndarray, key: str) -> bool:
+    """Scatter the data and run the batches ``todo`` (start -> stop), removing each
+    finished one; True when the scattered data were lost on the way."""
+    if not client.nthreads():
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    prep_f, graph_f = client.scatter([prep, graph], broadcast=True, hash=False)
+    futures = {client.submit(batch_null_maxima, prep_f, graph_f, schedule, start, stop,
+                             settings, key=f"{key}-{start}-{stop}", pure=False): start
+               for start, stop in todo.items()}
+    n_perm = out.shape[0]
+    step = max(1, len(futures) // 10)
+
+    def finished() -> int:
+        return n_perm - sum(stop - start for start, stop in todo.items())
+
     try:
         for i, fut in enumerate(as_completed(list(futures)), start=1):
-            res = fut.result()
+            if _lost(fut):
+                return True
+            try:
+                res = fut.result()
+            except CancelledError:  # finished, then lost with its worker before the gather
+                return True
+            except KilledWorker as exc:
+                raise CfhdaskError(
+                    "permutations: a batch was running on workers that all died (out of "
+                    f"memory? see the workers' logs); {finished()} of {n_perm} permutations "
+                    "had finished") from exc
             start = futures[fut]
             out[start:start + res.shape[0]] = res
-            done += res.shape[0]
-            if i % step == 0 or i == len(bounds):
-                log.info("permutations: %d / %d (%d%%)", done, schedule.n_perm,
-                         100 * done // schedule.n_perm)
+            del todo[start]
+            if i % step == 0 or i == len(futures):
+                log.info("permutations: %d / %d (%d%%)", finished(), n_perm,
+                         100 * finished() // n_perm)
             fut.release()
+        return False
     finally:
-        for fut in futures:
-            fut.cancel()
+        client.cancel(list(futures))
         client.cancel([prep_f, graph_f])
-    return out
 
 
 def null_maxima_local(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSchedule,
