@@ -190,6 +190,21 @@ def _store_state(url: str, storage_options: dict | None) -> bool:
     return False
 
 
+def check_out(url: str, storage_options: dict | None = None) -> bool:
+    """Check ``--out`` before any cluster starts: a cohort store that can be written, or
+    nothing yet.  Returns whether a store is there.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Something else is there, or the store cannot be written (one line).
+    """
+    exists = _store_state(url, storage_options)
+    if exists:
+        check_writable(url, storage_options, what="--out")
+    return exists
+
+
 def _remove_store(url: str, storage_options: dict | None) -> None:
     fs, path = url_to_fs(url, storage_options, what="--out")
     if fs.exists(path):
@@ -371,9 +386,8 @@ def ingest(
     for info in headers.values():
         check_bold(info, drop_volumes)
 
-    exists = _store_state(store_url, so)
+    exists = check_out(store_url, so)
     if exists:
-        check_writable(store_url, so, what="--out")
         store = CohortStore.open(store_url, mode="r+", storage_options=so)
         check_same_grid(list(headers.values()), store.grid_shape, store.affine,
                         reference=f"store {store_url}")
