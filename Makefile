@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench venv clean
+.PHONY: demo test test-slow test-slurm lint bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# A single-node SLURM on localhost (root; Debian slurm-wlm + munge, installed if missing),
+# its files in a temporary folder, stopped by the PIDs in its pid files when the tests end.
+test-slurm: $(STAMP)
+	@dir=$$(mktemp -d /tmp/cfhdask-slurm.XXXXXX); start=$$(date +%s); \
+	trap '$(PY) deploy/slurm/local_slurm.py stop --dir '"$$dir"'; rm -rf '"$$dir" EXIT; \
+	$(PY) deploy/slurm/local_slurm.py start --dir "$$dir" || exit 1; \
+	SLURM_CONF="$$dir/slurm.conf" $(PY) -m pytest -q -m slurm tests/cluster; rc=$$?; \
+	echo "make test-slurm: $$(( $$(date +%s) - start )) s (SLURM start included)"; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cfhdask tests benchmarks

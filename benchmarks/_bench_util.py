@@ -1,5 +1,5 @@
-"""Shared helpers of the benchmark scripts: peak memory of a process tree, median timings,
-the nilearn denoising peer."""
+"""Shared helpers of the benchmark scripts: peak memory and CPU time of a process tree,
+median timings, the nilearn denoising peer."""
 
 from __future__ import annotations
 
@@ -43,6 +43,38 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
+
+
+class CpuTime:
+    """CPU seconds (user + system) of this process and its children over a block.
+
+    Less sensitive than wall time to other work on a shared machine; the
+    children (Dask workers) are those alive at the start and at the end.
+    """
+
+    def __init__(self, children: bool = True):
+        self.children = children
+        self.seconds = 0.0
+
+    def _total(self) -> dict[int, float]:
+        me = psutil.Process()
+        procs = [me] + (me.children(recursive=True) if self.children else [])
+        out = {}
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+    def __enter__(self) -> CpuTime:
+        self._start = self._total()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._total()
+        self.seconds = sum(v - self._start.get(pid, 0.0) for pid, v in end.items())
 
 
 def median_time(fn, repeats: int) -> float:

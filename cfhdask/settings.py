@@ -1,8 +1,8 @@
 """Every default of cfhdask, in one typed settings model.
 
 :class:`Settings` has one section per part of the analysis (``cluster``,
-``store``, ``inputs``, ``mask``, ``preprocessing``, ``cfh``, ``design``,
-``stats``, ``clinical``, ``simulate``).  The command line, the shipped
+``store``, ``inputs``, ``mask``, ``preprocessing``, ``cfh``, ``autonomy``,
+``design``, ``stats``, ``null_check``, ``clinical``, ``simulate``).  The command line, the shipped
 ``cfhdask.yaml``, ``study.yaml`` and the Python API all take their defaults
 from here.  Values are layered, later ones winning:
 
@@ -43,10 +43,11 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import parse_combine
 
 __all__ = [
-    "CFHSettings", "ClinicalSettings", "ClusterSettings", "DesignSettings", "InputsSettings",
-    "JobqueueSettings", "KubernetesSettings", "MaskSettings", "PreprocessingSettings",
-    "Settings", "SimulateSettings", "StatsSettings", "StoreSettings", "defaults_yaml",
-    "error_message", "resolve", "settings",
+    "AutonomySettings", "CFHSettings", "ClinicalSettings", "ClusterSettings",
+    "DesignSettings", "InputsSettings", "JobqueueSettings", "KubernetesSettings",
+    "MaskSettings", "NullCheckSettings", "PreprocessingSettings", "Settings",
+    "SimulateSettings", "StatsSettings", "StoreSettings", "default_metric", "defaults_yaml",
+    "duration_seconds", "error_message", "resolve", "settings", "walltime_seconds",
 ]
 
 #: The shipped defaults file (Dask config format, ``cfhdask:`` namespace).
@@ -66,24 +67,160 @@ class Section(BaseModel):
 
 
 # ----------------------------------------------------------------------------- cluster
+def walltime_seconds(text: str) -> int:
+    """Seconds of a batch walltime: ``[D-]HH:MM:SS``, ``MM:SS`` or minutes (``"90"``).
+
+    Raises
+    ------
+    ValueError
+        Not a walltime.
+    """
+    days, _, rest = str(text).strip().rpartition("-")
+    parts = rest.split(":")
+    try:
+        if not days and len(parts) == 1:
+            return int(parts[0]) * 60  # SLURM: a bare number is minutes
+        if len(parts) > 3:
+            raise ValueError
+        seconds = 0
+        for p in parts:
+            seconds = seconds * 60 + int(p)
+        return seconds + (int(days) * 86400 if days else 0)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a walltime ([D-]HH:MM:SS, MM:SS or minutes)") from None
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a Dask duration (``"90s"``, ``"30m"``, ``"2h"``, ``"45"``)."""
+    from dask.utils import parse_timedelta
+
+    try:
+        return float(parse_timedelta(text, default="seconds"))
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 30m, 2h)") from None
+
+
+def _check(parse, value, what: str) -> None:
+    if value is not None:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+
+
+def _bytes(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise ValueError(f"{text!r} is not an amount of memory (e.g. 4GiB)") from None
+
+
 class JobqueueSettings(Section):
     """dask-jobqueue worker jobs (``--cluster slurm|pbs``)."""
 
     cores: int = Field(8, ge=1, description="Cores per job.")
     memory: str = Field("32GiB", description="Memory per job.")
-    processes: int = Field(2, ge=1, description="Worker processes per job (threads = cores / "
-                                                "processes).")
-    walltime: str = Field("04:00:00", description="Walltime of a worker job.")
+    processes: int = Field(2, ge=1, description="Dask worker processes per job; each gets "
+                                                "cores / processes threads (a whole number, "
+                                                "at least 1).")
+    walltime: str | None = Field("04:00:00", description="Walltime of a worker job "
+                                 "([D-]HH:MM:SS; null: the queue's default).")
     queue: str | None = Field(None, description="Queue / partition (null: the site default).")
     account: str | None = Field(None, description="Account / project to charge.")
-    jobs: int = Field(4, ge=1, description="Worker jobs submitted.")
+    jobs: int = Field(4, ge=1, description="Worker jobs kept running (a job that ends is "
+                                           "replaced).")
+    interface: str | None = Field(None, description="Network interface of the scheduler and "
+                                  "the workers, e.g. ib0 or eth0 (null: the scheduler listens "
+                                  "on this host's address towards the compute nodes, from "
+                                  "sinfo: 127.0.0.1 when they are this machine).")
+    local_directory: str | None = Field("${TMPDIR:-/tmp}", description="Node-local scratch "
+                                        "folder where workers spill (expanded by the job's "
+                                        "shell; null: the working directory).")
+    log_directory: str | None = Field("cfhdask-logs", description="Folder of the jobs' "
+                                      "stdout/stderr files (null: the batch system's "
+                                      "default).")
+    lifetime: str | None = Field(None, description="Each worker leaves gracefully after this "
+                                 "long and its job is replaced, so no work is lost at the "
+                                 "walltime (null: walltime minus two staggers).")
+    lifetime_stagger: str | None = Field(None, description="Random spread of the lifetimes, "
+                                         "so workers do not all leave at once (null: a tenth "
+                                         "of the walltime, at most 5 minutes).")
+    prologue: list[str] = Field([], description="Shell lines run in each job before its "
+                                                "worker (module load, source venv...).")
+    extra_directives: list[str] = Field([], description="Extra #SBATCH / #PBS directive "
+                                                        "options, e.g. --constraint=avx2.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobqueueSettings:
+        if self.processes > self.cores:
+            raise ValueError(f"processes {self.processes} exceeds cores {self.cores}: each "
+                             "worker process needs at least one core (threads = cores / "
+                             "processes)")
+        if self.cores % self.processes:
+            raise ValueError(f"cores {self.cores} is not a multiple of processes "
+                             f"{self.processes}: threads = cores / processes must be whole")
+        _check(_bytes, self.memory, "memory")
+        _check(walltime_seconds, self.walltime, "walltime")
+        _check(duration_seconds, self.lifetime, "lifetime")
+        _check(duration_seconds, self.lifetime_stagger, "lifetime_stagger")
+        lifetime = self.worker_lifetime()
+        if lifetime is not None:
+            life, stagger = lifetime
+            wall = walltime_seconds(self.walltime) if self.walltime else None
+            if life - stagger <= 0:
+                raise ValueError(f"lifetime {life:.0f} s minus its stagger {stagger:.0f} s "
+                                 "leaves no time to work")
+            if wall is not None and life + stagger >= wall:
+                raise ValueError(f"lifetime {life:.0f} s + stagger {stagger:.0f} s reaches "
+                                 f"the walltime {self.walltime}: workers would be killed "
+                                 "before they leave")
+        return self
+
+    def worker_lifetime(self) -> tuple[float, float] | None:
+        """``(lifetime, stagger)`` of each worker in seconds; None without walltime/lifetime.
+
+        By default the stagger is a tenth of the walltime (at most 5 minutes) and
+        the lifetime the walltime minus two staggers: every worker leaves
+        gracefully at least one stagger before its job is killed.
+        """
+        wall = walltime_seconds(self.walltime) if self.walltime else None
+        if self.lifetime_stagger is not None:
+            stagger = duration_seconds(self.lifetime_stagger)
+        else:
+            stagger = min(300.0, wall / 10) if wall else 0.0
+        if self.lifetime is not None:
+            return duration_seconds(self.lifetime), stagger
+        return (wall - 2 * stagger, stagger) if wall else None
+
+    @property
+    def threads(self) -> int:
+        """Threads of each worker process."""
+        return self.cores // self.processes
+
+
+def _default_image() -> str:
+    from cfhdask._version import __version__
+
+    return "cfhdask:" + __version__.replace("+", "-")
 
 
 class KubernetesSettings(Section):
     """dask-kubernetes workers (``--cluster kubernetes``)."""
 
-    image: str = Field("ghcr.io/dask/dask:latest", description="Worker image.")
+    image: str = Field(default_factory=_default_image, description="Worker image: built from "
+                       "deploy/docker/Dockerfile and pushed where the cluster pulls from "
+                       "(see deploy/README.md).")
     n_workers: int = Field(4, ge=1, description="Worker pods.")
+    threads: int = Field(4, ge=1, description="Threads (and CPUs) of each worker pod.")
+    memory: str = Field("16GiB", description="Memory of each worker pod (its limit and the "
+                                             "Dask worker's).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KubernetesSettings:
+        _check(_bytes, self.memory, "memory")
+        return self
 
 
 class ClusterSettings(Section):
@@ -93,7 +230,8 @@ class ClusterSettings(Section):
         "local", description="Cluster started when no scheduler is given: an embedded "
                              "LocalCluster, dask-jobqueue SLURM/PBS jobs or Kubernetes pods.")
     scheduler: str | None = Field(None, description="Address of a running Dask scheduler to "
-                                                    "attach to, e.g. tcp://head:8786.")
+                                                    "attach to, e.g. tcp://head:8786 or "
+                                                    "tls://head:8786.")
     scheduler_file: str | None = Field(None, description="Scheduler file of a running Dask "
                                                          "cluster.")
     n_workers: int | None = Field(None, ge=1, description="Workers of the embedded "
@@ -103,11 +241,23 @@ class ClusterSettings(Section):
     memory_limit: str = Field("auto", description="Memory limit per embedded worker "
                                                   "(as distributed.LocalCluster).")
     processes: bool = Field(True, description="Embedded workers are processes (else threads).")
-    dashboard_address: str | None = Field("127.0.0.1:0", description="Dashboard of the "
-                                          "embedded cluster (':0' picks a free port; null: "
-                                          "no dashboard).")
+    dashboard_address: str | None = Field("127.0.0.1:0", description="Dashboard of a "
+                                          "cluster cfhdask starts (':0' picks a free port; "
+                                          "null: no dashboard).")
     blas_threads: int | None = Field(None, ge=1, description="BLAS threads per Dask thread "
                                      "(null: cores // (workers x threads), at least 1).")
+    wait_workers: int | None = Field(None, ge=0, description="Workers to wait for before "
+                                     "computing (null: 1 for SLURM/PBS/Kubernetes clusters, "
+                                     "0 for an attached one).")
+    wait_timeout: str = Field("30m", description="How long to wait for those workers (and "
+                              "for any worker at all, later) before stopping with an error "
+                              "that says why.")
+    tls_ca_file: str | None = Field(None, description="CA certificate (PEM) that signed the "
+                                    "scheduler's certificate, for a tls:// scheduler.")
+    tls_cert: str | None = Field(None, description="This client's TLS certificate (PEM), for "
+                                 "a tls:// scheduler.")
+    tls_key: str | None = Field(None, description="Private key of --tls-cert (null: inside "
+                                "the certificate file).")
     jobqueue: JobqueueSettings = Field(default_factory=JobqueueSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
@@ -116,6 +266,13 @@ class ClusterSettings(Section):
         if self.scheduler and self.scheduler_file:
             raise ValueError("give a scheduler (--scheduler) or a scheduler file "
                              "(--scheduler-file), not both")
+        _check(duration_seconds, self.wait_timeout, "wait_timeout")
+        if self.tls_key and not self.tls_cert:
+            raise ValueError("tls_key (--tls-key) needs its certificate (--tls-cert)")
+        if bool(self.tls_cert) != bool(self.tls_ca_file):
+            raise ValueError("a TLS connection needs both the CA certificate (--tls-ca-file), to "
+                             "check the scheduler, and this client's certificate (--tls-cert), "
+                             "which the scheduler checks")
         return self
 
 
@@ -192,14 +349,33 @@ class PreprocessingSettings(Section):
 
 # ----------------------------------------------------------------------------- CFH
 class CFHSettings(Section):
-    """The CFH block engine."""
+    """CFH and the block engine."""
 
+    counterpart: Literal["group", "subject"] = Field(
+        "group", description="How each voxel's functionally homotopic counterpart is found: "
+                             "group (argmax of the correlation summed over the reference "
+                             "subjects, as the CFH literature computes it) or subject (each "
+                             "subject's own maximum).")
+    reference_subjects: list[str] = Field(
+        [], description="Reference set of the group counterpart: subject ids, one "
+                        "participants filter such as group==control, or another cohort "
+                        "store (empty: every ingested subject, label-free).")
+    subject_batch: int = Field(16, ge=1, description="Subjects per GEMM of the group "
+                                                     "counterpart (their time axes "
+                                                     "concatenated).")
     block: int = Field(4096, ge=2, description="Voxels per side of one correlation block.")
     split_every: int = Field(8, ge=2, description="Fan-in of the tree reductions across "
                                                   "blocks.")
     backend: Literal["numpy", "cupy"] = Field(
         "numpy", description="Array backend of the kernels (cupy needs CuPy and a GPU on the "
                              "workers).")
+
+
+class AutonomySettings(Section):
+    """The autonomy index (Wang, Buckner & Liu 2014)."""
+
+    threshold: float = Field(0.25, gt=-1.0, lt=1.0, description="Correlations above it "
+                                                                "count as connections.")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -248,9 +424,39 @@ class StatsSettings(Section):
     seed: int = Field(0, ge=0, description="Seed of the permutations.")
     batch_size: int | None = Field(None, ge=1, description="Permutations per Dask task "
                                                            "(null: sized to the cluster).")
-    metric: str = Field("cfh", description="Per-subject map of the store analysed.")
+    metric: Literal["cfh", "cfh_subject", "vmhc", "ai"] = Field(
+        "cfh", description="Per-subject map of the store analysed: cfh (group counterpart), "
+                           "cfh_subject (per-subject maximum), vmhc or ai (autonomy index).")
     atlases: list[Literal["aal", "harvard_oxford"]] = Field(
         ["aal", "harvard_oxford"], description="Atlases labelling the clusters.")
+
+
+class NullCheckSettings(Section):
+    """False positives measured on the cohort itself (``cfhdask null-check``)."""
+
+    enabled: bool = Field(False, description="Run the null-check as a stage of `cfhdask run` "
+                                             "(splits of one group into pseudo-groups).")
+    level: str | None = Field(None, description="Group whose participants are split (null: "
+                              "the second of the two groups compared, e.g. the controls of "
+                              "levels [patient, control]).")
+    sizes: list[int] | None = Field(None, description="Sizes of the two pseudo-groups (null: "
+                                    "the study's group sizes when they fit in the group, else "
+                                    "half each).")
+    n_splits: int = Field(1000, ge=1, description="Random splits (distinct).")
+    n_perm: int = Field(1000, ge=1, description="Permutations per split, identity included.")
+    seed: int = Field(0, ge=0, description="Seed of the splits and of their permutations.")
+    uncorrected_p: float = Field(0.001, gt=0.0, lt=1.0, description="Uncorrected parametric "
+                                 "voxel threshold whose false-positive rate is shown beside "
+                                 "the corrected methods.")
+    interval: Literal["clopper-pearson", "wilson"] = Field(
+        "clopper-pearson", description="Binomial 95% interval of each rate.")
+
+    @field_validator("sizes")
+    @classmethod
+    def _two_sizes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) != 2 or min(v) < 1):
+            raise ValueError(f"two positive sizes are needed, got {v}")
+        return v
 
 
 class ClinicalSettings(Section):
@@ -293,8 +499,10 @@ class Settings(Section):
     mask: MaskSettings = Field(default_factory=MaskSettings)
     preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
     cfh: CFHSettings = Field(default_factory=CFHSettings)
+    autonomy: AutonomySettings = Field(default_factory=AutonomySettings)
     design: DesignSettings = Field(default_factory=DesignSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    null_check: NullCheckSettings = Field(default_factory=NullCheckSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
 
@@ -334,6 +542,15 @@ def _normalise(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k).replace("-", "_"): _normalise(v) for k, v in obj.items()}
     return obj
+
+
+def default_metric() -> str:
+    """The map analysed when none is named: ``stats.metric``, except that ``cfh`` means the
+    per-subject maximum (``cfh_subject``) when ``cfh.counterpart`` is ``subject``."""
+    s = settings()
+    if s.stats.metric == "cfh" and s.cfh.counterpart == "subject":
+        return "cfh_subject"
+    return s.stats.metric
 
 
 def settings() -> Settings:

@@ -1,38 +1,51 @@
-"""Per-subject CFH for a whole cohort store (the ``cfhdask cfh`` command).
+"""Per-subject maps for a whole cohort store: CFH (``cfhdask cfh``) and what it shares.
 
-For every subject without complete CFH results, :func:`compute_cfh` reads the
-subject's series lazily from the store, standardises each hemisphere
-(constant-in-this-subject voxels are excluded), builds the block graph of
-:func:`cfhdask.cfh.graph.cfh_graph`, computes it on a Dask cluster and writes
-the subject whole (``cfh``, ``counterpart``, ``r_max``) before marking it
-complete.  A rerun skips complete subjects; an interrupted run leaves none
-half-written.
+:func:`compute_cfh` computes CFH in one of its two definitions:
+
+``counterpart="group"`` (the default, as the CFH literature computes it)
+    The counterpart of each voxel is found once for the cohort, as the argmax
+    over the other hemisphere of the correlation summed over a reference set
+    of subjects (:mod:`cfhdask.cfh.group`); each subject's map is then
+    ``atanh(r_s(v, counterpart(v)))``, one O(voxels x T) pass per subject.
+``counterpart="subject"``
+    Each subject's voxel takes its own maximal contralateral correlation
+    (:func:`cfhdask.cfh.graph.cfh_graph`).
+
+The per-subject machinery (:func:`run_subjects`: a window of subjects in
+flight, each written whole before it is marked complete) is shared with :mod:`cfhdask.cfh.vmhc` and
+:mod:`cfhdask.cfh.autonomy`.  A rerun skips complete subjects; an interrupted
+run leaves none half-written.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from cfhdask._version import __version__
 from cfhdask.backend import cupy_available
-from cfhdask.cfh.graph import cfh_graph, standardize_graph
+from cfhdask.cfh.graph import cfh_graph, paired_graph, standardize_graph
 from cfhdask.cfh.kernels import CONSTANT_RTOL, R_CLIP, fisher_z
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.settings import settings
+from cfhdask.settings import resolve
 
 log = logging.getLogger(__name__)
 
-#: variables written per subject, in the order of the returned Dataset
-CFH_VARIABLES = ("cfh", "counterpart", "r_max")
+__all__ = ["assemble_maps", "compute_cfh", "run_subjects", "subject_graph"]
 
 
-def _open(store: Any, storage_options: dict | None = None):
+# ----------------------------------------------------------------------------- shared
+def open_writable(store: Any, storage_options: dict | None = None):
+    """The store opened for writing (a URL or a read-only store is reopened)."""
     from cfhdask.io.store import CohortStore, open_store
 
     if isinstance(store, CohortStore):
@@ -43,9 +56,162 @@ def _open(store: Any, storage_options: dict | None = None):
     return open_store(str(store), mode="r+", storage_options=storage_options)
 
 
+def engine_settings(overrides: dict) -> Any:
+    """The ``cfh`` settings with API arguments applied; the backend and block checked."""
+    cfg = resolve("cfh", overrides)
+    if cfg.backend == "cupy" and not cupy_available():
+        raise CfhdaskInputError("--backend cupy: CuPy is not installed or sees no GPU")
+    return cfg
+
+
+def select_subjects(store, subjects: Sequence[str] | None, metric: str,
+                    overwrite: bool) -> tuple[list[str], list[str], list[str]]:
+    """(wanted, todo, skipped) subjects of a per-subject computation of ``metric``."""
+    ingested = store.subjects("ingested")
+    if subjects is None:
+        wanted = ingested
+    else:
+        wanted = list(dict.fromkeys(subjects))
+        missing = [s for s in wanted if s not in ingested]
+        if missing:
+            raise CfhdaskInputError(
+                f"--subjects: not ingested in {store.url}: {', '.join(missing)}")
+    done = set(store.subjects(metric))
+    todo = [s for s in wanted if overwrite or s not in done]
+    skipped = [s for s in wanted if s not in todo]
+    if skipped:
+        log.info("Skipping %d subject(s) with complete %s: %s", len(skipped), metric,
+                 ", ".join(skipped))
+    return wanted, todo, skipped
+
+
+def require_hemispheres(store, what: str = "CFH") -> None:
+    """Both hemispheres must have voxels."""
+    if store.n_left == 0 or store.n_right == 0:
+        raise CfhdaskInputError(
+            f"store {store.url}: the mask has {store.n_left} left and {store.n_right} right "
+            f"voxels; {what} needs both hemispheres")
+
+
+@contextlib.contextmanager
+def client_for(client: Any, scheduler: str | None, scheduler_file: str | None) -> Iterator:
+    """``client`` itself, or :func:`cfhdask.cluster.dask_client` for the options."""
+    if client is not None:
+        yield client
+        return
+    from cfhdask.cluster import dask_client
+
+    with dask_client(scheduler=scheduler, scheduler_file=scheduler_file) as c:
+        yield c
+
+
+def progress(futures: list, enabled: bool) -> None:
+    """A progress bar for a subject's tasks, on terminals only (logs get a line per subject)."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
+        return
+    try:
+        from distributed import progress as bar
+
+        bar(futures)
+    except Exception as exc:  # pragma: no cover - progress is cosmetic
+        log.debug("no progress bar: %s", exc)
+
+
+def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict],
+                 write: Callable[[str, dict], str], *, show_progress: bool = True,
+                 what: str = "CFH", window: int | None = None) -> None:
+    """Compute subjects in order, a window of them in flight, each written when it is done.
+
+    Parameters
+    ----------
+    todo : sequence of str
+    client : distributed.Client
+    submit : callable subject -> dict of dask collections
+        The lazy results of one subject.
+    write : callable (subject, dict of computed results) -> str
+        Writes the subject (then marks it complete) and returns a log summary.
+    window : int, optional
+        Subjects submitted ahead (default: two per worker, at least 2), so the
+        cluster stays busy while a finished subject is written.
+    """
+    if not todo:
+        return
+    if window is None:
+        workers = len(client.scheduler_info().get("workers", {})) or 1
+        window = max(2, 2 * workers)
+    log.info("%s of %d subject(s) on %s; dashboard %s", what, len(todo),
+             getattr(client.scheduler, "address", client), client.dashboard_link)
+
+    def start(subject):
+        graph = submit(subject)
+        names = list(graph)
+        return subject, names, client.compute([graph[k] for k in names])
+
+    queue = iter(todo)
+    pending = collections.deque(start(s) for s in itertools.islice(queue, window))
+    k = 0
+    while pending:
+        t0 = time.perf_counter()
+        subject, names, futures = pending.popleft()
+        nxt = next(queue, None)
+        if nxt is not None:
+            pending.append(start(nxt))
+        progress(futures, show_progress)
+        res = dict(zip(names, client.gather(futures), strict=True))
+        summary = write(subject, res)
+        k += 1
+        log.info("%s %s (%d/%d): %s (%.1f s)", what, subject, k, len(todo), summary,
+                 time.perf_counter() - t0)
+
+
+def paired_values(store, subject: str, partner: np.ndarray, block: int,
+                  backend: str = "numpy") -> dict:
+    """Lazy r of every hemisphere voxel of a subject with its partner (store indices, -1)."""
+    n_lr = store.n_left + store.n_right
+    return paired_graph(store.series_reader([subject]), 0, 0, n_lr, partner[:n_lr],
+                        backend=backend, rows=block, token=(store.url, subject))
+
+
+def subject_series(store, subject: str, block: int, backend: str = "numpy"):
+    """Standardised series of each hemisphere of a subject, lazily: (zl, vl, zr, vr)."""
+    bold = store.bold(subject)
+    zl, vl = standardize_graph(bold[store.left], block=block, backend=backend)
+    zr, vr = standardize_graph(bold[store.right], block=block, backend=backend)
+    return zl, vl, zr, vr
+
+
+def paired_maps(store, r_hemi: np.ndarray, partner: np.ndarray) -> dict[str, np.ndarray]:
+    """Store-wide ``r`` (NaN on the midline) and its Fisher z from hemisphere values."""
+    n_lr = store.n_left + store.n_right
+    r = np.full(store.n_voxels, np.nan, dtype=np.float32)
+    r[:n_lr] = r_hemi
+    index = np.full(store.n_voxels, -1, dtype=np.int32)
+    index[:n_lr] = np.where(np.isfinite(r_hemi), partner[:n_lr], -1)
+    return {"r": r, "z": fisher_z(r), "partner": index}
+
+
+def summary_line(z: np.ndarray, n_const: int) -> str:
+    valid = np.isfinite(z)
+    mean = float(z[valid].mean()) if valid.any() else float("nan")
+    return f"{int(valid.sum())} voxels, {n_const} constant excluded, mean z {mean:.4f}"
+
+
+def export_after(store, export: str | None, subjects: list[str], metric: str) -> None:
+    """The ``--export`` of a computation."""
+    if not export:
+        return
+    from cfhdask.io.export import export_maps
+
+    export_maps(store, export, subjects=subjects, metric=metric)
+    log.info("Exported NIfTI maps of %d subject(s) to %s", len(subjects), export)
+
+
+# ----------------------------------------------------------------------------- subject mode
 def subject_graph(store, subject: str, *, block: int, split_every: int,
                   backend: str = "numpy") -> dict[str, Any]:
-    """Lazy CFH outputs of one subject (hemisphere-local indices) and validity masks.
+    """Lazy per-subject CFH outputs of one subject (hemisphere-local indices) and validity.
 
     Returns
     -------
@@ -54,16 +220,14 @@ def subject_graph(store, subject: str, *, block: int, split_every: int,
         ``right_rmax``, ``right_arg`` (index into the left hemisphere),
         ``left_valid``, ``right_valid``.
     """
-    bold = store.bold(subject)
-    zl, vl = standardize_graph(bold[store.left], block=block, backend=backend)
-    zr, vr = standardize_graph(bold[store.right], block=block, backend=backend)
+    zl, vl, zr, vr = subject_series(store, subject, block, backend)
     out = cfh_graph(zl, zr, vl, vr, block=block, split_every=split_every)
     out.update(left_valid=vl, right_valid=vr)
     return out
 
 
 def assemble_maps(store, res: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Store-wide (n_voxels,) ``cfh``, ``counterpart``, ``r_max`` from one subject's results.
+    """Store-wide (n_voxels,) ``cfh``, ``counterpart``, ``r`` from one subject's results.
 
     Midline voxels and excluded voxels get NaN / -1.
     """
@@ -76,29 +240,58 @@ def assemble_maps(store, res: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     la, ra = np.asarray(res["left_arg"]), np.asarray(res["right_arg"])
     counterpart[left] = np.where(la >= 0, la + right.start, -1)
     counterpart[right] = np.where(ra >= 0, ra + left.start, -1)
-    return {"cfh": fisher_z(r_max), "counterpart": counterpart, "r_max": r_max}
+    return {"cfh": fisher_z(r_max), "counterpart": counterpart, "r": r_max}
 
 
-def _progress(futures: list, enabled: bool) -> None:
-    """A progress bar for a subject's tasks, on terminals only (logs get a line per subject)."""
-    import sys
+def _write_cfh(store, subject, metric, z, counterpart, r, params, n_const) -> str:
+    store.write_cfh(subject, z, counterpart, r, {f"{metric}_params": {**params,
+                                                                      "n_constant": n_const},
+                                                 "n_constant": n_const}, metric=metric)
+    return summary_line(z, n_const)
 
-    if not enabled or not sys.stderr.isatty():
-        return
-    try:
-        from distributed import progress
 
-        progress(futures)
-    except Exception as exc:  # pragma: no cover - progress is cosmetic
-        log.debug("no progress bar: %s", exc)
+def _subject_mode(store, todo, client, params, show_progress) -> None:
+    def submit(subject):
+        return subject_graph(store, subject, block=params["block"],
+                             split_every=params["split_every"], backend=params["backend"])
+
+    def write(subject, res):
+        n_const = int((~res["left_valid"]).sum() + (~res["right_valid"]).sum())
+        maps = assemble_maps(store, res)
+        return _write_cfh(store, subject, "cfh_subject", maps["cfh"], maps["counterpart"],
+                          maps["r"], params, n_const)
+
+    run_subjects(todo, client, submit, write, show_progress=show_progress,
+                 what="CFH (per-subject maximum)")
+
+
+# ----------------------------------------------------------------------------- group mode
+def _group_values(store, todo, client, params, counterpart, show_progress) -> None:
+    """Each subject's r with the group counterpart: one O(voxels x T) pass per subject."""
+    partner = np.asarray(counterpart["index"], dtype=np.int64)
+
+    def submit(subject):
+        return paired_values(store, subject, partner, params["block"], params["backend"])
+
+    def write(subject, res):
+        maps = paired_maps(store, res["r"], partner)
+        return _write_cfh(store, subject, "cfh", maps["z"], maps["partner"], maps["r"],
+                          params, int((~res["valid"]).sum()))
+
+    run_subjects(todo, client, submit, write, show_progress=show_progress,
+                 what="CFH (group counterpart)")
 
 
 def compute_cfh(
     store: Any,
     *,
+    counterpart: str | None = None,
+    reference_subjects: Sequence[str] | str | None = None,
+    participants: pd.DataFrame | str | None = None,
     subjects: Sequence[str] | None = None,
     block: int | None = None,
     split_every: int | None = None,
+    subject_batch: int | None = None,
     client: Any = None,
     scheduler: str | None = None,
     scheduler_file: str | None = None,
@@ -114,13 +307,28 @@ def compute_cfh(
     ----------
     store : CohortStore or str
         The cohort store (opened for writing if a URL is given).
+    counterpart : {"group", "subject"}, optional
+        Counterpart definition (config ``cfh.counterpart``, default ``group``):
+        the argmax of the correlation summed over the reference subjects, or
+        each subject's own maximum.  They are stored as the metrics ``cfh``
+        and ``cfh_subject``.
+    reference_subjects : sequence of str or str, optional
+        Group mode only (config ``cfh.reference-subjects``; default every
+        ingested subject): subject ids, one participants filter such as
+        ``"group==control"`` (needs ``participants``), or the URL of another
+        cohort store on the same grid.
+    participants : DataFrame or path, optional
+        Participants table for a filter in ``reference_subjects``.
     subjects : sequence of str, optional
-        Subjects to process (default: every ingested subject).  An unknown
-        subject is a :class:`~cfhdask.errors.CfhdaskInputError`.
+        Subjects whose maps are computed (default: every ingested subject).
+        An unknown subject is a :class:`~cfhdask.errors.CfhdaskInputError`.
+        The group counterpart always uses the whole reference set.
     block : int, optional
         Voxels per side of a correlation block (config ``cfh.block``).
     split_every : int, optional
         Fan-in of the tree reductions (config ``cfh.split-every``).
+    subject_batch : int, optional
+        Subjects per GEMM of the group sum (config ``cfh.subject-batch``).
     client : distributed.Client, optional
         Run on this client.  Otherwise :func:`cfhdask.cluster.dask_client`
         attaches to ``scheduler`` / ``scheduler_file`` or starts the embedded
@@ -130,10 +338,11 @@ def compute_cfh(
     export : str, optional
         Directory for NIfTI maps (:func:`cfhdask.io.export.export_maps`).
     overwrite : bool
-        Recompute subjects that already have complete results.
+        Recompute subjects that already have complete results (and, in group
+        mode, the group counterpart).
     backend : {"numpy", "cupy"}, optional
-        Array backend of the kernels (default: config ``cfh.backend``, "numpy"); ``cupy`` needs
-        CuPy and a GPU on the workers.
+        Array backend of the kernels (default: config ``cfh.backend``); ``cupy``
+        needs CuPy and a GPU on the workers.
     show_progress : bool
         Show a progress bar per subject.
     storage_options : dict, optional
@@ -143,95 +352,56 @@ def compute_cfh(
     Returns
     -------
     xarray.Dataset
-        ``cfh`` (Fisher z), ``counterpart`` (store voxel index) and ``r_max``
-        with dims (subject, voxel) for the requested subjects, lazily read
-        from the store; attrs ``computed``, ``skipped``, ``n_constant``
-        (per computed subject) and ``seconds``.
+        ``cfh`` (Fisher z), ``r`` (Pearson r with the counterpart) and
+        ``counterpart`` (store voxel index, -1 where none) with dims
+        (subject, voxel) for the requested subjects, lazily read from the
+        store; in group mode also ``group_counterpart`` (voxel).  Attrs
+        ``metric``, ``counterpart``, ``computed``, ``skipped``, ``n_constant``,
+        ``seconds`` and, in group mode, ``reference`` and ``fingerprint``.
     """
-    from cfhdask.cluster import dask_client
+    from cfhdask.cfh.group import ensure_group_counterpart
 
     t0 = time.perf_counter()
-    backend = backend or settings().cfh.backend
-    if backend not in ("numpy", "cupy"):
-        raise CfhdaskInputError(f"--backend: unknown backend {backend!r} (numpy or cupy)")
-    if backend == "cupy" and not cupy_available():
-        raise CfhdaskInputError("--backend cupy: CuPy is not installed or sees no GPU")
-    block = int(block or settings().cfh.block)
-    split_every = int(split_every or settings().cfh.split_every)
-    if block < 2:
-        raise CfhdaskInputError(f"--block must be at least 2, got {block}")
-    store = _open(store, storage_options)
-    ingested = store.subjects("ingested")
-    if subjects is None:
-        wanted = ingested
-    else:
-        wanted = list(dict.fromkeys(subjects))
-        missing = [s for s in wanted if s not in ingested]
-        if missing:
-            raise CfhdaskInputError(
-                f"--subjects: not ingested in {store.url}: {', '.join(missing)}")
-    done = set(store.subjects("cfh"))
-    todo = [s for s in wanted if overwrite or s not in done]
-    skipped = [s for s in wanted if s not in todo]
-    if skipped:
-        log.info("Skipping %d subject(s) with complete CFH: %s", len(skipped),
-                 ", ".join(skipped))
-    if store.n_left == 0 or store.n_right == 0:
-        raise CfhdaskInputError(
-            f"store {store.url}: the mask has {store.n_left} left and {store.n_right} right "
-            "voxels; CFH needs both hemispheres")
-
-    params = {"block": block, "split_every": split_every, "backend": backend,
-              "fisher_clip": R_CLIP, "constant_rtol": CONSTANT_RTOL,
-              "cfhdask_version": __version__}
+    ref = None if reference_subjects is None else (
+        [reference_subjects] if isinstance(reference_subjects, str) else
+        list(reference_subjects))
+    cfg = engine_settings(dict(counterpart=counterpart, reference_subjects=ref, block=block,
+                               split_every=split_every, subject_batch=subject_batch,
+                               backend=backend))
+    metric = "cfh" if cfg.counterpart == "group" else "cfh_subject"
+    store = open_writable(store, storage_options)
+    wanted, todo, skipped = select_subjects(store, subjects, metric, overwrite)
+    require_hemispheres(store)
+    params = {"counterpart": cfg.counterpart, "block": cfg.block,
+              "split_every": cfg.split_every, "backend": cfg.backend, "fisher_clip": R_CLIP,
+              "constant_rtol": CONSTANT_RTOL, "cfhdask_version": __version__}
     n_constant: dict[str, int] = {}
-    if todo:
-        if client is not None:
-            _run_subjects(store, todo, client, params, n_constant, show_progress)
+    group = None
+    with client_for(client, scheduler, scheduler_file) as c:
+        if cfg.counterpart == "group":
+            group, stale = ensure_group_counterpart(
+                store, cfg, participants=participants, client=c, overwrite=overwrite,
+                show_progress=show_progress, storage_options=storage_options)
+            if stale:
+                todo = list(dict.fromkeys([*todo, *stale]))
+                skipped = [s for s in skipped if s not in todo]
+            params.update(counterpart_fingerprint=group["fingerprint"],
+                          subject_batch=cfg.subject_batch)
+            _group_values(store, todo, c, params, group, show_progress)
         else:
-            with dask_client(scheduler=scheduler, scheduler_file=scheduler_file) as c:
-                _run_subjects(store, todo, c, params, n_constant, show_progress)
+            _subject_mode(store, todo, c, params, show_progress)
+    for s in todo:
+        n_constant[s] = int(store.subject_attrs(s).get("n_constant", 0))
+    if todo:
         store.append_history("cfh", {**params, "subjects": todo, "overwrite": overwrite})
-
-    if export:
-        from cfhdask.io.export import export_maps
-
-        export_maps(store, export, subjects=wanted)
-        log.info("Exported NIfTI maps of %d subject(s) to %s", len(wanted), export)
-
-    ds = xr.Dataset({var: store.cfh_maps(wanted, var=var) for var in CFH_VARIABLES})
-    ds.attrs.update(computed=list(todo), skipped=list(skipped), n_constant=n_constant,
+    export_after(store, export, wanted, metric)
+    ds = xr.Dataset({"cfh": store.cfh_maps(wanted, var=metric),
+                     "r": store.cfh_maps(wanted, var=f"{metric}_r"),
+                     "counterpart": store.cfh_maps(wanted, var=f"{metric}_counterpart")})
+    if group is not None:
+        ds["group_counterpart"] = ("voxel", group["index"])
+        ds.attrs.update(reference=group["reference"], fingerprint=group["fingerprint"])
+    ds.attrs.update(metric=metric, counterpart=cfg.counterpart, computed=list(todo),
+                    skipped=list(skipped), n_constant=n_constant,
                     seconds=round(time.perf_counter() - t0, 3), store=store.url)
     return ds
-
-
-def _submit(store, subject: str, client, params: dict) -> tuple[list[str], list]:
-    graph = subject_graph(store, subject, block=params["block"],
-                          split_every=params["split_every"], backend=params["backend"])
-    names = list(graph)
-    return names, client.compute([graph[k] for k in names])
-
-
-def _run_subjects(store, todo: list[str], client, params: dict,
-                  n_constant: dict[str, int], show_progress: bool) -> None:
-    """Compute subjects one after the other, the next one submitted before waiting."""
-    log.info("CFH of %d subject(s) on %s; dashboard %s", len(todo),
-             getattr(client.scheduler, "address", client), client.dashboard_link)
-    pending = _submit(store, todo[0], client, params)
-    for k, subject in enumerate(todo):
-        t0 = time.perf_counter()
-        names, futures = pending
-        if k + 1 < len(todo):  # keep the cluster busy while this subject is written
-            pending = _submit(store, todo[k + 1], client, params)
-        _progress(futures, show_progress)
-        res = dict(zip(names, client.gather(futures), strict=True))
-        n_const = int((~res["left_valid"]).sum() + (~res["right_valid"]).sum())
-        maps = assemble_maps(store, res)
-        store.write_cfh(subject, maps["cfh"], maps["counterpart"], maps["r_max"],
-                        {"cfh_params": params, "n_constant": n_const})
-        n_constant[subject] = n_const
-        valid = np.isfinite(maps["cfh"])
-        log.info("CFH %s (%d/%d): %d voxels, %d constant excluded, mean z %.4f (%.1f s)",
-                 subject, k + 1, len(todo), int(valid.sum()), n_const,
-                 float(maps["cfh"][valid].mean()) if valid.any() else float("nan"),
-                 time.perf_counter() - t0)

@@ -1,18 +1,39 @@
-"""The Dask graph of CFH: left x right correlation blocks with fused max/argmax.
+"""The block engine on Dask: correlation blocks, pluggable reductions, tree reductions.
 
-:func:`cfh_graph` builds one graph for one subject:
+One engine serves every metric built from blocks of a correlation matrix.
+A graph has three parts:
 
-* one task per (left block i, right block j) runs
-  :func:`cfhdask.cfh.kernels.block_maxcorr` (GEMM + row and column max/argmax),
-  so every GEMM is computed once and serves both hemispheres;
-* the row results of block row i are tree-reduced across j, the column results
-  of block column j across i, with fan-in ``split_every``
-  (:func:`cfhdask.cfh.kernels.combine_max`, ties to the smaller index, hence
-  the same result whatever the scheduler or the order of completion);
-* the outputs are four lazy dask arrays chunked like the input blocks.
+1. **block tasks**, one per (block i of side A, block j of side B), each
+   producing its block and reducing it at once with a reduction of
+   :mod:`cfhdask.cfh.reductions` (:func:`cfhdask.cfh.kernels.reduce_block`);
+   the block itself is never kept.  Two block producers exist:
 
-The left x right matrix is never materialised: a task holds one strip of one
-block at a time.  Building the graph computes nothing.
+   * *fused* (:func:`block_graph`): the block is the GEMM of two standardised
+     series blocks of one subject, made strip by strip inside the reduction;
+   * *summed over subjects* (:func:`group_sum_graph`): one dense GEMM per
+     batch of subjects over their concatenated standardised time axes, the
+     batches tree-summed (:class:`~cfhdask.cfh.reductions.BlockSum`), then
+     the summed block reduced.  Each batch task reads its subjects' series
+     itself, so no subject's data stays in memory between tasks.
+
+2. **tree reductions**: the row results of block row i are combined across j,
+   the column results of block column j across i, with fan-in
+   ``split_every``; reductions break ties to the smaller index and counts add,
+   so the result does not depend on the scheduler or the order of completion.
+
+3. the **outputs**: lazy dask arrays chunked like the blocks.
+
+With ``symmetric=True`` (a set of voxels against itself, as the autonomy
+index needs for each hemisphere) only blocks ``i <= j`` are computed: block
+(i, j) gives the rows of i and the columns of j, the diagonal blocks only
+rows, self-pairs excluded.
+
+Uses: :func:`cfh_graph` (CFH, max/argmax of left x right), :func:`autonomy_graph`
+(thresholded counts of left x left, right x right and left x right) and
+:func:`group_sum_graph` (the group counterpart).  :func:`paired_graph` is the
+O(voxels x T) pass of a voxel with one partner (its group counterpart or its
+mirror).  Building a graph computes nothing; graphs do no I/O themselves (the
+group graph calls a reader it is given).
 """
 
 from __future__ import annotations
@@ -28,14 +49,30 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cfhdask._compat import Task, TaskRef
 from cfhdask.backend import to_backend, to_numpy
-from cfhdask.cfh.kernels import block_maxcorr, combine_many, standardize
+from cfhdask.cfh.kernels import (
+    DenseProduct,
+    GemmProduct,
+    concat_standardized,
+    dense_product,
+    moments,
+    paired_correlations,
+    reduce_block,
+    standardize,
+)
+from cfhdask.cfh.reductions import BlockSum, MaxArgmax, ThresholdCount, sum_parts
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.settings import settings
 
+__all__ = ["OUTPUTS", "autonomy_graph", "block_graph", "cfh_graph", "group_sum_graph",
+           "paired_graph", "standardize_graph"]
+
 #: names of the outputs of :func:`cfh_graph`
 OUTPUTS = ("left_rmax", "left_arg", "right_rmax", "right_arg")
+#: names of the outputs of :func:`autonomy_graph`
+AUTONOMY_OUTPUTS = ("left_ipsi", "left_contra", "right_ipsi", "right_contra")
 
 
+# ----------------------------------------------------------------------------- helpers
 def _offsets(chunks: Sequence[int]) -> list[int]:
     return [int(v) for v in np.concatenate([[0], np.cumsum(chunks)[:-1]])]
 
@@ -47,51 +84,6 @@ def _with_blas_limit(blas_threads: int | None, func: Callable, *args: Any) -> An
 
     with threadpool_limits(limits=int(blas_threads), user_api="blas"):
         return func(*args)
-
-
-def _block_task(a, b, a_valid, b_valid, a_offset, b_offset, blas_threads):
-    return _with_blas_limit(blas_threads, block_maxcorr, a, b, a_valid, b_valid,
-                            a_offset, b_offset)
-
-
-def _reduce_task(which: str | None, *parts) -> tuple[Any, Any]:
-    """Combine block results (``which`` = "row"/"col") or partial (max, arg) pairs."""
-    if which == "row":
-        pairs = [(p.row_max, p.row_arg) for p in parts]
-    elif which == "col":
-        pairs = [(p.col_max, p.col_arg) for p in parts]
-    else:
-        pairs = list(parts)
-    return combine_many(pairs)
-
-
-def _finalize_task(pair) -> tuple[np.ndarray, np.ndarray]:
-    """Host arrays; rows with no valid partner get NaN and -1."""
-    m, i = to_numpy(pair[0]), to_numpy(pair[1])
-    none = ~np.isfinite(m) | (i < 0)
-    m = np.where(none, np.float32(np.nan), m).astype(np.float32)
-    i = np.where(none, -1, i).astype(np.int64)
-    return m, i
-
-
-def _tree(layer: dict, name: str, index: int, leaves: list, which: str,
-          split_every: int) -> Any:
-    """Add a tree reduction of ``leaves`` (TaskRefs) to ``layer``; return the root key."""
-    level = 0
-    refs = leaves
-    first = which
-    while len(refs) > split_every:
-        nxt = []
-        for g in range(0, len(refs), split_every):
-            key = (f"{name}-l{level}", index, g // split_every)
-            layer[key] = Task(key, _reduce_task, first, *refs[g:g + split_every])
-            nxt.append(TaskRef(key))
-        refs, first, level = nxt, None, level + 1
-    key = (f"{name}-root", index)
-    layer[key] = Task(key, _reduce_task, first, *refs)
-    final = (f"{name}-final", index)
-    layer[final] = Task(final, _finalize_task, TaskRef(key))
-    return final
 
 
 def _as_series(x: Any, block: int, what: str) -> da.Array:
@@ -110,56 +102,192 @@ def _as_mask(v: Any, like: da.Array, what: str) -> da.Array:
     return v.astype(bool).rechunk((like.chunks[0],))
 
 
-def _base_graph(*arrays: da.Array) -> tuple[dict, dict]:
-    hlg = HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays))
-    return dict(hlg.layers), {k: set(v) for k, v in hlg.dependencies.items()}
+def _check_engine(block: int | None, split_every: int | None) -> tuple[int, int]:
+    block = int(block or settings().cfh.block)
+    split_every = int(split_every or settings().cfh.split_every)
+    if block < 1:
+        raise CfhdaskInputError(f"cfh block must be >= 1, got {block}")
+    if split_every < 2:
+        raise CfhdaskInputError(f"cfh split-every must be >= 2, got {split_every}")
+    return block, split_every
+
+
+def _hemispheres(left, right, left_valid, right_valid, block, split_every):
+    """Both hemispheres' series (chunked by ``block``) and masks, checked."""
+    block, split_every = _check_engine(block, split_every)
+    left = _as_series(left, block, "left")
+    right = _as_series(right, block, "right")
+    if left.shape[1] != right.shape[1]:
+        raise CfhdaskInputError(
+            f"left and right series differ in length: {left.shape[1]} vs {right.shape[1]}")
+    return (left, right, _as_mask(left_valid, left, "left_valid"),
+            _as_mask(right_valid, right, "right_valid"), split_every)
+
+
+class _Graph:
+    """Layers and dependencies of a graph under construction."""
+
+    def __init__(self, *arrays: da.Array):
+        hlg = HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays)) if arrays else \
+            HighLevelGraph({}, {})
+        self.layers = dict(hlg.layers)
+        self.deps = {k: set(v) for k, v in hlg.dependencies.items()}
+
+    def add(self, name: str, layer: dict, deps: set) -> None:
+        self.layers[name] = layer
+        self.deps[name] = set(deps)
+
+    def array(self, name: str, roots: list, pos: int | None, chunks, dtype, src: str) -> da.Array:
+        """A 1-D dask array whose block k is ``roots[k]`` (or its item ``pos``)."""
+        if pos is None:
+            layer = {(name, k): Task((name, k), _identity, TaskRef(r)) for k, r in
+                     enumerate(roots)}
+        else:
+            layer = {(name, k): Task((name, k), operator.getitem, TaskRef(r), pos)
+                     for k, r in enumerate(roots)}
+        self.add(name, layer, {src})
+        return da.Array(self.hlg(), name, chunks=(tuple(chunks),), dtype=dtype)
+
+    def hlg(self) -> HighLevelGraph:
+        """A snapshot of the graph so far."""
+        return HighLevelGraph(dict(self.layers), {k: set(v) for k, v in self.deps.items()})
+
+
+def _identity(x):
+    return x
 
 
 def _layers_of(a: da.Array) -> set:
     return set(a.__dask_layers__())
 
 
-def standardize_graph(x: Any, *, block: int | None = None,
-                      backend: str = "numpy") -> tuple[da.Array, da.Array]:
-    """Lazily standardise (voxel, time) series in blocks of ``block`` voxels.
+def _tree(layer: dict, name: str, index: Any, leaves: list, combine: Callable,
+          split_every: int, *, pick: Callable | None = None,
+          final: Callable | None = None, final_args: tuple = ()) -> tuple:
+    """Add a tree reduction of ``leaves`` (TaskRefs) to ``layer``; return the root key.
 
-    Each block is read and standardised once (:func:`~cfhdask.cfh.kernels.standardize`)
-    and yields both outputs.
+    ``pick`` extracts the part to combine from each leaf (first level only);
+    ``final(root, *final_args)`` runs once on the root.
+    """
+    level = 0
+    refs = leaves
+    first = pick
+    while len(refs) > split_every:
+        nxt = []
+        for g in range(0, len(refs), split_every):
+            key = (f"{name}-l{level}", index, g // split_every)
+            layer[key] = Task(key, _combine_task, combine, first, *refs[g:g + split_every])
+            nxt.append(TaskRef(key))
+        refs, first, level = nxt, None, level + 1
+    key = (f"{name}-root", index)
+    layer[key] = Task(key, _combine_task, combine, first, *refs)
+    if final is None:
+        return key
+    fkey = (f"{name}-final", index)
+    layer[fkey] = Task(fkey, final, TaskRef(key), *final_args)
+    return fkey
+
+
+def _combine_task(combine: Callable, pick: Callable | None, *parts):
+    if pick is not None:
+        parts = [pick(p) for p in parts]
+    return combine(list(parts)) if len(parts) > 1 else parts[0]
+
+
+def _rows(part):
+    return part[0]
+
+
+def _cols(part):
+    return part[1]
+
+
+def _finalize(part, reduction):
+    return reduction.finalize(part)
+
+
+# ----------------------------------------------------------------------------- fused blocks
+def _fused_task(reduction, a, b, a_valid, b_valid, a_offset, b_offset, diagonal,
+                blas_threads):
+    return _with_blas_limit(blas_threads, lambda: reduce_block(
+        GemmProduct(a, b), reduction, a_valid, b_valid, a_offset, b_offset,
+        diagonal=diagonal))
+
+
+def block_graph(
+    a: da.Array,
+    b: da.Array,
+    a_valid: da.Array,
+    b_valid: da.Array,
+    reduction: Any,
+    *,
+    split_every: int,
+    symmetric: bool = False,
+    blas_threads: int | None = None,
+    name: str = "blocks",
+) -> tuple[_Graph, list, list, str, str]:
+    """The fused block graph of ``a @ b.T`` through one reduction (internal builder).
 
     Parameters
     ----------
-    x : dask or NumPy array (voxel, time)
-    block : int, optional
-        Voxels per chunk of the outputs (default config ``cfh.block``).
-    backend : {"numpy", "cupy"}
-        Where the standardised blocks live.
+    a, b : dask arrays (na, T), (nb, T) float32, time in one chunk
+        Standardised series; their voxel chunks are the blocks.  With
+        ``symmetric`` they must be the same array.
+    a_valid, b_valid : dask bool arrays chunked like ``a`` / ``b``
+    reduction : a reduction of :mod:`cfhdask.cfh.reductions`
+    split_every : int
+        Fan-in of the tree reductions.
+    symmetric : bool
+        ``a`` against itself: blocks i <= j only, self-pairs excluded.
+    blas_threads : int, optional
+    name : str
+        Prefix of the task names.
 
     Returns
     -------
-    z : dask array (voxel, time) float32, time in one chunk
-    valid : dask array (voxel,) bool, False for constant series
+    (graph, row_roots, col_roots, row_layer, col_layer)
+        Finalised tree roots per block of ``a`` and of ``b`` (with
+        ``symmetric`` the row and column roots both cover ``a``'s blocks and are
+        combined by the caller; see :func:`autonomy_graph`).
     """
-    block = int(block or settings().cfh.block)
-    x = _as_series(x, block, "series")
-    tok = tokenize(x, backend)
-    sname, zname, vname = f"cfh-std-{tok}", f"cfh-z-{tok}", f"cfh-valid-{tok}"
-    layers, deps = _base_graph(x)
-    s_layer, z_layer, v_layer = {}, {}, {}
-    for i in range(len(x.chunks[0])):
-        skey = (sname, i)
-        s_layer[skey] = Task(skey, _standardize_task, TaskRef((x.name, i, 0)), backend)
-        z_layer[(zname, i, 0)] = Task((zname, i, 0), operator.getitem, TaskRef(skey), 0)
-        v_layer[(vname, i)] = Task((vname, i), operator.getitem, TaskRef(skey), 1)
-    layers.update({sname: s_layer, zname: z_layer, vname: v_layer})
-    deps.update({sname: _layers_of(x), zname: {sname}, vname: {sname}})
-    hlg = HighLevelGraph(layers, deps)
-    z = da.Array(hlg, zname, chunks=x.chunks, dtype=np.float32)
-    valid = da.Array(hlg, vname, chunks=(x.chunks[0],), dtype=bool)
-    return z, valid
+    tok = tokenize(a, b, a_valid, b_valid, type(reduction).__name__, vars(reduction),
+                   split_every, symmetric, blas_threads)
+    bname, rname, cname = f"{name}-block-{tok}", f"{name}-rows-{tok}", f"{name}-cols-{tok}"
+    g = _Graph(a, b, a_valid, b_valid)
+    nbi, nbj = len(a.chunks[0]), len(b.chunks[0])
+    offa, offb = _offsets(a.chunks[0]), _offsets(b.chunks[0])
+    blocks: dict = {}
+    row_leaves: dict[int, list] = {i: [] for i in range(nbi)}
+    col_leaves: dict[int, list] = {j: [] for j in range(nbj)}
+    for i in range(nbi):
+        for j in range(i if symmetric else 0, nbj):
+            key = (bname, i, j)
+            diagonal = symmetric and i == j
+            blocks[key] = Task(key, _fused_task, reduction, TaskRef((a.name, i, 0)),
+                               TaskRef((b.name, j, 0)), TaskRef((a_valid.name, i)),
+                               TaskRef((b_valid.name, j)), offa[i], offb[j], diagonal,
+                               blas_threads)
+            row_leaves[i].append(TaskRef(key))
+            if not diagonal:
+                col_leaves[j].append(TaskRef(key))
+    g.add(bname, blocks, _layers_of(a) | _layers_of(b) | _layers_of(a_valid)
+          | _layers_of(b_valid))
+    rows: dict = {}
+    cols: dict = {}
+    row_roots = [_tree(rows, rname, i, row_leaves[i], reduction.combine, split_every,
+                       pick=_rows) for i in range(nbi)]
+    col_roots = [_tree(cols, cname, j, col_leaves[j], reduction.combine, split_every,
+                       pick=_cols) if col_leaves[j] else None for j in range(nbj)]
+    g.add(rname, rows, {bname})
+    g.add(cname, cols, {bname})
+    return g, row_roots, col_roots, rname, cname
 
 
-def _standardize_task(x, backend: str):
-    return standardize(to_backend(x, backend) if backend != "numpy" else x)
+def _final_layer(g: _Graph, name: str, roots: list, reduction: Any, src: str) -> str:
+    layer = {(name, k): Task((name, k), _finalize, TaskRef(r), reduction)
+             for k, r in enumerate(roots)}
+    g.add(name, layer, {src})
+    return name
 
 
 def cfh_graph(
@@ -173,6 +301,10 @@ def cfh_graph(
     blas_threads: int | None = None,
 ) -> dict[str, da.Array]:
     """Lazy CFH of two hemispheres: max correlation and its argument, both ways.
+
+    One task per (left block i, right block j) runs the fused GEMM + max/argmax
+    (:class:`~cfhdask.cfh.reductions.MaxArgmax`), so every GEMM is computed
+    once and serves both hemispheres.
 
     Parameters
     ----------
@@ -200,53 +332,361 @@ def cfh_graph(
         none), ``left_arg`` (nL,) int64 index into ``right`` (-1 where none),
         ``right_rmax`` (nR,), ``right_arg`` (nR,) index into ``left``.
     """
-    block = int(block or settings().cfh.block)
-    split_every = int(split_every or settings().cfh.split_every)
-    if block < 1:
-        raise CfhdaskInputError(f"cfh block must be >= 1, got {block}")
-    if split_every < 2:
-        raise CfhdaskInputError(f"cfh split-every must be >= 2, got {split_every}")
-    left = _as_series(left, block, "left")
-    right = _as_series(right, block, "right")
-    if left.shape[1] != right.shape[1]:
-        raise CfhdaskInputError(
-            f"left and right series differ in length: {left.shape[1]} vs {right.shape[1]}")
-    lv = _as_mask(left_valid, left, "left_valid")
-    rv = _as_mask(right_valid, right, "right_valid")
+    left, right, lv, rv, split_every = _hemispheres(left, right, left_valid, right_valid,
+                                                     block, split_every)
+    red = MaxArgmax()
+    g, rows, cols, rname, cname = block_graph(left, right, lv, rv, red,
+                                              split_every=split_every,
+                                              blas_threads=blas_threads, name="cfh")
+    tok = rname.rsplit("-", 1)[-1]
+    fl = _final_layer(g, f"cfh-left-final-{tok}", rows, red, rname)
+    fr = _final_layer(g, f"cfh-right-final-{tok}", cols, red, cname)
+    out = {}
+    for label, src, roots, chunks in (("left", fl, rows, left.chunks[0]),
+                                      ("right", fr, cols, right.chunks[0])):
+        keys = [(src, k) for k in range(len(roots))]
+        out[f"{label}_rmax"] = g.array(f"cfh-{label}-rmax-{tok}", keys, 0, chunks,
+                                       np.float32, src)
+        out[f"{label}_arg"] = g.array(f"cfh-{label}-arg-{tok}", keys, 1, chunks, np.int64, src)
+    return out
 
-    tok = tokenize(left, right, lv, rv, split_every, blas_threads)
-    bname = f"cfh-block-{tok}"
-    rname, cname = f"cfh-rowmax-{tok}", f"cfh-colmax-{tok}"
-    layers, deps = _base_graph(left, right, lv, rv)
-    nbi, nbj = len(left.chunks[0]), len(right.chunks[0])
-    offl, offr = _offsets(left.chunks[0]), _offsets(right.chunks[0])
 
-    blocks: dict = {}
-    for i in range(nbi):
-        for j in range(nbj):
-            key = (bname, i, j)
-            blocks[key] = Task(key, _block_task, TaskRef((left.name, i, 0)),
-                               TaskRef((right.name, j, 0)), TaskRef((lv.name, i)),
-                               TaskRef((rv.name, j)), offl[i], offr[j], blas_threads)
+def _sum_counts(*parts):
+    return sum_parts(list(parts))
+
+
+def autonomy_graph(
+    left: Any,
+    right: Any,
+    left_valid: Any = None,
+    right_valid: Any = None,
+    *,
+    threshold: float,
+    block: int | None = None,
+    split_every: int | None = None,
+    blas_threads: int | None = None,
+) -> dict[str, da.Array]:
+    """Lazy counts of the autonomy index: partners above ``threshold`` in each hemisphere.
+
+    Three block families through :class:`~cfhdask.cfh.reductions.ThresholdCount`
+    on the same engine: left x left and right x right (symmetric: blocks i <= j
+    only, self-pairs excluded) and left x right (rows give the left voxels'
+    contralateral counts, columns the right voxels').
+
+    Parameters
+    ----------
+    left, right : dask or NumPy arrays (nL, T), (nR, T) float32
+        Standardised series of the two hemispheres.
+    left_valid, right_valid : bool arrays, optional
+        False for constant voxels: never counted, and their own counts are
+        meaningless (the caller masks them).
+    threshold : float
+        Correlations strictly above it count.
+    block, split_every, blas_threads
+        As :func:`cfh_graph`.
+
+    Returns
+    -------
+    dict of lazy int64 dask arrays
+        ``left_ipsi``, ``left_contra`` (nL,), ``right_ipsi``, ``right_contra`` (nR,).
+    """
+    left, right, lv, rv, split_every = _hemispheres(left, right, left_valid, right_valid,
+                                                     block, split_every)
+    red = ThresholdCount(threshold)
+    out: dict[str, da.Array] = {}
+    g_lr, rows, cols, rname, cname = block_graph(left, right, lv, rv, red,
+                                                 split_every=split_every,
+                                                 blas_threads=blas_threads, name="ai-lr")
+    graphs = [g_lr]
+    contra = {"left": (rows, rname, left.chunks[0]), "right": (cols, cname, right.chunks[0])}
+    ipsi = {}
+    for label, z, v in (("left", left, lv), ("right", right, rv)):
+        g, r, c, rn, cn = block_graph(z, z, v, v, red, split_every=split_every, symmetric=True,
+                                      blas_threads=blas_threads, name=f"ai-{label}")
+        ipsi[label] = (r, c, rn, cn, z.chunks[0])
+        graphs.append(g)
+    g = graphs[0]
+    for other in graphs[1:]:
+        g.layers.update(other.layers)
+        for k, v in other.deps.items():
+            g.deps.setdefault(k, set()).update(v)
+    tok = tokenize(rname, threshold)
+    for label in ("left", "right"):
+        r, c, rn, cn, chunks = ipsi[label]
+        name = f"ai-{label}-ipsi-{tok}"
+        layer = {}
+        for k in range(len(r)):
+            refs = [TaskRef(r[k])] + ([TaskRef(c[k])] if c[k] is not None else [])
+            layer[(name, k)] = Task((name, k), _sum_counts, *refs)
+        g.add(name, layer, {rn, cn})
+        fname = f"ai-{label}-ipsi-final-{tok}"
+        _final_layer(g, fname, [(name, k) for k in range(len(r))], red, name)
+        out[f"{label}_ipsi"] = g.array(f"ai-{label}-ipsi-out-{tok}",
+                                       [(fname, k) for k in range(len(r))], 0, chunks,
+                                       np.int64, fname)
+        roots, src, chunks = contra[label]
+        fname = f"ai-{label}-contra-final-{tok}"
+        _final_layer(g, fname, roots, red, src)
+        out[f"{label}_contra"] = g.array(f"ai-{label}-contra-out-{tok}",
+                                         [(fname, k) for k in range(len(roots))], 0, chunks,
+                                         np.int64, fname)
+    return out
+
+
+# ----------------------------------------------------------------------------- group sums
+def _moments_task(read: Callable, subject: int, start: int, stop: int):
+    mean, scale, valid = moments(read(subject, start, stop))
+    return mean, scale, valid
+
+
+def _any_valid(*parts):
+    out = parts[0][2].copy()
+    for p in parts[1:]:
+        out |= p[2]
+    return out
+
+
+def _batch_block_task(read: Callable, subjects: tuple, a_range: tuple, b_range: tuple,
+                      n: int, *moment_parts, blas_threads=None, backend: str = "numpy"):
+    """Dense block of the sum over a batch of subjects: one GEMM of concatenated series."""
+    a_mom, b_mom = moment_parts[:n], moment_parts[n:]
+
+    def side(rng, mom):
+        parts = [to_backend(read(s, *rng), backend) for s in subjects]
+        return concat_standardized(parts, [m[0] for m in mom], [m[1] for m in mom])
+
+    def run():
+        return dense_product(side(a_range, a_mom), side(b_range, b_mom))
+
+    return _with_blas_limit(blas_threads, run)
+
+
+def _reduce_summed(s, reduction, a_valid, b_valid, a_offset, b_offset):
+    """Reduce a block summed over every subject (the root of the batch tree)."""
+    return reduce_block(DenseProduct(s), reduction, a_valid, b_valid, a_offset, b_offset)
+
+
+def group_sum_graph(
+    read: Callable[[int, int, int], np.ndarray],
+    n_subjects: int,
+    a_ranges: Sequence[tuple[int, int]],
+    b_ranges: Sequence[tuple[int, int]],
+    *,
+    batch: int,
+    split_every: int | None = None,
+    blas_threads: int | None = None,
+    backend: str = "numpy",
+    token: Any = None,
+) -> dict[str, da.Array]:
+    """Lazy group counterpart: argmax both ways of the correlation summed over subjects.
+
+    ``S = sum_s r_s(A, B)``, block (i, j) of it one GEMM per batch of
+    ``batch`` subjects over their concatenated standardised time axes
+    (:func:`~cfhdask.cfh.kernels.concat_standardized`, subjects may differ in
+    length; a voxel constant in a subject adds nothing there), the batches
+    tree-summed pairwise, then reduced by :class:`~cfhdask.cfh.reductions.MaxArgmax`.
+    A first pass computes each subject's :func:`~cfhdask.cfh.kernels.moments`
+    per block (a few numbers per voxel); every batch task reads its subjects'
+    series itself, so memory does not grow with the number of subjects.
+
+    Parameters
+    ----------
+    read : callable ``read(subject, start, stop) -> ndarray (stop - start, T_s)``
+        Raw series of voxels ``start:stop`` of subject number ``subject``
+        (picklable; runs on the workers).
+    n_subjects : int
+        Subjects ``0 .. n_subjects - 1`` are summed.
+    a_ranges, b_ranges : sequences of (start, stop)
+        Contiguous voxel blocks of the two sides (e.g. the left and right
+        hemispheres cut along the store's chunks), in the reader's indices;
+        output indices are relative to the first block of each side.
+    batch : int
+        Subjects per GEMM.
+    split_every : int, optional
+        Fan-in of the tree reductions (config ``cfh.split-every``).
+    blas_threads : int, optional
+    backend : {"numpy", "cupy"}
+        Where the batch GEMMs and the reductions run.
+    token : optional
+        Identifies the data behind ``read`` (e.g. the store and its subjects) in
+        task names.
+
+    Returns
+    -------
+    dict of lazy dask arrays
+        ``left_sum``/``left_arg`` (side A: the maximal summed r and its index in
+        side B, NaN/-1 where none), ``right_sum``/``right_arg`` (side B),
+        ``left_valid``/``right_valid`` (valid in at least one subject).
+    """
+    _, split_every = _check_engine(None, split_every)
+    if n_subjects < 1:
+        raise CfhdaskInputError("the group counterpart needs at least one subject")
+    batch = max(1, int(batch))
+    tok = tokenize(token, n_subjects, tuple(a_ranges), tuple(b_ranges), batch, split_every,
+                   blas_threads, backend)
+    mname, vname = f"grp-moments-{tok}", f"grp-valid-{tok}"
+    bname, sname = f"grp-batch-{tok}", f"grp-sum-{tok}"
+    rname, cname = f"grp-rows-{tok}", f"grp-cols-{tok}"
+    g = _Graph()
+    sides = {"a": list(a_ranges), "b": list(b_ranges)}
+    mom: dict = {}
+    val: dict = {}
+    for side, ranges in sides.items():
+        for k, (s0, s1) in enumerate(ranges):
+            for s in range(n_subjects):
+                mom[(mname, side, k, s)] = Task((mname, side, k, s), _moments_task, read, s,
+                                                int(s0), int(s1))
+            val[(vname, side, k)] = Task((vname, side, k), _any_valid,
+                                         *[TaskRef((mname, side, k, s))
+                                           for s in range(n_subjects)])
+    g.add(mname, mom, set())
+    g.add(vname, val, {mname})
+    batches = [tuple(range(b0, min(b0 + batch, n_subjects)))
+               for b0 in range(0, n_subjects, batch)]
+    offa = [r[0] - sides["a"][0][0] for r in sides["a"]]
+    offb = [r[0] - sides["b"][0][0] for r in sides["b"]]
+    red = MaxArgmax()
+    leaves: dict = {}
+    sums: dict = {}
+    row_leaves: dict[int, list] = {i: [] for i in range(len(sides["a"]))}
+    col_leaves: dict[int, list] = {j: [] for j in range(len(sides["b"]))}
+    for i, ar in enumerate(sides["a"]):
+        for j, br in enumerate(sides["b"]):
+            refs = []
+            for q, subs in enumerate(batches):
+                key = (bname, i, j, q)
+                moms = [TaskRef((mname, "a", i, s)) for s in subs] + \
+                    [TaskRef((mname, "b", j, s)) for s in subs]
+                leaves[key] = Task(key, _batch_block_task, read, subs, tuple(ar), tuple(br),
+                                   len(subs), *moms, blas_threads=blas_threads,
+                                   backend=backend)
+                refs.append(TaskRef(key))
+            # batches summed pairwise: at most three blocks of the sum per task in memory
+            root = _tree(sums, sname, (i, j), refs, BlockSum().combine, 2,
+                         final=_reduce_summed,
+                         final_args=(red, TaskRef((vname, "a", i)), TaskRef((vname, "b", j)),
+                                     offa[i], offb[j]))
+            row_leaves[i].append(TaskRef(root))
+            col_leaves[j].append(TaskRef(root))
+    g.add(bname, leaves, {mname})
+    g.add(sname, sums, {bname, vname})
     rows: dict = {}
     cols: dict = {}
-    row_roots = [_tree(rows, rname, i, [TaskRef((bname, i, j)) for j in range(nbj)], "row",
-                       split_every) for i in range(nbi)]
-    col_roots = [_tree(cols, cname, j, [TaskRef((bname, i, j)) for i in range(nbi)], "col",
-                       split_every) for j in range(nbj)]
-    layers.update({bname: blocks, rname: rows, cname: cols})
-    deps.update({bname: _layers_of(left) | _layers_of(right) | _layers_of(lv) | _layers_of(rv),
-                 rname: {bname}, cname: {bname}})
-
+    row_roots = [_tree(rows, rname, i, row_leaves[i], red.combine, split_every, pick=_rows)
+                 for i in row_leaves]
+    col_roots = [_tree(cols, cname, j, col_leaves[j], red.combine, split_every, pick=_cols)
+                 for j in col_leaves]
+    g.add(rname, rows, {sname})
+    g.add(cname, cols, {sname})
     out: dict[str, da.Array] = {}
-    for label, roots, src, chunks in (("left", row_roots, rname, left.chunks[0]),
-                                       ("right", col_roots, cname, right.chunks[0])):
-        for pos, suffix, dtype in ((0, "rmax", np.float32), (1, "arg", np.int64)):
-            name = f"cfh-{label}-{suffix}-{tok}"
-            layers[name] = {(name, k): Task((name, k), operator.getitem, TaskRef(root), pos)
-                            for k, root in enumerate(roots)}
-            deps[name] = {src}
-            out[f"{label}_{suffix}"] = name, chunks, dtype
-    hlg = HighLevelGraph(layers, deps)
-    return {k: da.Array(hlg, name, chunks=(chunks,), dtype=dtype)
-            for k, (name, chunks, dtype) in out.items()}
+    for label, side, roots, src in (("left", "a", row_roots, rname),
+                                    ("right", "b", col_roots, cname)):
+        chunks = [int(e - s) for s, e in sides[side]]
+        fname = f"grp-{label}-final-{tok}"
+        _final_layer(g, fname, roots, red, src)
+        keys = [(fname, k) for k in range(len(roots))]
+        out[f"{label}_sum"] = g.array(f"grp-{label}-sum-{tok}", keys, 0, chunks, np.float32,
+                                      fname)
+        out[f"{label}_arg"] = g.array(f"grp-{label}-arg-{tok}", keys, 1, chunks, np.int64,
+                                      fname)
+        out[f"{label}_valid"] = g.array(f"grp-{label}-valid-{tok}",
+                                        [(vname, side, k) for k in range(len(chunks))], None,
+                                        chunks, bool, vname)
+    return out
+
+
+# ----------------------------------------------------------------------------- pairs
+def _paired_task(read: Callable, subject: int, start: int, stop: int, partner: np.ndarray,
+                 backend: str, rows: int):
+    x = to_backend(read(subject, start, stop), backend)
+    r, valid = paired_correlations(x, partner, rows=rows)
+    return to_numpy(r), to_numpy(valid)
+
+
+def paired_graph(read: Callable[[int, int, int], np.ndarray], subject: int, start: int,
+                 stop: int, partner: np.ndarray, *, backend: str = "numpy",
+                 rows: int = 4096, token: Any = None) -> dict[str, da.Array]:
+    """Lazy correlation of every voxel of a subject with one partner voxel.
+
+    One task reads the subject's voxels ``start:stop`` once and runs
+    :func:`~cfhdask.cfh.kernels.paired_correlations`: an O(voxels x T) pass
+    (the values of group-counterpart CFH, VMHC).
+
+    Parameters
+    ----------
+    read : callable ``read(subject, start, stop) -> ndarray``
+        As for :func:`group_sum_graph`.
+    subject : int
+        Which subject of the reader.
+    start, stop : int
+        The voxels read (e.g. both hemispheres, the midline left out).
+    partner : int ndarray (stop - start,)
+        Each voxel's partner, relative to ``start``; -1 for none.
+    backend : {"numpy", "cupy"}
+    rows : int
+        Voxels standardised and paired at once inside the task.
+    token : optional
+        Identifies the data behind ``read`` in task names.
+
+    Returns
+    -------
+    dict of lazy dask arrays
+        ``r`` (stop - start,) float32 (NaN where there is no partner or either
+        series is constant) and ``valid`` (False for constant series).
+    """
+    partner = np.asarray(partner, dtype=np.int64)
+    n = int(stop) - int(start)
+    if partner.shape != (n,):
+        raise CfhdaskInputError(f"partner: expected shape ({n},), got {partner.shape}")
+    tok = tokenize(token, subject, start, stop, partner, backend, rows)
+    name = f"paired-{tok}"
+    g = _Graph()
+    g.add(name, {(name, 0): Task((name, 0), _paired_task, read, int(subject), int(start),
+                                 int(stop), partner, backend, int(rows))}, set())
+    return {"r": g.array(f"paired-r-{tok}", [(name, 0)], 0, (n,), np.float32, name),
+            "valid": g.array(f"paired-valid-{tok}", [(name, 0)], 1, (n,), bool, name)}
+
+
+# ----------------------------------------------------------------------------- standardise
+def standardize_graph(x: Any, *, block: int | None = None,
+                      backend: str = "numpy") -> tuple[da.Array, da.Array]:
+    """Lazily standardise (voxel, time) series in blocks of ``block`` voxels.
+
+    Each block is read and standardised once (:func:`~cfhdask.cfh.kernels.standardize`)
+    and yields both outputs.
+
+    Parameters
+    ----------
+    x : dask or NumPy array (voxel, time)
+    block : int, optional
+        Voxels per chunk of the outputs (default config ``cfh.block``).
+    backend : {"numpy", "cupy"}
+        Where the standardised blocks live.
+
+    Returns
+    -------
+    z : dask array (voxel, time) float32, time in one chunk
+    valid : dask array (voxel,) bool, False for constant series
+    """
+    block = int(block or settings().cfh.block)
+    x = _as_series(x, block, "series")
+    tok = tokenize(x, backend)
+    sname, zname, vname = f"cfh-std-{tok}", f"cfh-z-{tok}", f"cfh-valid-{tok}"
+    g = _Graph(x)
+    s_layer, z_layer, v_layer = {}, {}, {}
+    for i in range(len(x.chunks[0])):
+        skey = (sname, i)
+        s_layer[skey] = Task(skey, _standardize_task, TaskRef((x.name, i, 0)), backend)
+        z_layer[(zname, i, 0)] = Task((zname, i, 0), operator.getitem, TaskRef(skey), 0)
+        v_layer[(vname, i)] = Task((vname, i), operator.getitem, TaskRef(skey), 1)
+    g.add(sname, s_layer, _layers_of(x))
+    g.add(zname, z_layer, {sname})
+    g.add(vname, v_layer, {sname})
+    hlg = g.hlg()
+    z = da.Array(hlg, zname, chunks=x.chunks, dtype=np.float32)
+    valid = da.Array(hlg, vname, chunks=(x.chunks[0],), dtype=bool)
+    return z, valid
+
+
+def _standardize_task(x, backend: str):
+    return standardize(to_backend(x, backend) if backend != "numpy" else x)

@@ -1,12 +1,21 @@
-"""Pure array kernels of the CFH computation (NumPy or CuPy, no Dask, no I/O).
+"""Pure array kernels of CFH, VMHC and the autonomy index (NumPy or CuPy, no Dask, no I/O).
 
-CFH of a voxel is its largest Pearson correlation with any voxel of the other
-hemisphere.  With every series standardised by :func:`standardize` (z-score
-divided by ``sqrt(T)``) the correlation matrix of two sets of voxels is a
-plain float32 product ``r = a @ b.T``.  :func:`block_maxcorr` computes one
-block of that product and reduces it at once to the row and column maxima and
-their arguments, so the full left x right matrix never exists;
-:func:`combine_max` merges partial results of several blocks.
+With every series standardised by :func:`standardize` (z-score divided by
+``sqrt(T)``) the correlation matrix of two sets of voxels is a plain float32
+product ``r = a @ b.T``.  The block engine is split in two independent parts:
+
+* a **product** yields strips of rows of a correlation block:
+  :class:`GemmProduct` (``a @ b.T`` of standardised series, computed strip by
+  strip into one reused buffer) or :class:`DenseProduct` (a block already
+  computed, e.g. summed over subjects by :func:`dense_product`);
+* a **reduction** (:mod:`cfhdask.cfh.reductions`) keeps per-row and
+  per-column summaries of the strips: max/argmax for CFH, thresholded counts
+  for the autonomy index.
+
+:func:`reduce_block` runs one product through one reduction, masking the
+excluded pairs (invalid voxels, self-pairs) on the way, so the full block
+never exists unless the product is dense by nature.  :func:`block_maxcorr`
+and :func:`block_counts` are the two uses on standardised series.
 
 Every kernel takes its array module from :func:`cfhdask.backend.array_module`,
 so the same code runs on NumPy arrays (CPU) and CuPy arrays (GPU).
@@ -14,11 +23,29 @@ so the same code runs on NumPy arrays (CPU) and CuPy arrays (GPU).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from cfhdask.backend import array_module
+from cfhdask.cfh.reductions import (
+    GROUP_ROWS,
+    BlockCount,
+    BlockMax,
+    MaxArgmax,
+    ThresholdCount,
+    combine_many,
+    combine_max,
+)
+
+__all__ = [
+    "CONSTANT_RTOL", "GROUP_ROWS", "R_CLIP", "STRIP_ROWS", "BlockCount", "BlockMax",
+    "DenseProduct", "GemmProduct", "apply_moments", "autonomy_index", "block_counts",
+    "block_maxcorr", "combine_many", "combine_max", "concat_standardized", "dense_product",
+    "fisher_z", "moments",
+    "paired_corr", "paired_correlations", "reduce_block", "standardize",
+]
 
 #: A series whose standard deviation is at most this fraction of its mean
 #: magnitude (or exactly 0, or not finite) is constant.
@@ -27,28 +54,45 @@ CONSTANT_RTOL = 1e-6
 #: Largest |r| kept before the Fisher transform, so ``atanh`` stays finite.
 R_CLIP = 1.0 - 1e-7
 
-#: Rows of ``a`` multiplied at once inside :func:`block_maxcorr` (the product
-#: of one strip stays in cache while it is reduced).
+#: Rows of a block produced and reduced at once inside :func:`reduce_block`
+#: (one strip of the product stays in cache while it is reduced).
 STRIP_ROWS = 1024
 
-#: Rows of a strip that share one column-maximum record; the column argmax is
-#: recovered by recomputing only those rows (cost ``GROUP_ROWS / n_a`` of the
-#: block's GEMM).
-GROUP_ROWS = 32
 
+# ----------------------------------------------------------------------------- series
+def moments(x: Any, axis: int = -1, rtol: float = CONSTANT_RTOL) -> tuple[Any, Any, Any]:
+    """Mean and standardising scale of every series, in float64.
 
-class BlockMax(NamedTuple):
-    """Row and column maxima of one correlation block, with global arguments.
+    ``(x - mean) * scale`` has zero mean and unit Euclidean norm along ``axis``
+    (z-score divided by ``sqrt(T)``), so dot products of standardised series
+    are Pearson correlations.
 
-    ``row_max[i] = max_j r[i, j]``, ``row_arg[i]`` the global index (offset of
-    ``b`` added) of that ``j``; ``col_max``/``col_arg`` the same along the other
-    axis.  Rows or columns with no valid partner hold ``-inf`` and ``-1``.
+    Parameters
+    ----------
+    x : array (..., T)
+        Time series (any float dtype), time along ``axis``.
+    axis : int
+        The time axis.
+    rtol : float
+        A series with ``std <= rtol * |mean|``, ``std == 0`` or a non-finite
+        value is *constant*: its scale is 0 and it is flagged invalid.
+
+    Returns
+    -------
+    mean, scale : float64 arrays, ``x``'s shape without ``axis``
+    valid : bool array, ``x``'s shape without ``axis``
     """
-
-    row_max: Any
-    row_arg: Any
-    col_max: Any
-    col_arg: Any
+    xp = array_module(x)
+    x64 = xp.asarray(x, dtype=xp.float64)
+    n_t = x64.shape[axis]
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite series: invalid below
+        mean = x64.mean(axis=axis, keepdims=True)
+        dev = x64 - mean
+        std = xp.sqrt((dev * dev).mean(axis=axis, keepdims=True))
+    valid = xp.isfinite(std) & (std > 0) & (std > rtol * xp.abs(mean))
+    scale = xp.where(valid, 1.0 / xp.where(valid, std, 1.0) / np.sqrt(max(n_t, 1)), 0.0)
+    return (xp.squeeze(xp.where(valid, mean, 0.0), axis=axis), xp.squeeze(scale, axis=axis),
+            xp.squeeze(valid, axis=axis))
 
 
 def standardize(x: Any, axis: int = -1, rtol: float = CONSTANT_RTOL) -> tuple[Any, Any]:
@@ -59,13 +103,8 @@ def standardize(x: Any, axis: int = -1, rtol: float = CONSTANT_RTOL) -> tuple[An
 
     Parameters
     ----------
-    x : array (..., T)
-        Time series (any float dtype), time along ``axis``.
-    axis : int
-        The time axis.
-    rtol : float
-        A series with ``std <= rtol * |mean|``, ``std == 0`` or a non-finite
-        value is *constant*: its output is all zeros and it is flagged invalid.
+    x, axis, rtol
+        As :func:`moments`; constant series are all zeros and flagged invalid.
 
     Returns
     -------
@@ -75,16 +114,290 @@ def standardize(x: Any, axis: int = -1, rtol: float = CONSTANT_RTOL) -> tuple[An
         False for constant series.
     """
     xp = array_module(x)
+    mean, scale, valid = moments(x, axis=axis, rtol=rtol)
     x64 = xp.asarray(x, dtype=xp.float64)
-    n_t = x64.shape[axis]
-    mean = x64.mean(axis=axis, keepdims=True)
-    x64 = x64 - mean
-    std = xp.sqrt((x64 * x64).mean(axis=axis, keepdims=True))
-    valid = xp.isfinite(std) & (std > 0) & (std > rtol * xp.abs(mean))
-    scale = xp.where(valid, 1.0 / xp.where(valid, std, 1.0) / np.sqrt(n_t), 0.0)
-    x64 *= scale
-    z = x64.astype(xp.float32)
-    return z, xp.squeeze(valid, axis=axis)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = (x64 - xp.expand_dims(mean, axis)) * xp.expand_dims(scale, axis)
+    z = xp.where(xp.expand_dims(valid, axis), z, 0.0)
+    return z.astype(xp.float32), valid
+
+
+def apply_moments(x: Any, mean: Any, scale: Any, out: Any = None) -> Any:
+    """Standardise (n, T) series with precomputed :func:`moments`, in float32.
+
+    One pass over ``x`` (``(x - mean) * scale``); rows with scale 0 (constant
+    series) come out as zeros, whatever they held.  Used where the same
+    series are standardised many times (the group counterpart reads each
+    subject block once per partner block).
+
+    Parameters
+    ----------
+    x : float array (n, T)
+    mean, scale : arrays (n,)
+        From :func:`moments` (float64; cast to float32 here).
+    out : float32 array (n, T), optional
+        Where to write (e.g. a slice of a concatenation buffer).
+
+    Returns
+    -------
+    float32 array (n, T)
+    """
+    xp = array_module(x)
+    m = xp.asarray(mean, dtype=xp.float32)[:, None]
+    s = xp.asarray(scale, dtype=xp.float32)[:, None]
+    if out is None:
+        out = xp.empty(x.shape, dtype=xp.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        xp.subtract(x, m, out=out, casting="unsafe")
+        out *= s
+    bad = xp.flatnonzero(s[:, 0] == 0)
+    if bad.size:
+        out[bad] = 0.0  # constant series: NaN or inf in x must not leak
+    return out
+
+
+def fisher_z(r: Any, clip: float = R_CLIP) -> Any:
+    """Fisher transform ``atanh(r)`` as float32, ``|r|`` clipped to ``clip`` (finite).
+
+    NaN stays NaN.
+    """
+    xp = array_module(r)
+    r64 = xp.clip(xp.asarray(r, dtype=xp.float64), -clip, clip)
+    return xp.arctanh(r64).astype(xp.float32)
+
+
+def paired_corr(za: Any, zb: Any) -> Any:
+    """Correlation of each row of ``za`` with the same row of ``zb`` (float64 sums).
+
+    Parameters
+    ----------
+    za, zb : float32 arrays (n, T)
+        Standardised series (:func:`standardize`), row ``k`` of one paired with
+        row ``k`` of the other (a voxel and its counterpart or mirror).
+
+    Returns
+    -------
+    float32 array (n,)
+    """
+    xp = array_module(za, zb)
+    return (xp.asarray(za, dtype=xp.float64) * zb).sum(axis=-1).astype(xp.float32)
+
+
+def paired_correlations(x: Any, partner: Any, rows: int = 4096,
+                        rtol: float = CONSTANT_RTOL) -> tuple[Any, Any]:
+    """Correlation of every series with one partner series of the same set.
+
+    The series are standardised in place, ``rows`` at a time (float64
+    moments), then each voxel's series is correlated with its partner's
+    (its group counterpart or its mirror), ``rows`` pairs at a time: memory
+    stays one copy of ``x`` plus a block.
+
+    Parameters
+    ----------
+    x : float32 array (n, T)
+        Raw series (overwritten with the standardised ones).
+    partner : int array (n,)
+        Row of each series' partner, -1 for none.
+    rows : int
+        Rows per block.
+    rtol : float
+        See :func:`moments`.
+
+    Returns
+    -------
+    r : float32 array (n,)
+        NaN where there is no partner or either series is constant.
+    valid : bool array (n,)
+        False for constant series.
+    """
+    xp = array_module(x)
+    z = xp.ascontiguousarray(x, dtype=xp.float32)
+    n = z.shape[0]
+    valid = xp.zeros(n, dtype=bool)
+    for k0 in range(0, n, rows):
+        k1 = min(k0 + rows, n)
+        mean, scale, valid[k0:k1] = moments(z[k0:k1], rtol=rtol)
+        apply_moments(z[k0:k1], mean, scale, out=z[k0:k1])
+    partner = xp.asarray(partner, dtype=xp.int64)
+    ok = (partner >= 0) & valid
+    ok[ok] &= valid[partner[ok]]
+    r = xp.full(n, xp.nan, dtype=xp.float32)
+    for k0 in range(0, n, rows):
+        k1 = min(k0 + rows, n)
+        sel = xp.flatnonzero(ok[k0:k1]) + k0
+        if sel.size:
+            r[sel] = paired_corr(z[sel], z[partner[sel]])
+    return r, valid
+
+
+def autonomy_index(n_ipsi: Any, n_contra: Any, h_ipsi: Any, h_contra: Any) -> Any:
+    """Autonomy index (Wang, Buckner & Liu 2014): ``N_ipsi / H_ipsi - N_contra / H_contra``.
+
+    Parameters
+    ----------
+    n_ipsi, n_contra : int arrays (n,)
+        Voxels of the own / other hemisphere correlated above the threshold
+        (self-pairs excluded).
+    h_ipsi, h_contra : int arrays (n,) or ints
+        Voxels that could have been counted: the own hemisphere's valid voxels
+        other than the voxel itself, the other hemisphere's valid voxels.
+
+    Returns
+    -------
+    float32 array (n,)
+        NaN where a denominator is 0.
+    """
+    xp = array_module(n_ipsi, n_contra)
+    hi = xp.asarray(h_ipsi, dtype=xp.float64)
+    hc = xp.asarray(h_contra, dtype=xp.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ai = xp.asarray(n_ipsi, dtype=xp.float64) / hi - xp.asarray(n_contra, xp.float64) / hc
+    return xp.where((hi > 0) & (hc > 0), ai, xp.nan).astype(xp.float32)
+
+
+# ----------------------------------------------------------------------------- products
+class GemmProduct:
+    """The correlation block ``a @ b.T`` of standardised series, produced strip by strip.
+
+    Parameters
+    ----------
+    a : float32 array (na, T)
+    b : float32 array (nb, T)
+    """
+
+    def __init__(self, a: Any, b: Any):
+        xp = array_module(a, b)
+        self.xp = xp
+        self.a = xp.ascontiguousarray(a, dtype=xp.float32)
+        self.b = xp.ascontiguousarray(b, dtype=xp.float32)
+        self._bt = self.b.T
+        self.shape = (self.a.shape[0], self.b.shape[0])
+
+    def strip(self, start: int, stop: int, out: Any) -> Any:
+        """Rows ``start:stop`` of the block, written into ``out``."""
+        return self.xp.matmul(self.a[start:stop], self._bt, out=out)
+
+    def cross(self, r0: int, r1: int, cols: Any) -> Any:
+        """``block[r0:r1, cols].T`` (a few entries again), shape (len(cols), r1 - r0)."""
+        return self.b[cols] @ self.a[r0:r1].T
+
+
+class DenseProduct:
+    """A correlation block that already exists (e.g. summed over subjects)."""
+
+    def __init__(self, c: Any):
+        self.xp = array_module(c)
+        self.c = c
+        self.shape = tuple(c.shape)
+
+    def strip(self, start: int, stop: int, out: Any) -> Any:
+        out[...] = self.c[start:stop]
+        return out
+
+    def cross(self, r0: int, r1: int, cols: Any) -> Any:
+        return self.xp.ascontiguousarray(self.c[r0:r1][:, cols].T)
+
+
+def dense_product(a: Any, b: Any) -> Any:
+    """The dense float32 block ``a @ b.T`` (one GEMM).
+
+    With ``a`` and ``b`` the concatenations along time of several subjects'
+    standardised series, this is the block of the sum over those subjects of
+    their correlation matrices: ``sum_s a_s @ b_s.T`` in a single GEMM.
+    """
+    xp = array_module(a, b)
+    return xp.matmul(xp.asarray(a, dtype=xp.float32), xp.asarray(b, dtype=xp.float32).T)
+
+
+class _Masked:
+    """A product whose excluded pairs read ``-inf`` (invalid rows/columns, self-pairs)."""
+
+    def __init__(self, product, a_valid, b_valid, diagonal: bool):
+        xp = product.xp
+        self.product, self.xp, self.diagonal = product, xp, diagonal
+        self.bad_a = self._bad(xp, a_valid)
+        self.bad_b = self._bad(xp, b_valid)
+
+    @staticmethod
+    def _bad(xp, valid):
+        if valid is None:
+            return None
+        bad = xp.flatnonzero(~xp.asarray(valid, dtype=bool))
+        return bad if bad.size else None
+
+    def _rows_in(self, r0: int, r1: int):
+        if self.bad_a is None:
+            return None
+        local = self.bad_a[(self.bad_a >= r0) & (self.bad_a < r1)] - r0
+        return local if local.size else None
+
+    def strip(self, start: int, stop: int, out: Any) -> Any:
+        xp = self.xp
+        c = self.product.strip(start, stop, out)
+        if self.bad_b is not None:
+            c[:, self.bad_b] = -xp.inf
+        local = self._rows_in(start, stop)
+        if local is not None:
+            c[local, :] = -xp.inf
+        if self.diagonal:
+            n = min(stop, c.shape[1]) - start
+            if n > 0:
+                k = xp.arange(n)
+                c[k, start + k] = -xp.inf
+        return c
+
+    def cross(self, r0: int, r1: int, cols: Any) -> Any:
+        xp = self.xp
+        sub = self.product.cross(r0, r1, cols)  # (len(cols), r1 - r0)
+        local = self._rows_in(r0, r1)
+        if local is not None:
+            sub[:, local] = -xp.inf
+        if self.bad_b is not None:
+            sub[xp.isin(cols, self.bad_b), :] = -xp.inf
+        if self.diagonal:
+            rows = xp.arange(r0, r1)
+            sub[cols[:, None] == rows[None, :]] = -xp.inf
+        return sub
+
+
+def reduce_block(product: Any, reduction: Any, a_valid: Any = None, b_valid: Any = None,
+                 a_offset: int = 0, b_offset: int = 0, *, diagonal: bool = False,
+                 strip_rows: int = STRIP_ROWS) -> tuple:
+    """Run one correlation block through a reduction, one strip of rows at a time.
+
+    Parameters
+    ----------
+    product : GemmProduct or DenseProduct
+        What produces the block's strips (see the module docstring).
+    reduction : a reduction of :mod:`cfhdask.cfh.reductions`
+    a_valid, b_valid : bool arrays (na,), (nb,), optional
+        False for voxels that must be ignored (their pairs read ``-inf``).
+    a_offset, b_offset : int
+        Global index of the first row / column (added to argument outputs).
+    diagonal : bool
+        The block pairs a set of voxels with itself (``a`` is ``b``): self-pairs
+        ``(k, k)`` are excluded.
+    strip_rows : int
+        Rows per strip (results do not depend on it).
+
+    Returns
+    -------
+    (rows, cols)
+        The reduction's partial results per row and per column.
+    """
+    xp = product.xp
+    na, nb = product.shape
+    state = reduction.begin(xp, na, nb)
+    masked = _Masked(product, a_valid, b_valid, diagonal)
+    multiple = int(getattr(reduction, "group_rows", 1))
+    strip_rows = max(multiple, int(strip_rows) // multiple * multiple)
+    if na and nb:
+        buf = xp.empty((min(strip_rows, na), nb), dtype=xp.float32)
+        for start in range(0, na, strip_rows):
+            stop = min(start + strip_rows, na)
+            reduction.strip(state, masked.strip(start, stop, buf[: stop - start]), start)
+        del buf
+    return reduction.finish(state, masked, a_offset, b_offset)
 
 
 def block_maxcorr(
@@ -100,12 +413,10 @@ def block_maxcorr(
 ) -> BlockMax:
     """Fused correlation block ``c = a @ b.T`` reduced to row and column max/argmax.
 
-    The product is computed in strips of ``strip_rows`` rows of ``a`` into one
-    reused buffer; each strip is reduced while it is in cache (row argmax, and
-    per group of ``group_rows`` rows the column maximum).  The column argmax is
-    then recovered by recomputing, for each column, only the group of rows
-    that holds its maximum.  Invalid rows/columns never win (masked to -inf in
-    place).  Ties go to the smaller index.
+    :func:`reduce_block` of a :class:`GemmProduct` by
+    :class:`~cfhdask.cfh.reductions.MaxArgmax`: the product is computed in
+    strips into one reused buffer and each strip is reduced while it is in
+    cache.  Invalid rows/columns never win.  Ties go to the smaller index.
 
     Parameters
     ----------
@@ -126,119 +437,60 @@ def block_maxcorr(
         ``row_max``/``col_max`` float32, ``row_arg``/``col_arg`` int64
         (global indices; -1 where nothing is valid).
     """
-    xp = array_module(a, b)
-    a = xp.ascontiguousarray(a, dtype=xp.float32)
-    b = xp.ascontiguousarray(b, dtype=xp.float32)
-    na, nb = a.shape[0], b.shape[0]
-    group_rows = max(1, min(group_rows, strip_rows))
-    strip_rows = max(group_rows, strip_rows // group_rows * group_rows)
-    bad_a = None if a_valid is None else xp.flatnonzero(~xp.asarray(a_valid, dtype=bool))
-    bad_b = None if b_valid is None else xp.flatnonzero(~xp.asarray(b_valid, dtype=bool))
-    if bad_a is not None and bad_a.size == 0:
-        bad_a = None
-    if bad_b is not None and bad_b.size == 0:
-        bad_b = None
-
-    row_max = xp.empty(na, dtype=xp.float32)
-    row_arg = xp.empty(na, dtype=xp.int64)
-    col_max = xp.full(nb, -xp.inf, dtype=xp.float32)
-    col_group = xp.zeros(nb, dtype=xp.int64)
-    if na == 0 or nb == 0:
-        row_max.fill(-xp.inf)
-        row_arg.fill(-1)
-        return BlockMax(row_max, row_arg, col_max, xp.full(nb, -1, dtype=xp.int64))
-
-    buf = xp.empty((min(strip_rows, na), nb), dtype=xp.float32)
-    bt = b.T
-    for start in range(0, na, strip_rows):
-        stop = min(start + strip_rows, na)
-        c = xp.matmul(a[start:stop], bt, out=buf[: stop - start])
-        if bad_b is not None:
-            c[:, bad_b] = -xp.inf
-        if bad_a is not None:
-            local = bad_a[(bad_a >= start) & (bad_a < stop)] - start
-            if local.size:
-                c[local, :] = -xp.inf
-        # rows: argmax along the contiguous axis, max gathered from it
-        arg = c.argmax(axis=1)
-        row_arg[start:stop] = arg
-        row_max[start:stop] = xp.take_along_axis(c, arg[:, None], axis=1)[:, 0]
-        # columns: max per group of rows, remember which group holds it
-        n_rows = stop - start
-        n_full = n_rows // group_rows
-        gmax_parts = []
-        if n_full:
-            gmax_parts.append(
-                c[: n_full * group_rows].reshape(n_full, group_rows, nb).max(axis=1))
-        if n_rows > n_full * group_rows:
-            gmax_parts.append(c[n_full * group_rows:].max(axis=0)[None, :])
-        gmax = gmax_parts[0] if len(gmax_parts) == 1 else xp.concatenate(gmax_parts)
-        g = gmax.argmax(axis=0)
-        smax = xp.take_along_axis(gmax, g[None, :], axis=0)[0]
-        better = smax > col_max  # strict: an earlier group keeps ties
-        col_group[better] = g[better] + start // group_rows
-        xp.maximum(col_max, smax, out=col_max)
-    del buf
-
-    # recover the column argmax inside the winning group of rows
-    col_arg = xp.full(nb, -1, dtype=xp.int64)
-    has = col_max > -xp.inf
-    cols = xp.flatnonzero(has)
-    if cols.size:
-        groups = col_group[cols]
-        order = xp.argsort(groups, kind="stable")
-        cols, groups = cols[order], groups[order]
-        bounds = xp.flatnonzero(xp.diff(groups)) + 1
-        starts = [0, *(int(v) for v in bounds.tolist())]
-        stops = [*starts[1:], int(cols.size)]
-        for s0, s1 in zip(starts, stops, strict=True):
-            gidx = int(groups[s0])
-            r0 = gidx * group_rows
-            r1 = min(r0 + group_rows, na)
-            sel = cols[s0:s1]
-            sub = b[sel] @ a[r0:r1].T  # (n_sel, rows of the group)
-            if bad_a is not None:
-                local = bad_a[(bad_a >= r0) & (bad_a < r1)] - r0
-                if local.size:
-                    sub[:, local] = -xp.inf
-            col_arg[sel] = sub.argmax(axis=1) + r0
-
-    row_arg[row_max == -xp.inf] = -1
-    row_arg[row_arg >= 0] += b_offset
-    col_arg[col_arg >= 0] += a_offset
-    return BlockMax(row_max, row_arg, col_max, col_arg)
+    group_rows = max(1, min(int(group_rows), int(strip_rows)))
+    (rm, ra), (cm, ca) = reduce_block(GemmProduct(a, b), MaxArgmax(group_rows), a_valid,
+                                      b_valid, a_offset, b_offset, strip_rows=strip_rows)
+    return BlockMax(rm, ra, cm, ca)
 
 
-def combine_max(m1: Any, i1: Any, m2: Any, i2: Any) -> tuple[Any, Any]:
-    """Merge two partial (max, argmax) results elementwise.
+def block_counts(a: Any, b: Any, threshold: float, a_valid: Any = None, b_valid: Any = None,
+                 *, diagonal: bool = False, strip_rows: int = STRIP_ROWS) -> BlockCount:
+    """Per row and column of ``a @ b.T``: partners with ``r > threshold`` (invalid never count).
 
-    The larger maximum wins; equal maxima keep the smaller index, so the
-    result does not depend on the order in which blocks are combined.
-    ``-inf``/``-1`` (nothing valid) loses against anything.
+    Parameters
+    ----------
+    a, b : float32 arrays (na, T), (nb, T)
+        Standardised series; with ``diagonal`` the same set (``a`` is ``b``).
+    threshold : float
+    a_valid, b_valid : bool arrays, optional
+    diagonal : bool
+        Exclude the self-pairs ``(k, k)``.
+    strip_rows : int
 
     Returns
     -------
-    (max, argmax) : arrays of the inputs' shape
+    BlockCount
+        ``row_count`` (na,), ``col_count`` (nb,), int64.
     """
-    xp = array_module(m1, m2)
-    lo1 = (i1 < i2) & (i1 >= 0) | (i2 < 0)
-    take1 = (m1 > m2) | ((m1 == m2) & lo1)
-    return xp.where(take1, m1, m2), xp.where(take1, i1, i2)
+    rows, cols = reduce_block(GemmProduct(a, b), ThresholdCount(threshold), a_valid, b_valid,
+                              diagonal=diagonal, strip_rows=strip_rows)
+    return BlockCount(rows, cols)
 
 
-def combine_many(parts: list[tuple[Any, Any]]) -> tuple[Any, Any]:
-    """:func:`combine_max` folded over a list of ``(max, argmax)`` pairs."""
-    m, i = parts[0]
-    for m2, i2 in parts[1:]:
-        m, i = combine_max(m, i, m2, i2)
-    return m, i
+def concat_standardized(parts: Sequence[Any], means: Sequence[Any],
+                        scales: Sequence[Any]) -> Any:
+    """Several subjects' series of one voxel block, standardised and concatenated along time.
 
+    Parameters
+    ----------
+    parts : sequence of float arrays (n, T_s)
+        One block of voxels of each subject (lengths may differ).
+    means, scales : sequences of arrays (n,)
+        Each subject's :func:`moments` of those voxels.
 
-def fisher_z(r: Any, clip: float = R_CLIP) -> Any:
-    """Fisher transform ``atanh(r)`` as float32, ``|r|`` clipped to ``clip`` (finite).
-
-    NaN stays NaN.
+    Returns
+    -------
+    float32 array (n, sum T_s)
+        ``dense_product`` of two such concatenations is the block of the sum
+        over the subjects of their correlation matrices; a voxel constant in a
+        subject has zeros in that subject's span and adds nothing there.
     """
-    xp = array_module(r)
-    r64 = xp.clip(xp.asarray(r, dtype=xp.float64), -clip, clip)
-    return xp.arctanh(r64).astype(xp.float32)
+    xp = array_module(*parts)
+    n = parts[0].shape[0]
+    out = xp.empty((n, sum(int(p.shape[1]) for p in parts)), dtype=xp.float32)
+    t0 = 0
+    for x, m, s in zip(parts, means, scales, strict=True):
+        t1 = t0 + int(x.shape[1])
+        apply_moments(x, m, s, out=out[:, t0:t1])
+        t0 = t1
+    return out

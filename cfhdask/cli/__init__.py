@@ -25,9 +25,13 @@ COMMANDS: dict[str, str] = {
     "confounds": "cfhdask.cli.confounds",
     "ingest": "cfhdask.cli.ingest",
     "cfh": "cfhdask.cli.cfh",
+    "vmhc": "cfhdask.cli.vmhc",
+    "autonomy": "cfhdask.cli.autonomy",
     "stats": "cfhdask.cli.stats",
+    "null-check": "cfhdask.cli.nullcheck",
     "run": "cfhdask.cli.run",
     "demo": "cfhdask.cli.demo",
+    "migrate": "cfhdask.cli.migrate",
 }
 
 

@@ -37,10 +37,14 @@ def log_file_path(command: str) -> str:
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception as one line: its message's first line (its type when not ours)."""
-    from cfhdask.errors import CfhdaskError
+    """An exception as one line: its message's first line (its type when not ours).
 
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    Registered credentials are redacted (a library's error may quote them).
+    """
+    from cfhdask.errors import CfhdaskError
+    from cfhdask.secrets import redact
+
+    lines = [ln for ln in redact(exc).strip().splitlines() if ln.strip()]
     first = lines[0].strip() if lines else ""
     if isinstance(exc, CfhdaskError):
         return first or type(exc).__name__

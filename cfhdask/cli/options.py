@@ -16,10 +16,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.settings import Settings, settings
+from cfhdask.secrets import register as register_secrets
+from cfhdask.settings import Settings, resolve, settings
 
-__all__ = ["add_cluster_options", "add_log_options", "add_setting", "cluster_kwargs",
-           "csv_list", "overrides", "parse_storage_options"]
+__all__ = ["CLUSTER_FIELDS", "add_cluster_options", "add_log_options", "add_setting",
+           "cluster_kwargs", "csv_list", "overrides", "parse_storage_options"]
 
 
 def csv_list(value: str) -> list[str]:
@@ -89,28 +90,43 @@ def overrides(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+#: Options of :func:`add_cluster_options` -> fields of the ``cluster`` settings.
+CLUSTER_FIELDS = {"scheduler": "scheduler", "scheduler_file": "scheduler_file",
+                  "cluster": "kind", "n_workers": "n_workers",
+                  "threads_per_worker": "threads_per_worker", "wait_workers": "wait_workers",
+                  "tls_ca_file": "tls_ca_file", "tls_cert": "tls_cert", "tls_key": "tls_key"}
+
+
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that computes on Dask."""
-    g = p.add_argument_group("Dask cluster (default: an embedded LocalCluster on this machine)")
+    g = p.add_argument_group(
+        "Dask cluster (default: an embedded LocalCluster on this machine; batch-job settings "
+        "in the Dask config, section cfhdask.cluster.jobqueue, see deploy/README.md)")
     add_setting(g, "--scheduler", "cluster", metavar="ADDRESS")
     add_setting(g, "--scheduler-file", "cluster", metavar="FILE")
     add_setting(g, "--cluster", "cluster", "kind", dest="cluster",
                 choices=["local", "slurm", "pbs", "kubernetes"],
-                help="Start a cluster of this kind (settings in cfhdask.yaml, section "
-                     "cfhdask.cluster)")
+                help="Start a cluster of this kind: an embedded LocalCluster, SLURM/PBS worker "
+                     "jobs (checked with the batch system, replaced before their walltime, "
+                     "cancelled on exit), or Kubernetes pods")
     add_setting(g, "--n-workers", "cluster", type=int)
     add_setting(g, "--threads-per-worker", "cluster", type=int)
+    add_setting(g, "--wait-workers", "cluster", type=int, metavar="N")
+    add_setting(g, "--tls-ca-file", "cluster", metavar="PEM")
+    add_setting(g, "--tls-cert", "cluster", metavar="PEM")
+    add_setting(g, "--tls-key", "cluster", metavar="PEM")
 
 
 def cluster_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`cfhdask.cluster.dask_client` from parsed options."""
-    return {
-        "scheduler": args.scheduler,
-        "scheduler_file": args.scheduler_file,
-        "cluster": args.cluster,
-        "n_workers": args.n_workers,
-        "threads_per_worker": args.threads_per_worker,
-    }
+    """Keyword arguments of :func:`cfhdask.cluster.dask_client` from parsed options.
+
+    Only the options given are returned; they are validated first, so a bad
+    combination is an error naming the flags before anything starts.
+    """
+    given = {opt: getattr(args, opt) for opt in CLUSTER_FIELDS
+             if getattr(args, opt, None) is not None}
+    resolve("cluster", {CLUSTER_FIELDS[k]: v for k, v in given.items()}, style="cli")
+    return given
 
 
 def add_log_options(p: argparse.ArgumentParser) -> None:
@@ -128,7 +144,10 @@ def parse_storage_options(text: str | None) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CfhdaskInputError(f"--storage-options: not valid JSON: {exc}") from None
+        # the message quotes no part of the text, which may hold credentials
+        raise CfhdaskInputError(f"--storage-options: not valid JSON ({exc.msg} at character "
+                                f"{exc.pos})") from None
     if not isinstance(value, dict):
         raise CfhdaskInputError("--storage-options: must be a JSON object")
+    register_secrets(value)  # never in a log line or an error message
     return value

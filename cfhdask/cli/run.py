@@ -53,12 +53,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise CfhdaskInputError("give the study YAML file (or --schema)")
     cfg = load_config(args.config)
+    from cfhdask.cli.options import CLUSTER_FIELDS
     from cfhdask.settings import resolve
 
-    cfg.cluster = resolve("cluster", {
-        "scheduler": args.scheduler, "scheduler_file": args.scheduler_file,
-        "kind": args.cluster, "n_workers": args.n_workers,
-        "threads_per_worker": args.threads_per_worker}, style="cli", base=cfg.cluster)
+    cfg.cluster = resolve("cluster", {field: getattr(args, opt) for opt, field in
+                                      CLUSTER_FIELDS.items()}, style="cli", base=cfg.cluster)
     if args.check:
         from cfhdask.study.pipeline import check_study
 

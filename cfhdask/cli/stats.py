@@ -22,16 +22,36 @@ DESIGN_FIELDS = ("covariates", "categorical", "drop_missing", "combine_runs")
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``stats`` sub-command."""
     p = subparsers.add_parser(
-        "stats", help="group comparison of CFH maps by permutation (voxel, cluster, TFCE FWE)",
-        description="Two-group GLM with covariates on the participants' CFH maps of a "
-                    "cohort store (one row per participant: the maps of its sessions and runs "
-                    "are combined, see --combine-runs); permutations (Draper-Stoneman or "
-                    "Freedman-Lane) fanned out on Dask; voxel-FWE, cluster-extent/mass FWE "
+        "stats", help="group comparison of CFH/VMHC/AI maps by permutation (voxel, cluster, "
+                      "TFCE FWE)",
+        description="Two-group GLM with covariates on the participants' maps of a cohort "
+                    "store (--metric: CFH with the group or the per-subject counterpart, VMHC "
+                    "or the autonomy index; one row per participant: the maps of its sessions "
+                    "and runs are combined, see --combine-runs); permutations (Draper-Stoneman "
+                    "or Freedman-Lane) fanned out on Dask; voxel-FWE, cluster-extent/mass FWE "
                     "and TFCE FWE; clusters labelled with AAL and Harvard-Oxford.  The "
-                    "participants table, sessions.tsv files, groups and covariates are "
-                    "checked before any Dask cluster starts.  Files this command wrote in "
+                    "participants table, sessions.tsv files, groups, covariates and the metric "
+                    "are checked before any Dask cluster starts.  Files this command wrote in "
                     "--out before are replaced; nothing else there is touched.")
     p.add_argument("store", metavar="STORE", help="cohort store (directory or fsspec URL)")
+    add_study_options(p)
+    add_inference_options(p)
+    add_output_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """``--out``, ``--storage-options`` and the Dask cluster options."""
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help='fsspec options of a remote store and participants table, e.g. '
+                        '\'{"anon": true}\'')
+    add_cluster_options(p)
+
+
+def add_study_options(p: argparse.ArgumentParser) -> None:
+    """``--participants``, ``--group``, ``--groups`` and the design options (covariates...)."""
     p.add_argument("--participants", required=True, metavar="FILE",
                    help="participants table (TSV or CSV, path or URL) with a participant_id "
                         "column; sub-<label>/sub-<label>_sessions.tsv files next to it give "
@@ -46,24 +66,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      "--categorical dummy-coded; '' for none")
     add_setting(p, "--categorical", "design", kind="list", metavar="C1,C2")
     add_setting(p, "--combine-runs", "design", metavar="mean|ses-L|run-N")
-    add_setting(p, "--n-perm", "stats", type=int)
+    add_setting(p, "--drop-missing", "design", kind="bool")
+
+
+def add_inference_options(p: argparse.ArgumentParser, *, own: str = "stats") -> None:
+    """The ``stats`` options; ``--n-perm`` and ``--seed`` of section ``own``."""
+    add_setting(p, "--n-perm", own, type=int)
     add_setting(p, "--scheme", "stats", choices=["draper-stoneman", "freedman-lane"])
     add_setting(p, "--cluster-p", "stats", type=float)
     add_setting(p, "--connectivity", "stats", type=int, choices=[6, 18, 26])
     add_setting(p, "--tfce", "stats", kind="bool")
     add_setting(p, "--mass-tfce-on", "stats", choices=["t", "z"])
     add_setting(p, "--alpha", "stats", type=float)
-    add_setting(p, "--seed", "stats", type=int)
-    add_setting(p, "--metric", "stats", choices=["cfh", "r_max"])
-    add_setting(p, "--drop-missing", "design", kind="bool")
+    add_setting(p, "--seed", own, type=int)
+    add_setting(p, "--metric", "stats", choices=["cfh", "cfh_subject", "vmhc", "ai"])
     add_setting(p, "--batch-size", "stats", type=int)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help='fsspec options of a remote store and participants table, e.g. '
-                        '\'{"anon": true}\'')
-    add_cluster_options(p)
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,16 +89,17 @@ def run(args: argparse.Namespace) -> int:
 
     from cfhdask.cluster import dask_client
     from cfhdask.io.store import open_store
-    from cfhdask.settings import resolve
+    from cfhdask.settings import default_metric, resolve
     from cfhdask.stats.inference import group_inference, inference_design
 
     st = resolve("stats", overrides(args, STATS_FIELDS), style="cli")
+    metric = args.metric or default_metric()
     des = resolve("design", overrides(args, DESIGN_FIELDS), style="cli")
     so = parse_storage_options(args.storage_options)
     store = open_store(args.store, storage_options=so)
     # every participant, session, group and covariate problem shows here, before any cluster
     inference_design(store, args.participants, des, group=args.group, groups=args.groups,
-                     storage_options=so)
+                     storage_options=so, metric=metric)
     with dask_client(**cluster_kwargs(args)) as client:
         res = group_inference(
             store, args.participants, group=args.group, groups=args.groups,
@@ -90,10 +108,11 @@ def run(args: argparse.Namespace) -> int:
             storage_options=so, n_perm=st.n_perm, scheme=st.scheme,
             cluster_p=st.cluster_p, connectivity=st.connectivity, tfce=st.tfce,
             mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed, out_dir=args.out,
-            client=client, metric=st.metric, batch_size=st.batch_size)
+            client=client, metric=metric, batch_size=st.batch_size)
     p = res.params
     several = sum(1 for m in p["maps"].values() if len(m) > 1)
-    print(f"{len(p['subjects'])} participants {p['n_per_group']} from {p['n_maps']} maps"
+    print(f"metric {p['metric']}: {len(p['subjects'])} participants {p['n_per_group']} from "
+          f"{p['n_maps']} maps"
           + (f" ({several} with several, combined by {p['combine_runs']})" if several else "")
           + f", df {p['df']}, {p['mask']['n_voxels_analysed']} voxels, {p['n_perm']} "
           f"permutations ({'exhaustive' if p['exhaustive'] else 'random'}, {p['scheme']}), "

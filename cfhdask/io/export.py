@@ -1,4 +1,4 @@
-"""Export per-subject CFH results as NIfTI images on the input grid."""
+"""Export per-subject maps (CFH, VMHC, autonomy index) as NIfTI images on the input grid."""
 
 from __future__ import annotations
 
@@ -9,17 +9,37 @@ from pathlib import Path
 
 import numpy as np
 
+from cfhdask.cfh.mirror import counterpart_displacement
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.io.nifti import write_nifti
-from cfhdask.io.store import CohortStore, open_store
+from cfhdask.io.store import METRIC_LABELS, METRICS, CohortStore, open_store
 
 log = logging.getLogger(__name__)
+
+__all__ = ["counterpart_coordinates", "export_maps"]
+
+
+def counterpart_coordinates(store: CohortStore, index: np.ndarray) -> np.ndarray:
+    """MNI x, y, z (mm) of each voxel's counterpart, shape (3, n_voxels); 0 where none."""
+    index = np.asarray(index)
+    coords = np.zeros((store.n_voxels, 3), dtype=np.float32)
+    has = index >= 0
+    coords[has] = store.xyz.astype(np.float32)[index[has]]
+    return coords.T
+
+
+def _volume(store, values, what: str, path: Path) -> Path:
+    values = np.asarray(values, dtype=np.float32)
+    vol = store.to_volume(np.where(np.isfinite(values), values, np.float32(0)))
+    write_nifti(path, vol, store.affine, description=f"cfhdask {what}")
+    log.info("Exported %s", path)
+    return path
 
 
 def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,
                 subjects: Sequence[str] | None = None,
-                storage_options: dict | None = None) -> list[Path]:
-    """Write each subject's CFH map and counterpart coordinates as NIfTI.
+                storage_options: dict | None = None, metric: str = "cfh") -> list[Path]:
+    """Write each subject's map of one metric as NIfTI (and its counterparts for CFH).
 
     Parameters
     ----------
@@ -28,42 +48,50 @@ def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,
     out_dir : path
         Output directory (created if needed).
     subjects : sequence of str, optional
-        Default: every subject with complete CFH results.
+        Default: every subject with complete maps of ``metric``.
     storage_options : dict, optional
         fsspec options of a remote store given as a URL.
+    metric : {"cfh", "cfh_subject", "vmhc", "ai"}
+        Which maps.
 
     Returns
     -------
     list of Path
-        For each subject ``<subject>_cfh.nii.gz`` (3D Fisher z, 0 outside the
-        mask and where there is no CFH) and ``<subject>_counterpart.nii.gz``
+        For each subject ``<subject>_<metric>.nii.gz`` (3D; Fisher z for CFH
+        and VMHC, the index itself for AI; 0 outside the mask and where there
+        is no value).  With ``cfh_subject`` also ``<subject>_counterpart_subject.nii.gz``
         (4D, 3 volumes: the counterpart's MNI x, y, z in mm; 0 where none).
+        With ``cfh`` also, once, ``group_counterpart.nii.gz`` (the group
+        counterpart's x, y, z) and ``group_counterpart_displacement.nii.gz``
+        (mm from each voxel's mirror position to its group counterpart).
     """
+    if metric not in METRICS:
+        raise CfhdaskInputError(f"metric {metric!r}: not one of {', '.join(METRICS)}")
     if not isinstance(store, CohortStore):
         store = open_store(str(store), storage_options=storage_options)
-    available = store.subjects("cfh")
+    available = store.subjects(metric)
     names = list(available if subjects is None else subjects)
     missing = [s for s in names if s not in available]
     if missing:
         raise CfhdaskInputError(
-            f"store {store.url}: no CFH results for {', '.join(missing)}")
+            f"store {store.url}: no {METRIC_LABELS[metric]} results for {', '.join(missing)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    xyz = store.xyz.astype(np.float32)
     paths: list[Path] = []
     for subject in names:
-        cfh = np.asarray(store.cfh_maps([subject], "cfh").values[0], dtype=np.float32)
-        cfh = np.where(np.isfinite(cfh), cfh, np.float32(0))
-        counterpart = np.asarray(store.cfh_maps([subject], "counterpart").values[0])
-        has = counterpart >= 0
-        coords = np.zeros((store.n_voxels, 3), dtype=np.float32)
-        coords[has] = xyz[counterpart[has]]
-        p_cfh = out / f"{subject}_cfh.nii.gz"
-        p_cp = out / f"{subject}_counterpart.nii.gz"
-        write_nifti(p_cfh, store.to_volume(cfh), store.affine,
-                    description=f"cfhdask CFH Fisher z {subject}")
-        write_nifti(p_cp, store.to_volume(coords.T), store.affine,
-                    description=f"cfhdask counterpart MNI xyz {subject}")
-        paths += [p_cfh, p_cp]
-        log.info("Exported %s and %s", p_cfh, p_cp)
+        values = store.cfh_maps([subject], metric).values[0]
+        paths.append(_volume(store, values, f"{metric} {subject}",
+                             out / f"{subject}_{metric}.nii.gz"))
+        if metric == "cfh_subject":
+            cp = store.cfh_maps([subject], "cfh_subject_counterpart").values[0]
+            paths.append(_volume(store, counterpart_coordinates(store, cp),
+                                 f"counterpart MNI xyz {subject}",
+                                 out / f"{subject}_counterpart_subject.nii.gz"))
+    group = store.group_counterpart() if metric == "cfh" else None
+    if group is not None:
+        paths.append(_volume(store, counterpart_coordinates(store, group["index"]),
+                             "group counterpart MNI xyz", out / "group_counterpart.nii.gz"))
+        paths.append(_volume(store, counterpart_displacement(store.xyz, group["index"]),
+                             "group counterpart distance to the mirror voxel (mm)",
+                             out / "group_counterpart_displacement.nii.gz"))
     return paths

@@ -1,27 +1,40 @@
 """The cohort store: one Zarr v3 group holding a whole cohort.
 
-Layout (see the README, section *The cohort store*)::
+Layout (version 2; see the README, section *The cohort store*)::
 
     STORE/                      attrs: cfhdask_store_version, grid_shape, affine, mask, ...
       ijk        (voxel, axis)  int32
       xyz        (voxel, axis)  float32
       hemisphere (voxel)        int8
-      subjects/<subject>/       attrs: subject, source, tr, ..., ingest_complete (last)
+      counterpart/              attrs: fingerprint, reference, params, complete (last)
+        index    (voxel)        int32    the group counterpart of every voxel (-1: none)
+        summed_r (voxel)        float32  sum over the reference subjects of r at it
+      subjects/<subject>/       attrs: subject, source, tr, ..., ingest_complete (last),
+                                       <metric>_complete, <metric>_params per metric
         bold        (voxel, time) float32, chunks (voxel_chunk, n_time)
-        cfh         (voxel)       float32
-        counterpart (voxel)       int32
-        r_max       (voxel)       float32
+        cfh, cfh_r, cfh_counterpart                     group-counterpart CFH
+        cfh_subject, cfh_subject_r, cfh_subject_counterpart   per-subject maximum
+        vmhc, vmhc_r                                    voxel-mirrored homotopic connectivity
+        ai                                              autonomy index
 
 Voxels are ordered left hemisphere, right hemisphere, midline (C order inside
 each block), so each hemisphere is a contiguous slice.  Subject groups become
 visible to readers only once their completion flag has been written; a failed
-write removes the group.  Arrays are written chunk-aligned (one Dask block per
-Zarr chunk) so parallel writers never share a chunk.
+write removes the group.  Each metric's arrays become visible once its flag
+is set.  Arrays are written chunk-aligned (one Dask block per Zarr chunk) so
+parallel writers never share a chunk.
+
+Version-1 stores (before the group counterpart) open read-only: their
+per-subject CFH is read as ``cfh_subject``.  Writing to one needs
+:func:`migrate_store` (``cfhdask migrate STORE``) first, which renames those
+arrays in place and computes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -36,25 +49,68 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskInputError, StoreVersionError
 from cfhdask.grid import voxel_table
+from cfhdask.io.arrays import store_array
 from cfhdask.io.atomic import to_jsonable
 from cfhdask.io.urls import url_to_fs
 from cfhdask.settings import settings
 
 log = logging.getLogger(__name__)
 
-#: Layout version written into (and required from) every store.
-STORE_VERSION = 1
+#: Layout version written into every new store.
+STORE_VERSION = 2
+#: Layout versions this cfhdask opens (version 1 read-only, see :func:`migrate_store`).
+READ_VERSIONS = (1, 2)
 SUBJECTS = "subjects"
+COUNTERPART = "counterpart"
 INGEST_FLAG = "ingest_complete"
 #: Prefix of the group a replacement subject is written to (``--overwrite``) until it
 #: is complete; subject ids never start with ``__``.
 STAGED_PREFIX = "__new__"
 STAGED_FLAG = "staged_complete"
-CFH_FLAG = "cfh_complete"
-CFH_VARS = ("cfh", "counterpart", "r_max")
-_CFH_DTYPES = {"cfh": np.float32, "counterpart": np.int32, "r_max": np.float32}
 
-Stage = Literal["ingested", "cfh"]
+#: Per-subject arrays of every metric; the first is the map that group analyses read.
+METRICS: dict[str, tuple[str, ...]] = {
+    "cfh": ("cfh", "cfh_r", "cfh_counterpart"),
+    "cfh_subject": ("cfh_subject", "cfh_subject_r", "cfh_subject_counterpart"),
+    "vmhc": ("vmhc", "vmhc_r"),
+    "ai": ("ai",),
+}
+#: What each metric is, in words (CLI help, errors, report).
+METRIC_LABELS: dict[str, str] = {
+    "cfh": "CFH (group-defined counterpart)",
+    "cfh_subject": "CFH (per-subject maximum)",
+    "vmhc": "VMHC",
+    "ai": "autonomy index",
+}
+#: The command that computes each metric.
+METRIC_COMMANDS: dict[str, str] = {
+    "cfh": "cfhdask cfh STORE", "cfh_subject": "cfhdask cfh STORE --counterpart subject",
+    "vmhc": "cfhdask vmhc STORE", "ai": "cfhdask autonomy STORE",
+}
+#: In a version-1 store: the per-subject maximum CFH under its old names.
+_V1_ARRAYS = {"cfh_subject": "cfh", "cfh_subject_r": "r_max",
+              "cfh_subject_counterpart": "counterpart"}
+_V1_FLAGS = {"cfh_subject": "cfh_complete"}
+_V1_PARAMS = {"cfh_subject": "cfh_params"}
+#: What :meth:`CohortStore.subjects` accepts: "ingested" or a metric.
+Stage = str
+
+
+def metric_of(var: str) -> str:
+    """The metric an array name belongs to (``"cfh_r"`` -> ``"cfh"``)."""
+    for metric, names in METRICS.items():
+        if var in names:
+            return metric
+    known = ", ".join(n for names in METRICS.values() for n in names)
+    raise ValueError(f"unknown per-subject map {var!r} (known: {known})")
+
+
+def _dtype(var: str):
+    return np.int32 if var.endswith("counterpart") else np.float32
+
+
+def _fill(var: str):
+    return -1 if var.endswith("counterpart") else np.float32("nan")
 
 
 def now_iso() -> str:
@@ -131,6 +187,8 @@ class CohortStore:
         self.n_midline = int(attrs["n_midline"])
         self.n_voxels = self.n_left + self.n_right + self.n_midline
         self.voxel_chunk = int(attrs.get("voxel_chunk", max(1, self.n_voxels)))
+        self.layout_version = int(attrs.get("cfhdask_store_version", STORE_VERSION))
+        self._where = f"store {self.url}"
         self._ijk: np.ndarray | None = None
         self._xyz: np.ndarray | None = None
         self._hemisphere: np.ndarray | None = None
@@ -255,11 +313,20 @@ class CohortStore:
         if version is None:
             raise CfhdaskInputError(f"store {url}: not a cfhdask cohort store "
                                     "(no cfhdask_store_version attribute)")
-        if version != STORE_VERSION:
+        if version not in READ_VERSIONS:
             raise StoreVersionError(
                 f"store {url}: layout version {version!r} (written by cfhdask "
                 f"{attrs.get('cfhdask_version', '?')}) is not supported by cfhdask "
-                f"{__version__}, which reads version {STORE_VERSION}")
+                f"{__version__}, which reads versions {', '.join(map(str, READ_VERSIONS))}")
+        if version != STORE_VERSION and mode != "r":
+            raise StoreVersionError(
+                f"store {url}: layout version {version} can only be read by cfhdask "
+                f"{__version__}; run `cfhdask migrate {url}` to upgrade it to version "
+                f"{STORE_VERSION} in place (its per-subject CFH maps become cfh_subject; "
+                "nothing is recomputed)")
+        if version != STORE_VERSION:
+            log.info("store %s: layout version %s, read-only (its per-subject CFH is read as "
+                     "cfh_subject)", url, version)
         return cls(url, root, storage_options)
 
     # ------------------------------------------------------------------ voxel table
@@ -287,21 +354,22 @@ class CohortStore:
     def ijk(self) -> np.ndarray:
         """Voxel indices on the grid, shape (n_voxels, 3), int32."""
         if self._ijk is None:
-            self._ijk = np.asarray(self._root["ijk"][...])
+            self._ijk = np.asarray(store_array(self._root, "ijk", np.int32, where=self._where)[...])
         return self._ijk
 
     @property
     def xyz(self) -> np.ndarray:
         """MNI coordinates (mm) of the voxels, shape (n_voxels, 3), float32."""
         if self._xyz is None:
-            self._xyz = np.asarray(self._root["xyz"][...])
+            self._xyz = np.asarray(store_array(self._root, "xyz", np.float32, where=self._where)[...])
         return self._xyz
 
     @property
     def hemisphere(self) -> np.ndarray:
         """Hemisphere of each voxel: -1 left, +1 right, 0 midline (int8)."""
         if self._hemisphere is None:
-            self._hemisphere = np.asarray(self._root["hemisphere"][...])
+            self._hemisphere = np.asarray(
+                store_array(self._root, "hemisphere", np.int8, where=self._where)[...])
         return self._hemisphere
 
     @property
@@ -362,17 +430,29 @@ class CohortStore:
             return {}
         return dict(self._root[SUBJECTS].groups())
 
+    def _flag(self, metric: str) -> str:
+        if self.layout_version == 1:
+            return _V1_FLAGS.get(metric, f"{metric}_unavailable_in_v1")
+        return f"{metric}_complete"
+
+    def _array_name(self, var: str) -> str:
+        return _V1_ARRAYS.get(var, var) if self.layout_version == 1 else var
+
+    def _check_stage(self, stage: str) -> None:
+        if stage != "ingested" and stage not in METRICS:
+            raise ValueError(f"stage must be 'ingested' or one of {', '.join(METRICS)}, "
+                             f"not {stage!r}")
+
     def subjects(self, stage: Stage = "ingested") -> list[str]:
         """Complete subjects, sorted.
 
         Parameters
         ----------
-        stage : {"ingested", "cfh"}
-            ``"ingested"``: time series written completely; ``"cfh"``: CFH
-            maps written completely too.
+        stage : {"ingested", "cfh", "cfh_subject", "vmhc", "ai"}
+            ``"ingested"``: time series written completely; a metric: that
+            metric's maps written completely too.
         """
-        if stage not in ("ingested", "cfh"):
-            raise ValueError(f"stage must be 'ingested' or 'cfh', not {stage!r}")
+        self._check_stage(stage)
         out = []
         for name, grp in self._all_subject_groups().items():
             if name.startswith(STAGED_PREFIX):
@@ -380,10 +460,25 @@ class CohortStore:
             attrs = grp.attrs
             if attrs.get(INGEST_FLAG) is not True:
                 continue
-            if stage == "cfh" and attrs.get(CFH_FLAG) is not True:
+            if stage != "ingested" and attrs.get(self._flag(stage)) is not True:
                 continue
             out.append(name)
         return sorted(out)
+
+    def metric_params(self, subject: str, metric: str) -> dict:
+        """The parameters a subject's maps of ``metric`` were computed with."""
+        key = _V1_PARAMS.get(metric, f"{metric}_params") if self.layout_version == 1 \
+            else f"{metric}_params"
+        return dict(self._group(subject, metric).attrs.get(key) or {})
+
+    def missing_metric(self, metric: str, option: str = "--metric") -> str:
+        """A one-line message: ``metric`` has not been computed here, and how to compute it."""
+        label = METRIC_LABELS.get(metric, metric)
+        msg = f"{option} {metric}: no subject of store {self.url} has {label} maps"
+        if self.layout_version == 1 and metric != "cfh_subject":
+            return (msg + f" (a version-1 store holds only cfh_subject; run `cfhdask migrate "
+                    f"{self.url}`, then `{METRIC_COMMANDS[metric].replace('STORE', self.url)}`)")
+        return msg + f" (run `{METRIC_COMMANDS.get(metric, 'cfhdask cfh STORE').replace('STORE', self.url)}`)"
 
     def incomplete_subjects(self) -> list[str]:
         """Subject groups whose ingest never finished (invisible to readers)."""
@@ -391,13 +486,14 @@ class CohortStore:
                       if grp.attrs.get(INGEST_FLAG) is not True)
 
     def _group(self, subject: str, stage: Stage = "ingested") -> zarr.Group:
+        self._check_stage(stage)
         grp = None
         if SUBJECTS in self._root and subject in self._root[SUBJECTS]:
             grp = self._root[SUBJECTS][subject]
-        flag = INGEST_FLAG if stage == "ingested" else CFH_FLAG
-        if grp is None or grp.attrs.get(INGEST_FLAG) is not True or \
-                grp.attrs.get(flag) is not True:
-            what = "ingested" if stage == "ingested" else "with CFH results"
+        ok = grp is not None and grp.attrs.get(INGEST_FLAG) is True and (
+            stage == "ingested" or grp.attrs.get(self._flag(stage)) is True)
+        if not ok:
+            what = "ingested" if stage == "ingested" else f"with {stage} results"
             raise CfhdaskInputError(f"store {self.url}: no subject {subject!r} {what}")
         return grp
 
@@ -413,7 +509,8 @@ class CohortStore:
         dask.array.Array of shape (n_voxels, n_time), float32
             Chunked like the Zarr array: (voxel_chunk, n_time).
         """
-        return da.from_zarr(self._group(subject)["bold"])
+        return da.from_zarr(store_array(self._group(subject), "bold", np.float32,
+                                        where=f"{self._where}: subjects/{subject}"))
 
     def _staged(self, subject: str) -> str:
         return STAGED_PREFIX + subject
@@ -444,7 +541,8 @@ class CohortStore:
         grp = subjects.create_group(name)
         attrs = dict(attrs)
         attrs.pop(INGEST_FLAG, None)
-        attrs.pop(CFH_FLAG, None)
+        for metric in METRICS:
+            attrs.pop(f"{metric}_complete", None)
         attrs.setdefault("subject", subject)
         attrs.setdefault("ingested", now_iso())
         grp.attrs.update(to_jsonable(attrs))
@@ -562,17 +660,20 @@ class CohortStore:
             if grp.attrs.get(INGEST_FLAG) is not True:
                 del self._root[SUBJECTS][name]
                 removed.append(name)
-            elif grp.attrs.get(CFH_FLAG) is not True:
-                for var in CFH_VARS:
-                    if var in grp:
-                        del grp[var]
+            else:
+                for metric, names in METRICS.items():
+                    if grp.attrs.get(self._flag(metric)) is not True:
+                        for var in names:
+                            if var in grp:
+                                del grp[var]
         if removed:
             log.warning("Removed %d interrupted subject(s) from %s: %s",
                         len(removed), self.url, ", ".join(sorted(removed)))
         return sorted(removed)
 
-    def write_cfh(self, subject: str, cfh, counterpart, r_max, attrs: dict) -> None:
-        """Write a subject's CFH results, then set ``cfh_complete``.
+    def write_cfh(self, subject: str, cfh, counterpart, r, attrs: dict, *,
+                  metric: str = "cfh") -> None:
+        """Write a subject's CFH results (``metric`` "cfh" or "cfh_subject").
 
         Parameters
         ----------
@@ -582,75 +683,168 @@ class CohortStore:
             Fisher z of the CFH (float32, NaN where none).
         counterpart : array (n_voxels,)
             Store voxel index of the counterpart, -1 where none (int32).
-        r_max : array (n_voxels,)
-            Maximum Pearson r (float32, NaN where none).
+        r : array (n_voxels,)
+            Pearson r with the counterpart (float32, NaN where none).
         attrs : dict
             Added to the subject attributes (e.g. ``cfh_params``, ``n_constant``).
+        metric : {"cfh", "cfh_subject"}
+            Group-defined or per-subject counterpart.
+        """
+        if metric not in ("cfh", "cfh_subject"):
+            raise ValueError(f"metric must be 'cfh' or 'cfh_subject', not {metric!r}")
+        self.write_metric(subject, metric, {metric: cfh, f"{metric}_r": r,
+                                            f"{metric}_counterpart": counterpart}, attrs)
 
-        On any error the partial CFH arrays are removed and the error re-raised.
+    def write_metric(self, subject: str, metric: str, values: dict, attrs: dict) -> None:
+        """Write a subject's maps of one metric, then set ``<metric>_complete``.
+
+        Parameters
+        ----------
+        subject : str
+            An ingested subject.
+        metric : str
+            One of :data:`METRICS`; ``values`` must hold exactly its arrays.
+        values : dict name -> array (n_voxels,)
+            Cast to float32 (int32 for counterparts); NumPy or Dask.
+        attrs : dict
+            Added to the subject attributes (e.g. ``<metric>_params``).
+
+        On any error the partial arrays are removed, the flag stays unset and
+        the error is re-raised.
         """
         self._require_writable()
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}")
+        names = METRICS[metric]
+        if set(values) != set(names):
+            raise ValueError(f"{metric} needs arrays {names}, got {tuple(values)}")
         grp = self._group(subject)
-        values = {"cfh": cfh, "counterpart": counterpart, "r_max": r_max}
+        flag = self._flag(metric)
         for name, v in values.items():
             if tuple(v.shape) != (self.n_voxels,):
                 raise ValueError(f"{name} has shape {tuple(v.shape)}, "
                                  f"expected ({self.n_voxels},)")
         try:
-            if CFH_FLAG in grp.attrs:
-                grp.attrs.update({CFH_FLAG: False})
+            if flag in grp.attrs:
+                grp.attrs.update({flag: False})
             graphs = []
-            for name, v in values.items():
+            for name in names:
+                v = values[name]
                 if name in grp:
                     del grp[name]
-                dtype = _CFH_DTYPES[name]
+                dtype = _dtype(name)
                 target = grp.create_array(
                     name, shape=(self.n_voxels,), dtype=dtype, chunks=(self.voxel_chunk,),
                     dimension_names=["voxel"], compressors=_compressors(dtype),
-                    fill_value=-1 if name == "counterpart" else np.float32("nan"))
-                arr = v if isinstance(v, da.Array) else da.from_array(np.asarray(v))
-                graphs.append(da.store(arr.astype(dtype).rechunk(target.chunks), target,
-                                       lock=False, compute=False))
-            dask.compute(*graphs)
+                    fill_value=_fill(name))
+                if isinstance(v, da.Array):
+                    graphs.append(da.store(v.astype(dtype).rechunk(target.chunks), target,
+                                           lock=False, compute=False))
+                else:  # in memory already: written here, not queued behind a cluster's work
+                    target[...] = np.asarray(v, dtype=dtype)
+            if graphs:
+                dask.compute(*graphs)
             grp.attrs.update(to_jsonable(dict(attrs)))
-            grp.attrs.update({CFH_FLAG: True})
+            grp.attrs.update({flag: True})
         except BaseException:
-            for name in CFH_VARS:
+            for name in names:
                 if name in grp:
                     del grp[name]
-            if CFH_FLAG in grp.attrs:
-                grp.attrs.update({CFH_FLAG: False})
+            if flag in grp.attrs:
+                grp.attrs.update({flag: False})
             raise
 
+    def invalidate(self, metric: str, subjects: Sequence[str]) -> None:
+        """Hide (and delete) the maps of ``metric`` of these subjects, e.g. when stale."""
+        self._require_writable()
+        flag = self._flag(metric)
+        for s in subjects:
+            grp = self._subjects_group()[s]
+            if flag in grp.attrs:
+                grp.attrs.update({flag: False})
+            for name in METRICS[metric]:
+                if name in grp:
+                    del grp[name]
+
     def cfh_maps(self, subjects: Sequence[str] | None = None, var: str = "cfh") -> xr.DataArray:
-        """Per-subject CFH results stacked lazily.
+        """Per-subject maps of any metric, stacked lazily.
 
         Parameters
         ----------
         subjects : sequence of str, optional
-            Default: every subject with complete CFH results.
-        var : {"cfh", "counterpart", "r_max"}
-            Which result.
+            Default: every subject with complete maps of ``var``'s metric.
+        var : str
+            An array of :data:`METRICS`, e.g. ``"cfh"``, ``"cfh_r"``,
+            ``"cfh_subject_counterpart"``, ``"vmhc"``, ``"ai"``.
 
         Returns
         -------
         xarray.DataArray of dims (subject, voxel), Dask-backed
             Coordinates ``subject`` and ``hemisphere`` (per voxel).
         """
-        if var not in CFH_VARS:
-            raise ValueError(f"var must be one of {CFH_VARS}, not {var!r}")
-        names = list(self.subjects("cfh") if subjects is None else subjects)
-        arrays = [da.from_zarr(self._group(s, "cfh")[var]) for s in names]
+        metric = metric_of(var)
+        names = list(self.subjects(metric) if subjects is None else subjects)
+        arrays = [da.from_zarr(store_array(self._group(s, metric), self._array_name(var),
+                                           _dtype(var), where=f"{self._where}: subjects/{s}"))
+                  for s in names]
         if arrays:
             data = da.stack(arrays, axis=0)
         else:
-            data = da.zeros((0, self.n_voxels), dtype=_CFH_DTYPES[var],
-                            chunks=(1, self.voxel_chunk))
+            data = da.zeros((0, self.n_voxels), dtype=_dtype(var), chunks=(1, self.voxel_chunk))
         return xr.DataArray(
             data, dims=("subject", "voxel"), name=var,
             coords={"subject": np.asarray(names, dtype=object),
                     "hemisphere": ("voxel", self.hemisphere)},
         )
+
+    # ------------------------------------------------------------------ group counterpart
+    def group_counterpart(self) -> dict | None:
+        """The stored group counterpart, or None when there is none (complete).
+
+        Returns
+        -------
+        dict or None
+            ``index`` (n_voxels,) int32 store index of each voxel's group
+            counterpart (-1: none), ``summed_r`` (n_voxels,) float32, and the
+            group's attributes (``fingerprint``, ``reference``, ``params``...).
+        """
+        if COUNTERPART not in self._root:
+            return None
+        grp = self._root[COUNTERPART]
+        attrs = dict(grp.attrs)
+        if attrs.get("complete") is not True:
+            return None
+        return {"index": np.asarray(grp["index"][...]),
+                "summed_r": np.asarray(grp["summed_r"][...]), **attrs}
+
+    def write_group_counterpart(self, index, summed_r, attrs: dict) -> None:
+        """Replace the group counterpart (``complete`` is written last).
+
+        Parameters
+        ----------
+        index : int array (n_voxels,)
+            Store voxel index of each voxel's group counterpart, -1 where none.
+        summed_r : float array (n_voxels,)
+            Sum over the reference subjects of r with that counterpart.
+        attrs : dict
+            ``fingerprint``, ``reference``, ``params``...
+        """
+        self._require_writable()
+        if COUNTERPART in self._root:
+            self._root[COUNTERPART].attrs.update({"complete": False})
+        grp = self._root.require_group(COUNTERPART)
+        for name, v, dtype in (("index", index, np.int32), ("summed_r", summed_r, np.float32)):
+            v = np.asarray(v, dtype=dtype)
+            if v.shape != (self.n_voxels,):
+                raise ValueError(f"{name} has shape {v.shape}, expected ({self.n_voxels},)")
+            if name in grp:
+                del grp[name]
+            arr = grp.create_array(name, shape=v.shape, dtype=dtype, chunks=v.shape,
+                                   dimension_names=["voxel"], compressors=_compressors(dtype),
+                                   fill_value=_fill("counterpart" if dtype == np.int32 else ""))
+            arr[...] = v
+        grp.attrs.update(to_jsonable({**dict(attrs), "written": now_iso()}))
+        grp.attrs.update({"complete": True})
 
     # ------------------------------------------------------------------ xarray views
     def dataset(self) -> xr.Dataset:
@@ -697,6 +891,20 @@ class CohortStore:
                     f"be analysed together: {first[0]} {describe_setting(first[1])}; {s} "
                     f"{describe_setting(setting)} ({settings_differ(first[1], setting)})")
 
+    def series_reader(self, subjects: Sequence[str]) -> SeriesReader:
+        """A picklable reader of these ingested subjects' series (see :class:`SeriesReader`)."""
+        for s in subjects:
+            self._group(s)
+        return SeriesReader(self.url, subjects, self.storage_options)
+
+    def same_voxels(self, other: CohortStore) -> bool:
+        """Whether ``other`` has the same grid, affine and voxel table."""
+        return (tuple(self.grid_shape) == tuple(other.grid_shape)
+                and np.allclose(self.affine, other.affine, atol=1e-4)
+                and (self.n_left, self.n_right, self.n_midline)
+                == (other.n_left, other.n_right, other.n_midline)
+                and np.array_equal(self.ijk, other.ijk))
+
     def set_attrs(self, **attrs: Any) -> None:
         """Set root attributes (JSON-able values), e.g. a study's fingerprint."""
         self._require_writable()
@@ -720,3 +928,98 @@ def open_store(url: str, mode: Literal["r", "r+"] = "r",
                storage_options: dict | None = None) -> CohortStore:
     """Open an existing cohort store (see :meth:`CohortStore.open`)."""
     return CohortStore.open(url, mode=mode, storage_options=storage_options)
+
+
+@functools.lru_cache(maxsize=1024)
+def _bold_array(url: str, options: str, subject: str) -> zarr.Array:
+    root = zarr.open_group(store=url, mode="r", zarr_format=3,
+                           storage_options=json.loads(options) or None, use_consolidated=False)
+    return root[SUBJECTS][subject]["bold"]
+
+
+class SeriesReader:
+    """Reads voxel ranges of subjects' series straight from a store (picklable).
+
+    ``reader(k, start, stop)`` is the float32 (stop - start, n_time) block of
+    voxels ``start:stop`` of subject ``subjects[k]``.  Workers open each
+    subject's array once per process and decompress only the chunks a read
+    touches.  Used by graphs that must not keep a subject's data between tasks
+    (:func:`cfhdask.cfh.graph.group_sum_graph`).
+    """
+
+    def __init__(self, url: str, subjects: Sequence[str], storage_options: dict | None = None):
+        self.url = str(url)
+        self.subjects = tuple(subjects)
+        self._options = json.dumps(dict(storage_options or {}), sort_keys=True, default=str)
+
+    def __call__(self, k: int, start: int, stop: int) -> np.ndarray:
+        return np.asarray(_bold_array(self.url, self._options, self.subjects[k])[start:stop],
+                          dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"SeriesReader({self.url!r}, {len(self.subjects)} subjects)"
+
+
+def _copy_array(grp: zarr.Group, src: str, dst: str) -> None:
+    old = grp[src]
+    if dst in grp:
+        del grp[dst]
+    new = grp.create_array(dst, shape=old.shape, dtype=old.dtype, chunks=old.chunks,
+                           dimension_names=["voxel"], compressors=_compressors(old.dtype),
+                           fill_value=old.fill_value)
+    new[...] = old[...]
+
+
+def migrate_store(url: str, storage_options: dict | None = None) -> list[str]:
+    """Upgrade a version-1 store to the current layout, in place, computing nothing.
+
+    Version 1 held one CFH per subject, the per-subject maximum, as ``cfh``,
+    ``counterpart``, ``r_max`` (flag ``cfh_complete``).  They become
+    ``cfh_subject``, ``cfh_subject_counterpart``, ``cfh_subject_r`` (flag
+    ``cfh_subject_complete``); ``cfh`` is now the group-counterpart CFH.  New
+    arrays are written before the old ones are removed and the version is
+    bumped last, so an interrupted migration is finished by running it again.
+
+    Returns
+    -------
+    list of str
+        Subjects whose maps were renamed.
+    """
+    try:
+        root = zarr.open_group(store=url, mode="r+", zarr_format=3,
+                               storage_options=storage_options or None,
+                               use_consolidated=False)
+    except Exception as exc:
+        raise CfhdaskInputError(f"store {url}: cannot open for migration: {exc}") from exc
+    version = root.attrs.get("cfhdask_store_version")
+    if version == STORE_VERSION:
+        log.info("store %s is already at layout version %d", url, STORE_VERSION)
+        return []
+    if version != 1:
+        raise StoreVersionError(f"store {url}: layout version {version!r} cannot be migrated "
+                                f"(this cfhdask migrates version 1 to {STORE_VERSION})")
+    moved = []
+    subjects = root[SUBJECTS] if SUBJECTS in root else {}
+    for name, grp in (subjects.groups() if subjects else []):
+        if grp.attrs.get("cfh_complete") is True and "cfh" in grp:
+            for new, old in _V1_ARRAYS.items():
+                _copy_array(grp, old, new)
+            params = dict(grp.attrs.get("cfh_params") or {})
+            params["counterpart"] = "subject"
+            grp.attrs.update(to_jsonable({"cfh_subject_params": params,
+                                          "cfh_subject_complete": True}))
+            moved.append(name)
+        for old in _V1_ARRAYS.values():
+            if old in grp:
+                del grp[old]
+        for key in ("cfh_complete", "cfh_params"):
+            if key in grp.attrs:
+                del grp.attrs[key]
+    history = list(root.attrs.get("history", []))
+    history.append(to_jsonable({"command": "migrate", "parameters": {
+        "from_version": 1, "to_version": STORE_VERSION, "subjects": moved},
+        "time": now_iso(), "version": __version__}))
+    root.attrs.update({"history": history, "cfhdask_store_version": STORE_VERSION})
+    log.info("Migrated store %s to layout version %d: %d subject(s) with per-subject CFH "
+             "maps, now cfh_subject", url, STORE_VERSION, len(moved))
+    return sorted(moved)

@@ -5,7 +5,9 @@ participants tables, the cohort store) is opened through these functions, with
 the same ``storage_options`` (credentials, endpoint), so a remote dataset
 behaves like a local folder.  Every failure is a one-line
 :class:`~cfhdask.errors.CfhdaskInputError` naming the URL.  Credentials never
-appear in the messages: only the URL does.
+appear in the messages: only the URL does, and the options' secret values are
+registered with :mod:`cfhdask.secrets`, which keeps them out of every error
+message and log record.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import IO, Any
 import fsspec
 
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.secrets import register as register_secrets
 
 __all__ = ["check_writable", "full_url", "is_local", "open_url", "read_text", "url_to_fs"]
 
@@ -45,6 +48,7 @@ def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None, *,
     CfhdaskInputError
         An unknown protocol, a missing filesystem package or bad options.
     """
+    register_secrets(storage_options)
     try:
         return fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
     except (ValueError, ImportError, TypeError) as exc:

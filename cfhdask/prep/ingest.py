@@ -11,7 +11,7 @@ Steps:
 4. per subject, a Dask graph ``prepare`` (load -> drop volumes -> mask ->
    float32; pluggable, e.g. denoising) -> chunk-aligned Zarr write done by the
    workers; the cohort runs in memory-bounded waves sized to the cluster
-   (:mod:`cfhdask.waves`), and each subject is marked complete as soon as it
+   (:mod:`cfhdask.cluster.waves`), and each subject is marked complete as soon as it
    is written.  A failed subject is removed, the others are kept, and ingest
    raises at the end listing the failures.
 """
@@ -243,7 +243,7 @@ def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
     """Write every subject's series; mark each complete as it finishes.
 
     On a Dask client the cohort runs in memory-bounded waves
-    (:func:`cfhdask.waves.run_waves`): a subject's group is created just
+    (:func:`cfhdask.cluster.waves.run_waves`): a subject's group is created just
     before its write graph is submitted, the workers write its chunks, and
     the client flags it complete when its future finishes.  ``begun`` lists
     the subjects whose group was created (the caller aborts the unfinished
@@ -270,7 +270,7 @@ def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
         log.debug("Ingest of %s failed", subject, exc_info=exc)
 
     if client is not None:
-        from cfhdask.waves import run_waves
+        from cfhdask.cluster.waves import run_waves
 
         def ended(job: _Job, fut) -> None:
             if fut.status == "finished":

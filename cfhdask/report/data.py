@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cfhdask.cfh.mirror import counterpart_displacement  # noqa: F401 - re-exported
 from cfhdask.errors import CfhdaskInputError
 
 log = logging.getLogger(__name__)
@@ -113,31 +114,6 @@ def load_img(img) -> nib.Nifti1Image:
     if isinstance(img, (str, Path)):
         return nib.load(str(img))
     return img
-
-
-def counterpart_displacement(xyz: np.ndarray, counterpart: np.ndarray) -> np.ndarray:
-    """Distance (mm) between each voxel's mirror position and its functional counterpart.
-
-    Parameters
-    ----------
-    xyz : ndarray of shape (n_voxels, 3)
-        MNI coordinates of the store's voxels.
-    counterpart : ndarray of shape (n_voxels,) or (n_subjects, n_voxels)
-        Store voxel index of each voxel's counterpart, -1 where none.
-
-    Returns
-    -------
-    ndarray shaped like ``counterpart``, float64
-        ``|xyz[counterpart] - (-x, y, z)|``; NaN where there is no counterpart.
-        0 means the counterpart is the anatomical mirror (as VMHC assumes).
-    """
-    xyz = np.asarray(xyz, dtype=np.float64)
-    cp = np.asarray(counterpart)
-    mirror = xyz * np.array([-1.0, 1.0, 1.0])
-    valid = cp >= 0
-    target = xyz[np.where(valid, cp, 0)]
-    dist = np.linalg.norm(target - mirror, axis=-1)
-    return np.where(valid, dist, np.nan)
 
 
 def observed_for_null(name: str, contrast: str | None, outputs: StatsOutputs) -> list[float]:

@@ -18,16 +18,17 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cfhdask._version import package_versions
+from cfhdask.cfh.mirror import counterpart_displacement
 from cfhdask.clinical.correlations import partial_residuals, significant_cluster_values
 from cfhdask.clinical.table1 import format_p
 from cfhdask.clinical.table1 import table1 as compute_table1
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import match_subjects
 from cfhdask.io.atomic import atomic_write
+from cfhdask.io.store import METRIC_LABELS
 from cfhdask.report import figures
 from cfhdask.report.data import (
     StatsOutputs,
-    counterpart_displacement,
     load_img,
     observed_for_null,
     read_stats_dir,
@@ -92,6 +93,10 @@ class _Figures:
     def note(self, section: str, caption: str, note: str) -> None:
         self.items.append({"section": section, "caption": caption, "uris": [], "note": note})
 
+    def table(self, section: str, caption: str, html: str) -> None:
+        self.items.append({"section": section, "caption": caption, "uris": [], "note": "",
+                           "table": html})
+
 
 def _cluster_t_threshold(p: Mapping[str, Any], outputs: StatsOutputs, contrast: str) -> float:
     if p.get("cluster_t") is not None:
@@ -109,17 +114,22 @@ def _cluster_t_threshold(p: Mapping[str, Any], outputs: StatsOutputs, contrast: 
 
 
 def _stats_figures(figs: _Figures, outputs: StatsOutputs, p: Mapping[str, Any], *,
-                   max_clusters: int, alpha: float) -> None:
+                   max_clusters: int, alpha: float, label: str = "",
+                   only_significant: bool = False) -> None:
     table = outputs.clusters
+    group_section = "Group difference" + (f": {label}" if label else "")
+    null_section = "Permutation inference" + (f": {label}" if label else "")
     for contrast in contrast_order(outputs.contrasts, table):
         timg = load_img(outputs.tstat[contrast])
         thr = _cluster_t_threshold(p, outputs, contrast)
-        figs.add("Group difference", f"{contrast}: glass brain of the t-map (|t| > {thr:.2f})",
+        figs.add(group_section, f"{contrast}: glass brain of the t-map (|t| > {thr:.2f})",
                  lambda timg=timg, thr=thr, c=contrast: figures.glass_brain(
                      timg, threshold=thr, title=f"{c}: t"))
         if contrast not in outputs.clusters_img or "contrast" not in table.columns:
             continue
         rows = clusters_to_show(table[table["contrast"] == contrast], alpha, max_clusters)
+        if only_significant and "p_fwe" in rows.columns:
+            rows = rows[rows["p_fwe"] < alpha]
         if rows.empty:
             continue
         peaks = [tuple(float(r[k]) for k in ("peak_x", "peak_y", "peak_z"))
@@ -134,28 +144,35 @@ def _stats_figures(figs: _Figures, outputs: StatsOutputs, p: Mapping[str, Any], 
             titles.append(f"{contrast} #{int(r['cluster'])} {label} peak t={r['peak_t']:.2f} "
                           f"({int(r['peak_x'])},{int(r['peak_y'])},{int(r['peak_z'])}) {sig}")
         cimg = load_img(outputs.clusters_img[contrast])
-        figs.add("Group difference", f"{contrast}: clusters over the MNI152 template, cut at "
+        figs.add(group_section, f"{contrast}: clusters over the MNI152 template, cut at "
                  "each peak (t-values inside the clusters)",
                  lambda timg=timg, cimg=cimg, peaks=peaks, titles=titles:
                  figures.cluster_slices(timg, cimg, peaks, titles))
-    if outputs.nulls:
+    if outputs.nulls and only_significant:
+        figs.note(null_section, "Null distributions",
+                  f"permutation null maxima of {label or 'this metric'}: *_null_*.npy in "
+                  f"{outputs.directory}")
+    elif outputs.nulls:
         observed = {n: observed_for_null(n, outputs.null_contrast(n), outputs)
                     for n in outputs.nulls}
-        figs.add("Permutation inference", "Permutation null distributions of the maximum "
+        figs.add(null_section, "Permutation null distributions of the maximum "
                  "statistics (dashed: FWE critical value; red: observed)",
                  lambda: figures.null_distributions(outputs.nulls, observed, alpha=alpha))
     else:
-        figs.note("Permutation inference", "Null distributions",
+        figs.note(null_section, "Null distributions",
                   "no null distribution (*.npy) in the statistics directory")
 
 
 def _store_figures(figs: _Figures, store, participants: pd.DataFrame | None, *, group: str,
-                   groups: Sequence[str], subject_column: str) -> None:
-    subjects = store.subjects("cfh")
+                   groups: Sequence[str], subject_column: str, metric: str = "cfh",
+                   section: str = "Maps", displacement: bool = True) -> None:
+    label = METRIC_LABELS.get(metric, metric)
+    subjects = store.subjects(metric)
     if not subjects:
-        figs.note("CFH maps", "Group-mean CFH", "the store holds no subject with CFH results")
+        figs.note(section, f"Group-mean {label}",
+                  f"the store holds no subject with {label} maps")
         return
-    cfh = store.cfh_maps(subjects).data.compute()
+    cfh = store.cfh_maps(subjects, var=metric).data.compute()
     by_group: dict[str, list[int]] = {}
     if participants is not None and group in participants.columns:
         ids = participants.set_index(participants[subject_column].astype(str)) \
@@ -181,20 +198,33 @@ def _store_figures(figs: _Figures, store, participants: pd.DataFrame | None, *, 
                                     f"{list(groups)} of the participants table")
         return figures.group_mean_maps(imgs)
 
-    figs.add("CFH maps", "Group-mean CFH maps (Fisher z)", mean_maps)
+    unit = "" if metric == "ai" else " (Fisher z)"
+    figs.add(section, f"Group-mean {label} maps{unit}", mean_maps)
+    if not displacement:
+        return
+    group_cp = store.group_counterpart()
+    if group_cp is None and not store.subjects("cfh_subject"):
+        return
 
-    def displacement() -> str:
-        cp = store.cfh_maps(subjects, var="counterpart").data.compute()
-        d = counterpart_displacement(store.xyz, cp)
-        with _quiet():
-            med = np.nanmedian(d, axis=0)
+    def displacement_map() -> str:
+        if group_cp is not None:
+            d = counterpart_displacement(store.xyz, group_cp["index"])
+            med = d
+        else:
+            cp = store.cfh_maps(store.subjects("cfh_subject"),
+                                var="cfh_subject_counterpart").data.compute()
+            d = counterpart_displacement(store.xyz, cp)
+            with _quiet():
+                med = np.nanmedian(d, axis=0)
         img = nib.Nifti1Image(store.to_volume(np.nan_to_num(med).astype(np.float32)),
                               store.affine)
         return figures.displacement_figure(d, img)
 
-    figs.add("CFH maps", "Counterpart displacement: distance between each voxel's mirror "
-             "position (-x, y, z) and its functional counterpart (0 mm = the anatomical "
-             "mirror, as VMHC assumes)", displacement)
+    which = ("the group counterpart (one for the cohort)" if group_cp is not None else
+             "the per-subject counterparts (median over subjects)")
+    figs.add(section, "Counterpart displacement: distance between each voxel's mirror "
+             f"position (-x, y, z) and {which} (0 mm = the anatomical mirror, as VMHC "
+             "assumes)", displacement_map)
 
 
 class _quiet:
@@ -213,7 +243,7 @@ class _quiet:
 
 def _scatter_figures(figs: _Figures, correlations: pd.DataFrame, values: pd.DataFrame,
                      participants: pd.DataFrame, p: Mapping[str, Any], *, group: str,
-                     group_value: str, subject_column: str) -> None:
+                     group_value: str, subject_column: str, label: str = "") -> None:
     covs = list(p.get("clinical_covariates") or p.get("covariates") or [])
     for method, rows in correlations.groupby("method", sort=False):
         panels = []
@@ -231,11 +261,12 @@ def _scatter_figures(figs: _Figures, correlations: pd.DataFrame, values: pd.Data
             continue
         suffix = " (ranks)" if method == "spearman" else ""
         figs.add("Clinical correlations",
+                 (f"{label}: " if label else "") +
                  f"Partial {method.capitalize()} correlations in the {group_value} group: "
                  f"residuals after regressing out {', '.join(covs) or 'nothing'}{suffix}",
                  lambda panels=panels, s=suffix: figures.partial_scatter(
                      panels, xlabel="clinical variable | covariates" + s,
-                     ylabel="cluster CFH | covariates" + s))
+                     ylabel=f"cluster {label or 'CFH'} | covariates" + s))
 
 
 def build_report(
@@ -262,9 +293,11 @@ def build_report(
     ----------
     out_html : str or Path
         Destination (written to ``<name>.part`` then renamed).
-    stats_dir : str or Path
+    stats_dir : str, Path or mapping metric -> str or Path
         Output directory of the group statistics (t-maps, cluster maps,
-        ``clusters.tsv``, null ``*.npy``, ``stats.json``).
+        ``clusters.tsv``, null ``*.npy``, ``stats.json``), or one per metric
+        (``cfh``, ``cfh_subject``, ``vmhc``, ``ai``), the main one first: each
+        further metric gets its own section with its cluster table.
     store : CohortStore or str, optional
         The cohort store (object or URL); gives the group-mean CFH maps, the
         counterpart displacement and the cluster values.  Without it those
@@ -276,9 +309,10 @@ def build_report(
         ``participants`` when omitted.
     correlations : DataFrame or path, optional
         :func:`cfhdask.clinical.correlations.cluster_correlations` output.
-    cluster_values : DataFrame or path, optional
+    cluster_values : DataFrame, path or mapping metric -> DataFrame, optional
         Subject x cluster values used by ``correlations`` (index: participant
-        ids); computed from the store with
+        ids; one per metric when ``correlations`` has a ``metric`` column);
+        computed from the store with
         :func:`~cfhdask.clinical.correlations.significant_cluster_values` when omitted.
     params : dict, optional
         Parameters actually used (see :mod:`cfhdask.report.methods`); override
@@ -301,7 +335,11 @@ def build_report(
     """
     t_start = time.perf_counter()
     out_html = Path(out_html)
-    outputs = read_stats_dir(stats_dir)
+    dirs = dict(stats_dir) if isinstance(stats_dir, Mapping) else {None: stats_dir}
+    all_outputs = {m: read_stats_dir(d) for m, d in dirs.items()}
+    metric, outputs = next(iter(all_outputs.items()))
+    metric = metric or outputs.params.get("metric") or "cfh"
+    extra = {m: o for m, o in list(all_outputs.items())[1:]}
     if isinstance(store, (str, Path)):
         from cfhdask.io.store import open_store
 
@@ -315,9 +353,14 @@ def build_report(
 
     store_sources: list[Mapping] = []
     if store is not None:
-        subs = store.subjects("cfh") or store.subjects("ingested")
+        subs = store.subjects(metric) or store.subjects("ingested")
         if subs:
             store_sources.append(store.subject_attrs(subs[0]))
+        group_cp = store.group_counterpart() if metric == "cfh" else None
+        if group_cp is not None:
+            ref = group_cp.get("reference") or {}
+            store_sources.append({"reference_kind": ref.get("kind"),
+                                  "n_reference": ref.get("n_subjects")})
         root = dict(store.attrs) if hasattr(store, "attrs") else {}
         mask = root.get("mask") or {}
         store_sources.append({**root, "mask_source": mask.get("source"),
@@ -327,9 +370,11 @@ def build_report(
     if "n_per_group" not in p and participants is not None and group in participants.columns:
         ids = participants[subject_column].astype(str) if subject_column in participants \
             else participants.index.astype(str)
-        in_study = ids.isin(store.subjects("cfh")) if store is not None else np.ones(len(ids), bool)
+        in_study = ids.isin(store.subjects(metric)) if store is not None else \
+            np.ones(len(ids), bool)
         counts = participants.loc[np.asarray(in_study), group].astype(str).value_counts()
         p["n_per_group"] = {g: int(counts.get(g, 0)) for g in groups}
+    p.setdefault("metric", metric)
     if p.get("contrasts") is None and outputs.contrasts:
         p["contrasts"] = outputs.contrasts
     if versions is None:
@@ -341,25 +386,47 @@ def build_report(
                                 normality_alpha=float(p.get("normality_alpha", 0.05)))
 
     figs = _Figures()
-    _stats_figures(figs, outputs, p, max_clusters=max_cluster_figures, alpha=alpha)
+    _stats_figures(figs, outputs, p, max_clusters=max_cluster_figures, alpha=alpha,
+                   label=METRIC_LABELS.get(metric, "") if extra else "")
     if store is not None:
         _store_figures(figs, store, participants, group=group, groups=groups,
-                       subject_column=subject_column)
+                       subject_column=subject_column, metric=metric,
+                       section="CFH maps" if metric in ("cfh", "cfh_subject") else "Maps")
     else:
         figs.note("CFH maps", "Group-mean CFH and counterpart displacement",
                   "no cohort store given: group-mean CFH maps and counterpart displacement "
                   "are not shown")
+    for m, o in extra.items():
+        label = METRIC_LABELS.get(m, m)
+        sec = f"Group difference: {label}"
+        shown = _html_table(summary_clusters(o.clusters, alpha), CLUSTER_COLUMNS)
+        n_sig_m = int((o.clusters["p_fwe"] < alpha).sum()) if "p_fwe" in o.clusters else 0
+        figs.table(sec, f"{label}: {n_sig_m} of {len(o.clusters)} cluster(s) significant at "
+                   f"cluster-level FWE p < {alpha} (statistics in {o.directory})", shown)
+        _stats_figures(figs, o, {**p, **o.params}, max_clusters=max_cluster_figures,
+                       alpha=alpha, label=label, only_significant=True)
+        if store is not None:
+            _store_figures(figs, store, participants, group=group, groups=groups,
+                           subject_column=subject_column, metric=m, section=sec,
+                           displacement=False)
     if correlations is not None and not correlations.empty and participants is not None:
-        if cluster_values is None and store is not None and outputs.clusters_img:
-            cluster_values = significant_cluster_values(
-                store.cfh_maps(store.subjects("cfh")), store.ijk, outputs.clusters_img,
-                outputs.clusters if not outputs.clusters.empty else None, alpha=alpha)
-        if cluster_values is not None:
-            _scatter_figures(figs, correlations, cluster_values, participants, p, group=group,
-                             group_value=groups[0], subject_column=subject_column)
-        else:
-            figs.note("Clinical correlations", "Partial correlation scatter plots",
-                      "no cluster values (give cluster_values or a store)")
+        by_metric = {m: c for m, c in correlations.groupby("metric", sort=False)} \
+            if "metric" in correlations.columns else {metric: correlations}
+        for m, corr_m in by_metric.items():
+            values = cluster_values.get(m) if isinstance(cluster_values, Mapping) else \
+                cluster_values
+            o = all_outputs.get(m) or all_outputs.get(None) or outputs
+            if values is None and store is not None and o.clusters_img:
+                values = significant_cluster_values(
+                    store.cfh_maps(store.subjects(m), var=m), store.ijk, o.clusters_img,
+                    o.clusters if not o.clusters.empty else None, alpha=alpha)
+            if values is not None:
+                _scatter_figures(figs, corr_m, values, participants, p, group=group,
+                                 group_value=groups[0], subject_column=subject_column,
+                                 label=METRIC_LABELS.get(m, m) if extra else "")
+            else:
+                figs.note("Clinical correlations", "Partial correlation scatter plots",
+                          "no cluster values (give cluster_values or a store)")
 
     sections: dict[str, list[dict[str, Any]]] = {}
     for item in figs.items:
@@ -369,8 +436,9 @@ def build_report(
     tables = {
         "table1": _html_table(_table1_display(table1, groups)) if table1 is not None else "",
         "clusters": _html_table(summary_clusters(outputs.clusters, alpha), CLUSTER_COLUMNS),
-        "correlations": _html_table(correlations, ("cluster", "variable", "method", "n", "r",
-                                                   "ci_low", "ci_high", "p", "p_fdr"))
+        "correlations": _html_table(correlations, ("metric", "cluster", "variable", "method",
+                                                   "n", "r", "ci_low", "ci_high", "p",
+                                                   "p_fdr"))
         if correlations is not None else "",
     }
     n_sig = int((outputs.clusters["p_fwe"] < alpha).sum()) if "p_fwe" in outputs.clusters else None
@@ -378,6 +446,7 @@ def build_report(
         title=title, methods=methods_paragraphs(p, versions), tables=tables,
         sections=sections, n_clusters=len(outputs.clusters), n_significant=n_sig, alpha=alpha,
         contrasts=outputs.contrasts, stats_dir=str(outputs.directory),
+        primary_label=METRIC_LABELS.get(metric, metric) if extra else "",
         generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         build_seconds=f"{time.perf_counter() - t_start:.1f}",
     )

@@ -46,6 +46,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "clinical_covariates": ("clinical_covariates",),
     "correlation_methods": ("correlation_methods",),
     "fdr_family": ("fdr_family",),
+    "metric": ("metric",),
+    "counterpart": ("counterpart",),
+    "reference_kind": ("reference_kind",),
+    "n_reference": ("n_reference",),
+    "threshold": ("threshold",),
 }
 
 SCHEMES = {
@@ -54,6 +59,42 @@ SCHEMES = {
     "draper-stoneman": "Draper\u2013Stoneman (group labels permuted with the covariates "
                        "fixed, as SnPM)",
 }
+
+def _metric_paragraph(p: Mapping[str, Any], within: str) -> tuple[str, str]:
+    """The sentence defining the per-subject map analysed (CFH of either kind, VMHC, AI)."""
+    metric = p.get("metric") or ("cfh_subject" if p.get("counterpart") == "subject" else "cfh")
+    tail = " Midline voxels (x = 0) and voxels with a constant signal have no value."
+    if metric == "cfh_subject":
+        return ("CFH", within + (
+            "the Pearson correlation of each voxel's BOLD time series with every voxel of the "
+            "contralateral hemisphere was computed; in each subject, the contralateral voxel "
+            "with the maximal correlation is the voxel's functionally homotopic counterpart "
+            "and its CFH value is that maximal correlation, converted to Fisher's z "
+            "(atanh r).") + tail)
+    if metric == "vmhc":
+        return ("VMHC", within + (
+            "voxel-mirrored homotopic connectivity was computed as the Pearson correlation of "
+            "each voxel's time series with that of its mirror voxel (x \u2192 \u2212x), within "
+            "the voxels whose mirror lies in the mask, converted to Fisher's z.") + tail)
+    if metric == "ai":
+        thr = p.get("threshold")
+        return ("Autonomy index", within + (
+            "the autonomy index (Wang, Buckner & Liu 2014) of each voxel is the fraction of "
+            "the voxels of its own hemisphere minus the fraction of the voxels of the other "
+            "hemisphere whose correlation with it exceeds "
+            + (f"r = {float(thr):g}" if thr is not None else "the threshold")
+            + " (the voxel itself excluded).") + tail)
+    n = p.get("n_reference")
+    ref = (f"all {int(n)} subjects (no group label used)" if p.get("reference_kind") == "all"
+           and n is not None else f"{int(n)} reference subjects" if n is not None else
+           "the reference subjects")
+    return ("CFH", within + (
+        "the Pearson correlation of each voxel's BOLD time series with every voxel of the "
+        f"contralateral hemisphere was computed in each subject and summed over {ref}; the "
+        "contralateral voxel with the maximal summed correlation is the voxel's functionally "
+        "homotopic counterpart, common to all subjects, and each subject's CFH value is its "
+        "own correlation with that counterpart, converted to Fisher's z (atanh r).") + tail)
+
 
 def find_key(tree: Any, names: Iterable[str]) -> Any:
     """First value of any of ``names`` in a nested dict/list tree (breadth first), or None."""
@@ -154,12 +195,7 @@ def methods_paragraphs(p: Mapping[str, Any], versions: Mapping[str, str] | None 
     grid = ""
     if p.get("grid_shape") is not None:
         grid = " on a " + "\u00d7".join(str(int(s)) for s in p["grid_shape"]) + " grid"
-    out.append(("CFH", (
-        f"Within {mask}{nvox}{grid}, the Pearson correlation of each voxel's BOLD time series "
-        "with every voxel of the contralateral hemisphere was computed; the contralateral "
-        "voxel with the maximal correlation is the voxel's functionally homotopic "
-        "counterpart and its CFH value is that maximal correlation, converted to Fisher's z "
-        "(atanh r). Midline voxels (x = 0) and voxels with a constant signal have no CFH.")))
+    out.append(_metric_paragraph(p, f"Within {mask}{nvox}{grid}, "))
 
     glm = []
     cov = p.get("covariates")

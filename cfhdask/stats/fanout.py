@@ -1,14 +1,33 @@
-"""Permutations fanned out on a Dask cluster.
+"""Batches of permutations fanned out on a Dask cluster, robust to lost workers.
 
-The residualised data and the voxel graph are scattered to every worker once;
-each task scores one batch of the permutation schedule and returns only its
-null maxima (an array of shape (batch, 2, 4), never a map); the client puts
-them in schedule order.  Finished batches survive lost workers: when the
-workers holding the scattered data die, the data are scattered again and only
-the unfinished batches rerun.  Because permutation ``k`` depends only on the seed
-and ``k`` (see :mod:`cfhdask.stats.permute`) and GEMMs run on aligned
-micro-batches, the result is identical whatever the number of workers or the
-batch size.
+One machine for every permutation workload: the permutations of one analysis
+(:func:`null_maxima_dask`, ``cfhdask stats``) and the splits x permutations of
+a null-check (:mod:`cfhdask.stats.nullcheck`) both go through
+:func:`fan_out`.
+
+* **Shared data** (the residualised data, the voxel graph, the schedule) are
+  scattered once to every worker; each task gets only small arguments (a
+  batch's bounds, a split's labels) and returns only small results (null
+  maxima or counts, never a map).
+* **Cohort-level scheduling**: the whole workload is in flight at once, bounded
+  by the memory the client lets finished results take
+  (:data:`RESULT_BUDGET`), never by a fixed look-ahead; the bound is re-read
+  from the cluster's current thread count as batches finish, so a cluster
+  that grows gets more work.  Automatic batches give at least
+  :data:`TASKS_PER_THREAD` tasks per worker thread (:func:`auto_batch_size`).
+* **Lost workers**: a task that was running on a worker that died is rerun
+  elsewhere by Dask.  When the workers holding the scattered data all die
+  (the data of a scatter cannot be recomputed), the data are scattered again
+  and only the unfinished batches are resubmitted; finished batches are kept
+  by the client and never recomputed.  Nothing of Dask's
+  ``FutureCancelledError`` reaches the user: the run completes, or after
+  :data:`MAX_RESCATTERS` losses stops with a one-line
+  :class:`~cfhdask.errors.CfhdaskError`.
+
+Because permutation ``k`` depends only on the seed and ``k`` (see
+:mod:`cfhdask.stats.permute`) and GEMMs run on aligned micro-batches, results
+are identical whatever the number of workers, the batch size, or the workers
+lost on the way.
 """
 
 from __future__ import annotations
@@ -16,7 +35,10 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
+from typing import Any
 
 import numpy as np
 from distributed import Client, KilledWorker, as_completed
@@ -27,6 +49,10 @@ from cfhdask.stats.glm import MICRO_BATCH, GLMPrep
 from cfhdask.stats.null import NULL_STATS, SIGNS, NullSettings, batch_null_maxima
 from cfhdask.stats.permute import PermutationSchedule
 
+__all__ = ["MAX_AUTO_BATCH", "MAX_RESCATTERS", "RESULT_BUDGET", "TASKS_PER_THREAD",
+           "auto_batch_size", "batch_bounds", "fan_out", "max_in_flight", "null_maxima_dask",
+           "null_maxima_local"]
+
 log = logging.getLogger(__name__)
 
 
@@ -34,19 +60,31 @@ log = logging.getLogger(__name__)
 TASKS_PER_THREAD = 4
 #: Largest automatic batch (permutations per task).
 MAX_AUTO_BATCH = 512
-#: Times the shared data may be scattered again after the workers holding them died.
+#: Bytes of results the client lets be in flight (finished or not) at once.
+RESULT_BUDGET = 256 * 2**20
+#: Times the shared data may be re-scattered after the workers holding them died.
 MAX_RESCATTERS = 5
 #: Seconds to wait for a worker when none is left (e.g. while a nanny restarts one).
 WORKER_WAIT_S = 300
 
 
-def auto_batch_size(n_perm: int, n_threads: int) -> int:
+def auto_batch_size(n_perm: int, n_threads: int, n_analyses: int = 1) -> int:
     """Permutations per task: at least :data:`TASKS_PER_THREAD` tasks per worker thread.
 
     A multiple of the GEMM micro-batch, between one micro-batch and
     :data:`MAX_AUTO_BATCH`.
+
+    Parameters
+    ----------
+    n_perm : int
+        Permutations of one analysis.
+    n_threads : int
+        Worker threads of the cluster.
+    n_analyses : int
+        Analyses sharing the cluster (the splits of a null-check): their tasks
+        together fill the threads.
     """
-    per = n_perm // (TASKS_PER_THREAD * max(1, int(n_threads)))
+    per = n_perm * max(1, int(n_analyses)) // (TASKS_PER_THREAD * max(1, int(n_threads)))
     return int(min(MAX_AUTO_BATCH, max(MICRO_BATCH, per // MICRO_BATCH * MICRO_BATCH)))
 
 
@@ -58,34 +96,192 @@ def batch_bounds(n_perm: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + b, n_perm)) for s in range(0, n_perm, b)]
 
 
+def max_in_flight(n_threads: int, result_nbytes: int) -> int:
+    """Tasks kept submitted at once: as many as :data:`RESULT_BUDGET` holds, and at
+    least two rounds of :data:`TASKS_PER_THREAD` tasks per thread."""
+    floor = 2 * TASKS_PER_THREAD * max(1, int(n_threads))
+    return int(max(floor, RESULT_BUDGET // max(1, int(result_nbytes))))
+
+
+def _threads(client: Client) -> int:
+    return int(sum(client.nthreads().values()))
+
+
+def _scatter(client: Client, shared: Sequence[Any], what: str) -> list:
+    """Scatter ``shared`` to every worker (waiting for one when none is left)."""
+    if not client.nthreads():
+        log.warning("%s: no Dask worker; waiting up to %d s for one", what, WORKER_WAIT_S)
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            raise CfhdaskError(f"{what}: no Dask worker joined the cluster within "
+                               f"{WORKER_WAIT_S} s") from None
+    if not shared:
+        return []
+    return list(client.scatter(list(shared), broadcast=True, hash=False))
+
+
 def _lost(fut) -> bool:
-    """The task stopped because the scattered data (or the workers holding them) were lost."""
-    return fut.status == "cancelled" or (
-        fut.status == "error" and isinstance(fut.exception(), CancelledError))
+    """A task stopped because its data (a scatter) or its workers were lost."""
+    if fut.status == "cancelled":
+        return True
+    if fut.status == "error":
+        exc = fut.exception()
+        return isinstance(exc, CancelledError)
+    return False
+
+
+def fan_out(client: Client, fn: Callable, shared: Sequence[Any], items: Sequence[tuple],
+            consume: Callable[[int, Any], None], *, what: str = "permutations",
+            sizes: Sequence[int] | None = None, result_nbytes: int = 4096,
+            progress: Callable[[int, int], None] | None = None) -> None:
+    """Run ``fn(*shared, *items[i])`` for every ``i`` on ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    fn : callable
+        The task (a kernel: no Dask inside).
+    shared : sequence
+        Arguments common to every task, scattered once to every worker (and
+        again if the workers holding them are lost).
+    items : sequence of tuples
+        The per-task arguments (small: bounds, labels, seeds).
+    consume : callable
+        ``consume(i, result)``, called in this process as each task finishes
+        (in completion order; place results by ``i``).  Each item is consumed
+        exactly once, even when workers are lost.
+    what : str
+        Name of the work in log messages and errors.
+    sizes : sequence of int, optional
+        Units of work of each item (permutations), for progress messages.
+    result_nbytes : int
+        Approximate size of one result, bounding the tasks in flight
+        (:func:`max_in_flight`).
+    progress : callable, optional
+        ``progress(done, total)`` in units, after each finished item.
+
+    Raises
+    ------
+    CfhdaskError
+        When the data had to be re-scattered more than :data:`MAX_RESCATTERS`
+        times, a task killed its workers (``KilledWorker``), or no worker is left.
+        An exception raised by ``fn`` itself is raised as it is.
+    """
+    n = len(items)
+    tally = _Tally([1] * n if sizes is None else [int(s) for s in sizes], what, progress)
+    done = np.zeros(n, dtype=bool)
+    token = uuid.uuid4().hex[:10]
+    log.info("%s: %d in %d task(s)", what, tally.total, n)
+    for attempt in range(MAX_RESCATTERS + 1):
+        if not _round(client, fn, shared, items, consume, done, tally,
+                      key=f"cfhdask-{what.replace(' ', '-')}-{token}-{attempt}",
+                      result_nbytes=result_nbytes):
+            return
+        log.warning("%s: the workers holding the data were lost; scattering it again and "
+                    "resubmitting the %d unfinished batch(es) (%d of %d finished, kept)",
+                    what, int((~done).sum()), int(done.sum()), n)
+    raise CfhdaskError(
+        f"{what}: the Dask workers holding the data were lost {MAX_RESCATTERS + 1} times; "
+        f"{int(done.sum())} of {n} batches had finished (check the workers' memory limit "
+        "and logs)")
+
+
+class _Tally:
+    """Units of work done, logged every tenth and passed to a progress callback."""
+
+    def __init__(self, units: list[int], what: str, progress) -> None:
+        self.units, self.what, self.progress = units, what, progress
+        self.total = int(sum(units))
+        self.done = 0
+        self.step = max(1, self.total // 10)
+        self.next_log = self.step
+
+    def add(self, i: int) -> None:
+        self.done += self.units[i]
+        if self.done >= self.next_log or self.done == self.total:
+            log.info("%s: %d / %d (%d%%)", self.what, self.done, self.total,
+                     100 * self.done // max(1, self.total))
+            self.next_log = self.done + self.step
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _round(client: Client, fn: Callable, shared: Sequence[Any], items: Sequence[tuple],
+           consume: Callable[[int, Any], None], done: np.ndarray, tally: _Tally, *,
+           key: str, result_nbytes: int) -> bool:
+    """Scatter ``shared``, run every unfinished item; True when the scattered data were lost."""
+    todo = deque(int(i) for i in np.flatnonzero(~done))
+    shared_f = _scatter(client, shared, tally.what)
+    running: dict[Any, int] = {}
+    queue = as_completed()
+
+    def refill() -> None:
+        limit = max_in_flight(_threads(client), result_nbytes)
+        while todo and len(running) < limit:
+            i = todo.popleft()
+            fut = client.submit(fn, *shared_f, *items[i], pure=False, key=f"{key}-{i}")
+            running[fut] = i
+            queue.add(fut)
+
+    try:
+        refill()
+        for fut in queue:
+            i = running.pop(fut)
+            if _lost(fut):
+                return True
+            if fut.status == "error":
+                _raise_task_error(fut.exception(), tally.what, int(done.sum()), len(items))
+            try:
+                res = fut.result()
+            except CancelledError:  # finished, then lost with its worker before the gather
+                return True
+            fut.release()
+            consume(i, res)
+            done[i] = True
+            tally.add(i)
+            refill()
+        return False
+    finally:
+        if running:
+            client.cancel(list(running))
+        if shared_f:
+            client.cancel(shared_f)
+
+
+def _raise_task_error(exc: BaseException, what: str, n_done: int, n: int) -> None:
+    if isinstance(exc, KilledWorker):
+        raise CfhdaskError(
+            f"{what}: a batch was running on several workers that all died (out of "
+            f"memory? see the workers' logs); {n_done} of {n} batches had finished") from exc
+    raise exc
+
+
+def _batch(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSchedule,
+           settings: NullSettings, start: int, stop: int) -> np.ndarray:
+    return batch_null_maxima(prep, graph, schedule, start, stop, settings)
 
 
 def null_maxima_dask(client: Client, prep: GLMPrep, graph: VoxelGraph,
                      schedule: PermutationSchedule, settings: NullSettings,
-                     batch_size: int | None = None) -> np.ndarray:
+                     batch_size: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Null maxima of every permutation of ``schedule``, computed on ``client``.
-
-    When the workers holding the scattered data die, the data are scattered
-    again and only the unfinished batches are resubmitted (finished batches
-    are kept); after :data:`MAX_RESCATTERS` such losses a one-line
-    :class:`~cfhdask.errors.CfhdaskError` says how many batches had finished.
 
     Parameters
     ----------
     client : distributed.Client
     prep : GLMPrep
-        Residualised data (scattered once, broadcast to all workers).
+        Residualised data (scattered once to every worker, with the graph,
+        the schedule and the settings).
     graph : VoxelGraph
-        Neighbour table of the voxels (scattered once).
     schedule : PermutationSchedule
     settings : NullSettings
     batch_size : int, optional
         Permutations per task (rounded up to a multiple of the micro-batch);
         default :func:`auto_batch_size` for the client's worker threads.
+    progress : callable, optional
+        ``progress(done, total)`` permutations, as batches finish.
 
     Returns
     -------
@@ -93,66 +289,18 @@ def null_maxima_dask(client: Client, prep: GLMPrep, graph: VoxelGraph,
         Axis 1 is :data:`~cfhdask.stats.null.SIGNS`, axis 2 :data:`NULL_STATS`.
     """
     if batch_size is None:
-        batch_size = auto_batch_size(schedule.n_perm, sum(client.nthreads().values()))
+        batch_size = auto_batch_size(schedule.n_perm, _threads(client))
     bounds = batch_bounds(schedule.n_perm, batch_size)
-    log.info("permutations: %d in %d task(s) of %d", schedule.n_perm, len(bounds), batch_size)
     out = np.zeros((schedule.n_perm, len(SIGNS), len(NULL_STATS)))
-    todo = dict(bounds)
-    token = uuid.uuid4().hex[:10]
-    for attempt in range(MAX_RESCATTERS + 1):
-        if not _run_batches(client, prep, graph, schedule, settings, todo, out,
-                            key=f"cfhdask-null-{token}-{attempt}"):
-            return out
-        log.warning("permutations: the workers holding the data were lost; scattering it "
-                    "again for the %d unfinished batch(es) of %d (finished ones kept)",
-                    len(todo), len(bounds))
-    raise CfhdaskError(
-        f"permutations: the Dask workers holding the data were lost {MAX_RESCATTERS + 1} "
-        f"times; {len(bounds) - len(todo)} of {len(bounds)} batches had finished (check the "
-        "workers' memory limit and logs)")
 
+    def consume(i: int, res: np.ndarray) -> None:
+        start = bounds[i][0]
+        out[start:start + res.shape[0]] = res
 
-def _run_batches(client: Client, prep: GLMPrep, graph: VoxelGraph,
-                 schedule: PermutationSchedule, settings: NullSettings,
-                 todo: dict[int, int], out: np.ndarray, key: str) -> bool:
-    """Scatter the data and run the batches ``todo`` (start -> stop), removing each
-    finished one; True when the scattered data were lost on the way."""
-    if not client.nthreads():
-        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-    prep_f, graph_f = client.scatter([prep, graph], broadcast=True, hash=False)
-    futures = {client.submit(batch_null_maxima, prep_f, graph_f, schedule, start, stop,
-                             settings, key=f"{key}-{start}-{stop}", pure=False): start
-               for start, stop in todo.items()}
-    n_perm = out.shape[0]
-    step = max(1, len(futures) // 10)
-
-    def finished() -> int:
-        return n_perm - sum(stop - start for start, stop in todo.items())
-
-    try:
-        for i, fut in enumerate(as_completed(list(futures)), start=1):
-            if _lost(fut):
-                return True
-            try:
-                res = fut.result()
-            except CancelledError:  # finished, then lost with its worker before the gather
-                return True
-            except KilledWorker as exc:
-                raise CfhdaskError(
-                    "permutations: a batch was running on workers that all died (out of "
-                    f"memory? see the workers' logs); {finished()} of {n_perm} permutations "
-                    "had finished") from exc
-            start = futures[fut]
-            out[start:start + res.shape[0]] = res
-            del todo[start]
-            if i % step == 0 or i == len(futures):
-                log.info("permutations: %d / %d (%d%%)", finished(), n_perm,
-                         100 * finished() // n_perm)
-            fut.release()
-        return False
-    finally:
-        client.cancel(list(futures))
-        client.cancel([prep_f, graph_f])
+    fan_out(client, _batch, [prep, graph, schedule, settings], bounds, consume,
+            what="permutations", sizes=[b - a for a, b in bounds],
+            result_nbytes=out[:bounds[0][1]].nbytes, progress=progress)
+    return out
 
 
 def null_maxima_local(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSchedule,

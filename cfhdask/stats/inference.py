@@ -28,21 +28,29 @@ from scipy import stats as sstats
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
 from cfhdask.io.participants import read_participants, read_sessions
-from cfhdask.settings import DesignSettings, resolve
-from cfhdask.stats.clusters import label_clusters, tfce_step, voxel_graph
+from cfhdask.settings import DesignSettings, default_metric, resolve
+from cfhdask.stats.clusters import label_clusters, voxel_graph
 from cfhdask.stats.clusters import tfce as tfce_scores
 from cfhdask.stats.design import Design, build_design
 from cfhdask.stats.fanout import null_maxima_dask, null_maxima_local
-from cfhdask.stats.glm import prepare_glm
-from cfhdask.stats.null import NULL_STATS, SIGNS, NullSettings, t_maps, t_to_z
+from cfhdask.stats.glm import GLMPrep, prepare_glm
+from cfhdask.stats.null import (
+    NULL_STATS,
+    SIGNS,
+    TFCE_E,
+    TFCE_H,
+    TFCE_STEPS,
+    null_settings,
+    observed_t,
+    tfce_steps,
+)
 from cfhdask.stats.permute import make_schedule
 from cfhdask.stats.results import ContrastResult, GroupResult, fwe_p
 
 log = logging.getLogger(__name__)
 
-TFCE_E, TFCE_H = 0.5, 2.0
-#: Number of TFCE steps up to the observed max |t| when no step is given.
-TFCE_STEPS = 100
+__all__ = ["TFCE_E", "TFCE_H", "TFCE_STEPS", "analysis_mask", "group_inference",
+           "inference_design", "participant_maps", "tfce_steps"]
 CLUSTER_COLUMNS = [
     "contrast", "cluster", "size_voxels", "size_mm3", "mass", "peak_t", "peak_x", "peak_y",
     "peak_z", "p_fwe", "mass_p_fwe",
@@ -53,12 +61,20 @@ def _neglog10(p: np.ndarray) -> np.ndarray:
     return -np.log10(np.clip(p, np.finfo(float).tiny, 1.0))
 
 
-def _subject_names(data, subjects) -> list[str]:
-    """Store subjects (maps) analysed: the given ones, else every subject with CFH maps."""
+def _subject_names(data, subjects, metric: str | None = None) -> list[str]:
+    """Store subjects (maps) analysed: the given ones, else every subject with ``metric`` maps
+    (default :func:`cfhdask.settings.default_metric`); a store lacking them is an error
+    naming ``--metric``."""
     if hasattr(data, "cfh_maps"):
-        names = list(subjects) if subjects is not None else data.subjects("cfh")
-        if not names:
-            raise CfhdaskInputError(f"store {data.url}: no subject with complete CFH maps")
+        metric = metric or default_metric()
+        done = data.subjects(metric)
+        if not done:
+            raise CfhdaskInputError(data.missing_metric(metric))
+        names = list(subjects) if subjects is not None else done
+        missing = [s for s in names if s not in done]
+        if missing:
+            raise CfhdaskInputError(f"--metric {metric}: no {metric} maps in {data.url} for "
+                                    f"{', '.join(missing)}")
         return names
     n = np.shape(data)[0] if np.ndim(data) == 2 else 0
     names = list(subjects) if subjects is not None else [f"sub-{i + 1:02d}" for i in range(n)]
@@ -106,7 +122,8 @@ def inference_design(data: Any, participants: pd.DataFrame | str, des: DesignSet
                      group: str, groups: Sequence[str] | None = None,
                      subjects: Sequence[str] | None = None,
                      sessions: pd.DataFrame | None = None,
-                     storage_options: dict | None = None) -> tuple[Design, list[str]]:
+                     storage_options: dict | None = None,
+                     metric: str | None = None) -> tuple[Design, list[str]]:
     """The design :func:`group_inference` will use, from map names only (no map is read).
 
     Everything about the participants (table, ``sessions.tsv``, groups,
@@ -116,7 +133,7 @@ def inference_design(data: Any, participants: pd.DataFrame | str, des: DesignSet
 
     Parameters
     ----------
-    data, participants, group, groups, subjects, sessions, storage_options
+    data, participants, group, groups, subjects, sessions, storage_options, metric
         As :func:`group_inference`.
     des : DesignSettings
         Covariates, categorical ones, ``drop_missing``, ``combine_runs``
@@ -127,7 +144,7 @@ def inference_design(data: Any, participants: pd.DataFrame | str, des: DesignSet
     (Design, list of str)
         The design and the store subjects (maps) it was built from.
     """
-    names = _subject_names(data, subjects)
+    names = _subject_names(data, subjects, metric)
     so = storage_options if storage_options is not None else \
         getattr(data, "storage_options", None)
     source = None
@@ -156,18 +173,39 @@ def _min_p_warning(n_perm: int, alpha: float) -> str | None:
             "(thousands for a paper)")
 
 
-def tfce_steps(stat_obs: np.ndarray, steps: int = 0) -> tuple[float, float]:
-    """Each contrast's own TFCE step: its observed peak / ``steps`` (guarded, see
-    :func:`~cfhdask.stats.clusters.tfce_step`); a contrast without a positive peak
-    uses the largest |value|."""
-    steps = steps or TFCE_STEPS
-    top = float(np.abs(stat_obs).max()) if stat_obs.size else 0.0
-    out = []
-    for sign in SIGNS:
-        peak = float((sign * stat_obs).max()) if stat_obs.size else 0.0
-        peak = peak if peak > 0 else (top if top > 0 else 1.0)
-        out.append(tfce_step(peak, steps))
-    return out[0], out[1]
+def analysis_mask(Y: np.ndarray, hemisphere: np.ndarray, x: np.ndarray, Z: np.ndarray
+                  ) -> tuple[np.ndarray, GLMPrep, dict]:
+    """Voxels analysed: finite in every row, off the midline, not constant after the
+    nuisance columns; with the GLM of those voxels and the counts dropped.
+
+    Returns
+    -------
+    (keep, prep, info)
+        ``keep`` (V,) bool, the :class:`GLMPrep` of ``Y[:, keep]``, and the
+        ``mask`` entry of ``stats.json``.
+    """
+    finite = np.all(np.isfinite(Y), axis=0)
+    midline = hemisphere == 0
+    keep = finite & ~midline
+    prep = prepare_glm(Y[:, keep], x, Z)
+    nonconst = prep.ss > 1e-12 * max(float(prep.ss.max(initial=0.0)), 1e-300)
+    n_const = int((~nonconst).sum())
+    if n_const:
+        kept = np.flatnonzero(keep)
+        keep[kept[~nonconst]] = False
+        prep = prepare_glm(Y[:, keep], x, Z)
+    if not keep.any():
+        raise CfhdaskInputError("no voxel left in the analysis mask (all NaN, midline or constant)")
+    info = {
+        "n_voxels_data": int(Y.shape[1]), "n_voxels_analysed": int(keep.sum()),
+        "n_dropped_midline": int(midline.sum()),
+        "n_dropped_nonfinite": int((~finite & ~midline).sum()),
+        "n_dropped_constant": n_const,
+    }
+    log.info("Analysis mask: %d voxels (dropped %d midline, %d not finite in every "
+             "subject, %d constant)", info["n_voxels_analysed"], info["n_dropped_midline"],
+             info["n_dropped_nonfinite"], n_const)
+    return keep, prep, info
 
 
 def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases,
@@ -242,7 +280,7 @@ def group_inference(
     Parameters
     ----------
     data : CohortStore or ndarray (n_maps, n_voxels)
-        A store (its ``cfh_maps(var=metric)``, ``ijk``, ``grid_shape``,
+        A store (its maps of ``metric``, ``ijk``, ``grid_shape``,
         ``affine``, ``hemisphere`` are used) or a data matrix with explicit
         ``subjects``, ``ijk``, ``grid_shape``, ``affine``.
     participants : DataFrame or path
@@ -288,6 +326,10 @@ def group_inference(
         Permutations per Dask task (default ``cfhdask.stats.batch-size``).
     atlases : sequence of str or None
         Atlases labelling the clusters (``aal``, ``harvard_oxford``).
+    metric : {"cfh", "cfh_subject", "vmhc", "ai"}, optional
+        The store's maps analysed (default ``stats.metric``; ``cfh`` is read as
+        ``cfh_subject`` when ``cfh.counterpart`` is ``subject``).  A metric the
+        store does not hold is an error naming ``--metric``.
     compute : {"dask", "local"}
         Fan permutations out on Dask, or run them in this process.
 
@@ -296,8 +338,9 @@ def group_inference(
     GroupResult
     """
     st = resolve("stats", dict(n_perm=n_perm, scheme=scheme, cluster_p=cluster_p,
-                               connectivity=connectivity, tfce=tfce, seed=seed, metric=metric,
-                               batch_size=batch_size, mass_tfce_on=mass_tfce_on, alpha=alpha,
+                               connectivity=connectivity, tfce=tfce, seed=seed,
+                               metric=metric or default_metric(), batch_size=batch_size,
+                               mass_tfce_on=mass_tfce_on, alpha=alpha,
                                atlases=list(atlases) if atlases is not None else None))
     n_perm, scheme, cluster_p, connectivity = st.n_perm, st.scheme, st.cluster_p, st.connectivity
     tfce, seed, metric = st.tfce, st.seed, st.metric
@@ -310,7 +353,7 @@ def group_inference(
                                  drop_missing=drop_missing, combine_runs=combine_runs))
     design, used = inference_design(data, participants, des, group=group, groups=groups,
                                     subjects=subjects, sessions=sessions,
-                                    storage_options=storage_options)
+                                    storage_options=storage_options, metric=metric)
     covariates = list(des.covariates)
     if hasattr(data, "cfh_maps"):
         Y, ijk, grid_shape, affine, hemi = _load(data, used, ijk, grid_shape, affine,
@@ -326,34 +369,12 @@ def group_inference(
         log.info("%d participant(s) have several maps, combined by %s: %s", len(n_maps),
                  design.combine_runs, n_maps)
 
-    finite = np.all(np.isfinite(Y), axis=0)
-    midline = hemi == 0
-    keep = finite & ~midline
-    prep = prepare_glm(Y[:, keep], design.x, design.Z)
-    nonconst = prep.ss > 1e-12 * max(float(prep.ss.max(initial=0.0)), 1e-300)
-    n_const = int((~nonconst).sum())
-    if n_const:
-        kept = np.flatnonzero(keep)
-        keep[kept[~nonconst]] = False
-        prep = prepare_glm(Y[:, keep], design.x, design.Z)
-    if not keep.any():
-        raise CfhdaskInputError("no voxel left in the analysis mask (all NaN, midline or constant)")
-    mask_info = {
-        "n_voxels_data": int(Y.shape[1]), "n_voxels_analysed": int(keep.sum()),
-        "n_dropped_midline": int(midline.sum()),
-        "n_dropped_nonfinite": int((~finite & ~midline).sum()),
-        "n_dropped_constant": n_const,
-    }
-    log.info("Analysis mask: %d voxels (dropped %d midline, %d not finite in every "
-             "subject, %d constant)", mask_info["n_voxels_analysed"],
-             mask_info["n_dropped_midline"], mask_info["n_dropped_nonfinite"], n_const)
+    keep, prep, mask_info = analysis_mask(Y, hemi, design.x, design.Z)
     ijk_m = ijk[keep]
     df = prep.df
     if df != design.df:  # pragma: no cover - guarded by build_design
         raise CfhdaskInputError(f"design df {design.df} != GLM df {df}")
-    t_thr = float(sstats.t.isf(cluster_p, df))
     on_z = st.mass_tfce_on == "z"
-    z_thr = float(sstats.norm.isf(cluster_p)) if on_z else None
     schedule = make_schedule(design.x, n_perm, seed, scheme)
     if schedule.exhaustive:
         log.info("Exhaustive: %d distinct permutations (asked %d)", schedule.n_perm, n_perm)
@@ -361,15 +382,11 @@ def group_inference(
     for w in warnings:
         log.warning("%s", w)
     graph = voxel_graph(ijk_m, grid_shape, connectivity)
-    _, t_obs = next(t_maps(prep, schedule, 0, 1, scheme))
-    t_obs = np.array(t_obs)
-    e_obs = t_to_z(t_obs, df) if on_z else t_obs
-    dhs = None
-    if tfce:
-        dhs = (float(tfce_dh), float(tfce_dh)) if tfce_dh is not None else tfce_steps(e_obs)
-    settings = NullSettings(scheme=scheme, t_threshold=t_thr, tfce_dh=dhs,
-                            tfce_E=TFCE_E, tfce_H=TFCE_H, z_df=float(df) if on_z else None,
-                            z_threshold=z_thr)
+    t_obs = observed_t(prep, schedule, scheme)
+    settings = null_settings(t_obs, df, scheme=scheme, cluster_p=cluster_p, tfce=tfce,
+                             tfce_dh=tfce_dh, mass_tfce_on=st.mass_tfce_on)
+    e_obs = settings.enhanced(t_obs)
+    t_thr, z_thr, dhs = settings.t_threshold, settings.z_threshold, settings.tfce_dh
 
     if compute == "local":
         null = null_maxima_local(prep, graph, schedule, settings, batch_size)
@@ -438,6 +455,8 @@ def group_inference(
         "p_value": "#(null >= observed) / n_perm, identity permutation included",
         "uncorrected_p": "parametric Student t, one-sided per contrast",
     }
+    if hasattr(data, "cfh_maps"):
+        params["metric_params"] = data.metric_params(used[0], metric)
     result = GroupResult(contrasts=results, clusters=all_clusters, design=design,
                          ijk=ijk_m, grid_shape=tuple(grid_shape), affine=np.asarray(affine),
                          params=params)

@@ -11,7 +11,10 @@ value could sit on the other side of a decision than its float64 value — withi
 :data:`REFINE_TOL` ``* (1 + |t|)`` of the cluster-forming threshold, of the map's
 maximum or minimum, or of a TFCE level — is recomputed in float64
 (:func:`~cfhdask.stats.glm.exact_t`), so maxima, cluster membership and TFCE
-levels are those of the float64 path.
+levels are those of the float64 path.  So is every supra-threshold voxel, so
+that cluster masses are float64 sums too: no null statistic depends on how the
+float32 GEMM was split into threads, so results are bitwise the same whatever
+the BLAS threads of the workers (and hence whatever their number).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cfhdask.backend import to_numpy
-from cfhdask.stats.clusters import VoxelGraph, max_cluster_size_mass, tfce
+from cfhdask.stats.clusters import VoxelGraph, max_cluster_size_mass, tfce_batch, tfce_step
 from cfhdask.stats.glm import MICRO_BATCH, GLMPrep, exact_t, permuted_t, permuted_t_fast
 from cfhdask.stats.permute import PermutationSchedule
 
@@ -33,6 +36,10 @@ SIGNS: tuple[int, int] = (1, -1)
 #: Relative band (of ``1 + |t|``) around decisions where float32 t are recomputed
 #: in float64; the float32 error is ~1e-6 (checked in the tests).
 REFINE_TOL = 1e-4
+#: TFCE exponents (extent E, height H), as FSL and the paper.
+TFCE_E, TFCE_H = 0.5, 2.0
+#: Number of TFCE steps up to the observed peak when no step is given.
+TFCE_STEPS = 100
 
 
 def t_to_z(t: np.ndarray, df: float) -> np.ndarray:
@@ -98,6 +105,50 @@ class NullSettings:
         return self.t_threshold if self.z_df is None else float(self.z_threshold)
 
 
+def tfce_steps(stat_obs: np.ndarray, steps: int = 0) -> tuple[float, float]:
+    """Each contrast's own TFCE step: its observed peak / ``steps`` (guarded, see
+    :func:`~cfhdask.stats.clusters.tfce_step`); a contrast without a positive peak
+    uses the largest |value|."""
+    steps = steps or TFCE_STEPS
+    top = float(np.abs(stat_obs).max()) if stat_obs.size else 0.0
+    out = []
+    for sign in SIGNS:
+        peak = float((sign * stat_obs).max()) if stat_obs.size else 0.0
+        peak = peak if peak > 0 else (top if top > 0 else 1.0)
+        out.append(tfce_step(peak, steps))
+    return out[0], out[1]
+
+
+def observed_t(prep: GLMPrep, schedule: PermutationSchedule, scheme: str) -> np.ndarray:
+    """The observed t-map (float64): permutation 0 of ``schedule``, the identity."""
+    _, t = next(t_maps(prep, schedule, 0, 1, scheme))
+    return np.array(t)
+
+
+def null_settings(t_obs: np.ndarray, df: int, *, scheme: str, cluster_p: float,
+                  tfce: bool, tfce_dh: float | None = None,
+                  mass_tfce_on: str = "t") -> NullSettings:
+    """What every permutation of an analysis is scored on, from its observed t-map.
+
+    The cluster-forming threshold is the one-sided t of ``cluster_p`` at
+    ``df``; with ``mass_tfce_on="z"`` mass and TFCE are on z (PALM); with
+    TFCE each contrast has its own step (:func:`tfce_steps` of the observed
+    map) unless ``tfce_dh`` is given.  ``cfhdask stats`` and the null-check
+    both call this, so a split of a null-check is scored as a study is.
+    """
+    from scipy import stats as sstats
+
+    on_z = mass_tfce_on == "z"
+    e_obs = t_to_z(t_obs, df) if on_z else t_obs
+    dhs = None
+    if tfce:
+        dhs = (float(tfce_dh), float(tfce_dh)) if tfce_dh is not None else tfce_steps(e_obs)
+    return NullSettings(scheme=scheme, t_threshold=float(sstats.t.isf(cluster_p, df)),
+                        tfce_dh=dhs, tfce_E=TFCE_E, tfce_H=TFCE_H,
+                        z_df=float(df) if on_z else None,
+                        z_threshold=float(sstats.norm.isf(cluster_p)) if on_z else None)
+
+
 def t_maps(prep: GLMPrep, schedule: PermutationSchedule, start: int, stop: int,
            scheme: str) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(k, t_k)`` for permutations ``start <= k < stop``.
@@ -120,13 +171,14 @@ def refine_decisions(prep: GLMPrep, perm: np.ndarray, t32: np.ndarray,
                      settings: NullSettings) -> np.ndarray:
     """Float64 t-map from a float32 one, exact wherever a decision depends on it.
 
-    Voxels within ``REFINE_TOL * (1 + |t|)`` of ``±t_threshold``, of the
-    maximum or the minimum, or (with TFCE) of a level ``j * dh`` are
-    recomputed with :func:`~cfhdask.stats.glm.exact_t`.
+    Voxels above ``±t_threshold`` or within ``REFINE_TOL * (1 + |t|)`` below
+    it (cluster members, whose values sum into the masses), near the maximum
+    or the minimum, or (with TFCE) near a level ``j * dh`` are recomputed
+    with :func:`~cfhdask.stats.glm.exact_t`.
     """
     a = np.abs(t32)
     thr = settings.t_threshold
-    near = np.abs(a - np.float32(thr)) <= np.float32(REFINE_TOL * (1.0 + thr))
+    near = a >= np.float32(thr - REFINE_TOL * (1.0 + thr))
     tmax, tmin = float(t32.max()), float(t32.min())
     near |= t32 >= np.float32(tmax - 2 * REFINE_TOL * (1.0 + abs(tmax)))
     near |= t32 <= np.float32(tmin + 2 * REFINE_TOL * (1.0 + abs(tmin)))
@@ -143,8 +195,12 @@ def refine_decisions(prep: GLMPrep, perm: np.ndarray, t32: np.ndarray,
     return t
 
 
-def map_maxima(graph: VoxelGraph, t: np.ndarray, settings: NullSettings) -> np.ndarray:
-    """Null maxima of one t-map: array (2 signs, 4 stats) as :data:`NULL_STATS`."""
+def map_maxima(graph: VoxelGraph, t: np.ndarray, settings: NullSettings,
+               with_tfce: bool = True) -> np.ndarray:
+    """Null maxima of one t-map: array (2 signs, 4 stats) as :data:`NULL_STATS`.
+
+    With ``with_tfce=False`` the TFCE column is left 0 (see :func:`tfce_maps`).
+    """
     out = np.zeros((len(SIGNS), len(NULL_STATS)))
     z = settings.enhanced(t) if settings.z_df is not None else None
     for i, sign in enumerate(SIGNS):
@@ -154,9 +210,24 @@ def map_maxima(graph: VoxelGraph, t: np.ndarray, settings: NullSettings) -> np.n
         out[i, 1], out[i, 2] = max_cluster_size_mass(
             graph, s, settings.t_threshold,
             None if z is None else e - settings.mass_threshold)
-        if settings.tfce_dh is not None:
-            out[i, 3] = tfce(graph, e, settings.dh(i), settings.tfce_E, settings.tfce_H).max()
+    if with_tfce and settings.tfce_dh is not None:
+        out[:, 3] = tfce_maxima(graph, t[None], settings)[0]
     return out
+
+
+def tfce_maxima(graph: VoxelGraph, ts: np.ndarray, settings: NullSettings) -> np.ndarray:
+    """Peak TFCE of each sign of each t-map of ``ts`` (B, V): array (B, 2).
+
+    All ``2 B`` maps go through one :func:`~cfhdask.stats.clusters.tfce_batch`
+    call (the per-level work of the union-find is shared), each sign with its
+    own step.
+    """
+    ts = np.atleast_2d(ts)
+    e = settings.enhanced(ts) if settings.z_df is not None else ts
+    maps = np.concatenate([sign * e for sign in SIGNS])  # sign-major: (2 B, V)
+    dhs = np.repeat([settings.dh(i) for i in range(len(SIGNS))], ts.shape[0])
+    scores = tfce_batch(graph, maps, dhs, settings.tfce_E, settings.tfce_H)
+    return scores.max(axis=1).reshape(len(SIGNS), ts.shape[0]).T
 
 
 def batch_null_maxima(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSchedule,
@@ -175,8 +246,12 @@ def batch_null_maxima(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSch
         mb1 = min(mb0 + MICRO_BATCH, schedule.n_perm)
         perms = schedule.batch(mb0, mb1)
         t32 = to_numpy(permuted_t_fast(prep, perms, settings.scheme))
-        for kk in range(k, min(mb1, stop)):
-            t = refine_decisions(prep, perms[kk - mb0], t32[kk - mb0], settings)
-            out[kk - start] = map_maxima(graph, t, settings)
+        ks = range(k, min(mb1, stop))
+        ts = np.stack([refine_decisions(prep, perms[kk - mb0], t32[kk - mb0], settings)
+                       for kk in ks])
+        for j, kk in enumerate(ks):
+            out[kk - start] = map_maxima(graph, ts[j], settings, with_tfce=False)
+        if settings.tfce_dh is not None:
+            out[k - start:ks.stop - start, :, 3] = tfce_maxima(graph, ts, settings)
         k = mb1
     return out

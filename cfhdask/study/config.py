@@ -1,7 +1,7 @@
 """``study.yaml``: the whole study in one typed config (:class:`StudyConfig`).
 
 The sections shared with the rest of cfhdask (``mask``, ``preprocessing``,
-``cfh``, ``stats``, ``clinical``, ``cluster``) are the models of
+``cfh``, ``autonomy``, ``stats``, ``null_check``, ``clinical``, ``cluster``) are the models of
 :mod:`cfhdask.settings`, and their defaults are the current settings (model
 defaults, ``cfhdask.yaml``, the user's Dask config): a lab-wide
 ``~/.config/dask/cfhdask.yaml`` applies to every study unless the study says
@@ -27,12 +27,14 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import parse_combine
 from cfhdask.prep.confounds import MAX_TR
 from cfhdask.settings import (
+    AutonomySettings,
     CFHSettings,
     ClinicalSettings,
     ClusterSettings,
     DesignSettings,
     InputsSettings,
     MaskSettings,
+    NullCheckSettings,
     PreprocessingSettings,
     Section,
     StatsSettings,
@@ -106,8 +108,16 @@ class StudyConfig(Section):
     combine_runs: str = DesignSettings.model_fields["combine_runs"]
     mask: MaskSettings = Field(default_factory=MaskSettings)
     preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
+    metrics: list[Literal["cfh", "cfh_subject", "vmhc", "ai"]] | None = Field(
+        None, description="Per-subject maps computed and analysed, one group analysis (and "
+                          "stats folder) each: cfh (group counterpart), cfh_subject "
+                          "(per-subject maximum), vmhc, ai; the first is the report's main "
+                          "result (null: stats.metric, cfh read as cfh_subject when "
+                          "cfh.counterpart is subject).")
     cfh: CFHSettings = Field(default_factory=CFHSettings)
+    autonomy: AutonomySettings = Field(default_factory=AutonomySettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    null_check: NullCheckSettings = Field(default_factory=NullCheckSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
@@ -117,11 +127,27 @@ class StudyConfig(Section):
         parse_combine(v)
         return v.strip()
 
+    @field_validator("metrics")
+    @classmethod
+    def _some(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("name at least one metric (or leave it out: stats.metric)")
+        return list(dict.fromkeys(v)) if v is not None else None
+
+    def analysed_metrics(self) -> list[str]:
+        """The metrics of the study, the main one first."""
+        if self.metrics:
+            return list(self.metrics)
+        m = self.stats.metric
+        return ["cfh_subject" if m == "cfh" and self.cfh.counterpart == "subject" else m]
+
 
 #: Top-level study keys whose defaults come from the ``design`` settings section.
 _FROM_DESIGN = ("covariates", "categorical", "drop_missing", "combine_runs")
 #: Sections whose defaults are the current settings of the same name.
-_SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "stats", "clinical", "cluster")
+_SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "autonomy", "stats", "null_check",
+              "clinical",
+             "cluster")
 
 
 def current_defaults() -> dict:

@@ -6,11 +6,20 @@ Stages (each timed, each reusing what an earlier run stored):
    is keyed by a fingerprint of everything that changes its content (mask,
    denoising); a subject already complete in it is skipped.  A store given
    explicitly whose fingerprint differs is an error: results are never mixed.
-2. **cfh** — CFH maps of every subject that lacks them.
-3. **stats** — group GLM + permutations into ``OUTPUT/stats-<fingerprint>/``;
-   skipped when that folder is complete for the same parameters and subjects.
-4. **clinical** — Table 1 and partial correlations of significant clusters.
-5. **report** — ``OUTPUT/report.html``.
+2. **cfh** — the maps of every metric of the study (``metrics``: CFH with the
+   group or the per-subject counterpart, VMHC, autonomy index) for every
+   subject that lacks them.
+3. **stats** — per metric, group GLM + permutations into
+   ``OUTPUT/stats-<metric>-<fingerprint>/``; skipped when that folder is
+   complete for the same parameters, subjects and maps (for group-mode CFH
+   the fingerprint of the group counterpart).
+4. **clinical** — Table 1 and, per metric, partial correlations of its
+   significant clusters.
+5. **report** — ``OUTPUT/report.html``, a section per metric.
+
+With ``null_check.enabled``, the null-check (:mod:`cfhdask.stats.nullcheck`)
+runs after the stats, on the main metric, into ``OUTPUT/null-check-<fingerprint>/``, reused the
+same way; :func:`cfhdask.report.nullcheck.null_check_section` renders it.
 """
 
 from __future__ import annotations
@@ -54,6 +63,10 @@ class StudyResult:
     report : str
         ``report.html``.
     clusters, table1, correlations : pandas.DataFrame
+        ``stats_dir`` and ``clusters`` are the main (first) metric's;
+        ``correlations`` holds every metric's (column ``metric``).
+    metrics : dict of str -> dict
+        Per metric: ``stats_dir``, ``clusters``, ``correlations``.
     timings : dict of str -> float
         Seconds per stage.
     skipped : dict of str -> str
@@ -69,6 +82,7 @@ class StudyResult:
     correlations: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)
 
 
 def fingerprint(obj: Any) -> str:
@@ -98,9 +112,12 @@ def group_levels(cfg: StudyConfig, participants: pd.DataFrame) -> list[str]:
 def check_columns(cfg: StudyConfig, participants: pd.DataFrame,
                   sessions: pd.DataFrame | None = None) -> None:
     """Every column the config names exists in the participants (or sessions) table."""
+    from cfhdask.cfh.group import filter_columns
+
     columns = set(participants.columns) | (set(sessions.columns) if sessions is not None
                                            else set())
     named = {"groups.column": [cfg.groups.column], "covariates": list(cfg.covariates),
+             "cfh.reference_subjects": filter_columns(cfg.cfh.reference_subjects),
              "categorical": [c for c in cfg.categorical if c in cfg.covariates],
              "clinical.variables": list(cfg.clinical.variables),
              "clinical.table1": list(cfg.clinical.table1)}
@@ -206,6 +223,15 @@ def _check_clinical(cfg: StudyConfig, participants, sessions, design) -> None:
     table = participant_values(participants, maps, [*cfg.clinical.variables, *cfg.covariates],
                                categorical=cfg.categorical, sessions=sessions,
                                source=cfg.participants)
+    empty = [v for v in cfg.clinical.variables if not table[v].notna().any()]
+    if empty:
+        key = "groups.levels" if cfg.groups.levels is not None else \
+            "groups.levels (not set: the column's values, sorted)"
+        raise CfhdaskInputError(
+            f"config key 'clinical.variables': {empty} have no value in group "
+            f"{design.groups[0]!r}, the first of {key}, where the clinical correlations are "
+            f"computed; put the group with clinical scores first, e.g. groups: {{levels: "
+            f"[{design.groups[1]}, {design.groups[0]}]}}")
     for var in cfg.clinical.variables:
         num = pd.to_numeric(table[var], errors="coerce")
         bad = table.index[num.isna() & table[var].notna()]
@@ -364,22 +390,18 @@ def run_study(config: str | Mapping | StudyConfig, *, client: Any = None, base_d
 
     if client is not None:
         return _run(cfg, plan, client, on_stage)
-    cl = cfg.cluster
-    with dask_client(scheduler=cl.scheduler, scheduler_file=cl.scheduler_file,
-                     cluster=cl.kind, n_workers=cl.n_workers,
-                     threads_per_worker=cl.threads_per_worker) as c:
+    with dask_client(config=cfg.cluster) as c:  # one cluster for every stage
         log.info("Dask dashboard: %s", c.dashboard_link)
         return _run(cfg, plan, c, on_stage)
 
 
 def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
-    from cfhdask.cfh.compute import compute_cfh
     from cfhdask.io.store import CohortStore
     from cfhdask.prep.ingest import SubjectsFailed, ingest
     from cfhdask.prep.pipeline import make_prepare
 
     timings: dict[str, float] = {}
-    levels, participants, inputs = plan.levels, plan.participants, plan.inputs
+    levels, inputs = plan.levels, plan.inputs
     skipped = {s.subject: s.reason for s in plan.skipped}
     params = denoise_params(cfg)
     drop = cfg.preprocessing.drop_volumes
@@ -416,60 +438,45 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
         if store.attrs.get("study_fingerprint") is None:
             store.set_attrs(study_fingerprint=store_fp, study_parameters=store_params)
 
+    metrics = cfg.analysed_metrics()
     with _Timer(timings, "cfh", on_stage):
-        compute_cfh(store, client=client, block=cfg.cfh.block,
-                    split_every=cfg.cfh.split_every, backend=cfg.cfh.backend)
+        for metric in metrics:
+            _compute_metric(cfg, store, metric, client)
 
     runs = [i.subject for i in inputs]
-    failed = sorted(set(runs) - set(store.subjects("cfh")))
-    participants = _without_skipped(participants, store.subjects("cfh"), failed)
-    matched = match_subjects(participants[ID_COLUMN], store.subjects("cfh"))
-    subjects = sorted(s for s in store.subjects("cfh") if s in matched and s in set(runs))
-    st = cfg.stats
-    design = {"covariates": cfg.covariates, "categorical": cfg.categorical,
-              "drop_missing": cfg.drop_missing, "combine_runs": cfg.combine_runs}
-    stats_params = {"store": store_fp, "subjects": subjects,
-                    "group": {"column": cfg.groups.column, "levels": levels}, **design,
-                    **st.model_dump(exclude={"batch_size"})}
-    stats_fp = fingerprint(stats_params)
-    stats_dir = os.path.join(cfg.output, f"stats-{stats_fp}")
+    per_metric: dict[str, dict] = {}
     with _Timer(timings, "stats", on_stage):
-        if _stage_done(stats_dir, stats_fp):
-            log.info("stats: %s is complete for these parameters; reusing it", stats_dir)
-            skipped["stats"] = "reused " + stats_dir
-        else:
-            from cfhdask.stats.inference import group_inference
-
-            group_inference(
-                store, participants, group=cfg.groups.column, groups=levels,
-                covariates=cfg.covariates, categorical=cfg.categorical, n_perm=st.n_perm,
-                scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
-                tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed,
-                metric=st.metric, atlases=st.atlases, out_dir=stats_dir, client=client,
-                subjects=subjects, drop_missing=cfg.drop_missing,
-                combine_runs=cfg.combine_runs, sessions=plan.sessions,
-                batch_size=st.batch_size)
-            _mark_stage(stats_dir, stats_fp, stats_params)
-    clusters = pd.read_csv(os.path.join(stats_dir, "clusters.tsv"), sep="\t")
-    with open(os.path.join(stats_dir, "stats.json")) as f:
-        maps = json.load(f)["maps"]
-    table = _participant_table(cfg, participants, plan.sessions, maps)
+        for metric in metrics:
+            per_metric[metric] = _stats(cfg, store, store_fp, metric, plan, runs, client,
+                                        skipped)
+    main = per_metric[metrics[0]]
+    if cfg.null_check.enabled:
+        with _Timer(timings, "null_check", on_stage):
+            skipped.update(_null_check_stage(cfg, store, main["participants"], levels,
+                                             main["subjects"], plan.sessions, client,
+                                             main["stats_params"], metrics[0]))
+    table = _participant_table(cfg, main["participants"], plan.sessions, main["maps"])
 
     with _Timer(timings, "clinical", on_stage):
-        t1, corr, values = _clinical(cfg, levels, table, store, stats_dir, clusters, maps)
+        t1, corr = _clinical(cfg, levels, table, store, per_metric)
 
     with _Timer(timings, "report", on_stage):
         from cfhdask.report.html import build_report
 
         report = build_report(
-            os.path.join(cfg.output, "report.html"), stats_dir=stats_dir, store=store,
-            participants=table, table1=t1, correlations=corr, cluster_values=values,
+            os.path.join(cfg.output, "report.html"),
+            stats_dir={m: r["stats_dir"] for m, r in per_metric.items()}, store=store,
+            participants=table, table1=t1, correlations=corr,
+            cluster_values={m: r["values"] for m, r in per_metric.items()},
             params=_report_params(cfg, params), title=cfg.name,
-            group=cfg.groups.column, groups=tuple(levels), alpha=st.alpha)
+            group=cfg.groups.column, groups=tuple(levels), alpha=cfg.stats.alpha)
     write_json(os.path.join(cfg.output, "timings.json"), timings)
-    return StudyResult(output=cfg.output, store=url, stats_dir=stats_dir,
-                       report=str(report), clusters=clusters, table1=t1,
-                       correlations=corr, timings=timings, skipped=skipped)
+    main = per_metric[metrics[0]]
+    return StudyResult(output=cfg.output, store=url, stats_dir=main["stats_dir"],
+                       report=str(report), clusters=main["clusters"], table1=t1,
+                       correlations=corr, timings=timings, skipped=skipped,
+                       metrics={m: {k: r[k] for k in ("stats_dir", "clusters", "correlations")}
+                                for m, r in per_metric.items()})
 
 
 def _participant_table(cfg: StudyConfig, participants: pd.DataFrame, sessions, maps: dict
@@ -488,8 +495,87 @@ def _participant_table(cfg: StudyConfig, participants: pd.DataFrame, sessions, m
     return table.reset_index()
 
 
-def _clinical(cfg: StudyConfig, levels, table: pd.DataFrame, store, stats_dir, clusters,
-              maps: dict):
+def _compute_metric(cfg: StudyConfig, store, metric: str, client) -> None:
+    """The maps of one metric for every subject that lacks them."""
+    c = cfg.cfh
+    engine = {"block": c.block, "backend": c.backend, "client": client}
+    if metric in ("cfh", "cfh_subject"):
+        from cfhdask.cfh.compute import compute_cfh
+
+        compute_cfh(store, counterpart="group" if metric == "cfh" else "subject",
+                    reference_subjects=c.reference_subjects, participants=cfg.participants,
+                    split_every=c.split_every, subject_batch=c.subject_batch, **engine)
+    elif metric == "vmhc":
+        from cfhdask.cfh.vmhc import compute_vmhc
+
+        compute_vmhc(store, **engine)
+    else:
+        from cfhdask.cfh.autonomy import compute_autonomy
+
+        compute_autonomy(store, threshold=cfg.autonomy.threshold, split_every=c.split_every,
+                         **engine)
+
+
+def _maps_key(store, metric: str, subjects: list[str]) -> dict:
+    """What the maps of ``metric`` depend on beyond the series (for the stats fingerprint)."""
+    if not subjects:
+        return {}
+    p = store.metric_params(subjects[0], metric)
+    keys = {"cfh": ("counterpart_fingerprint",), "ai": ("threshold",), "vmhc": ("mirror",)}
+    return {k: p.get(k) for k in keys.get(metric, ())}
+
+
+def _stats(cfg: StudyConfig, store, store_fp: str, metric: str, plan: StudyPlan,
+           runs: list[str], client, skipped: dict) -> dict:
+    """Group inference of one metric into its own folder (reused when complete)."""
+    done = store.subjects(metric)
+    failed = sorted(set(runs) - set(done))
+    participants = _without_skipped(plan.participants, done, failed)
+    matched = match_subjects(participants[ID_COLUMN], done)
+    subjects = sorted(s for s in done if s in matched and s in set(runs))
+    st = cfg.stats
+    design = {"covariates": cfg.covariates, "categorical": cfg.categorical,
+              "drop_missing": cfg.drop_missing, "combine_runs": cfg.combine_runs}
+    stats_params = {"store": store_fp, "subjects": subjects,
+                    "group": {"column": cfg.groups.column, "levels": plan.levels}, **design,
+                    **st.model_dump(exclude={"batch_size"}), "metric": metric,
+                    "maps": _maps_key(store, metric, subjects)}
+    stats_fp = fingerprint(stats_params)
+    stats_dir = os.path.join(cfg.output, f"stats-{metric}-{stats_fp}")
+    if _stage_done(stats_dir, stats_fp):
+        log.info("stats %s: %s is complete for these parameters; reusing it", metric,
+                 stats_dir)
+        skipped[f"stats {metric}" if metric != cfg.analysed_metrics()[0] else "stats"] = \
+            "reused " + stats_dir
+    else:
+        from cfhdask.stats.inference import group_inference
+
+        group_inference(
+            store, participants, group=cfg.groups.column, groups=plan.levels,
+            covariates=cfg.covariates, categorical=cfg.categorical, n_perm=st.n_perm,
+            scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
+            tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed,
+            metric=metric, atlases=st.atlases, out_dir=stats_dir, client=client,
+            subjects=subjects, drop_missing=cfg.drop_missing,
+            combine_runs=cfg.combine_runs, sessions=plan.sessions, batch_size=st.batch_size)
+        _mark_stage(stats_dir, stats_fp, stats_params)
+    clusters = pd.read_csv(os.path.join(stats_dir, "clusters.tsv"), sep="\t")
+    with open(os.path.join(stats_dir, "stats.json")) as f:
+        maps = json.load(f)["maps"]
+    return {"stats_dir": stats_dir, "clusters": clusters, "subjects": subjects,
+            "participants": participants, "maps": maps, "stats_params": stats_params,
+            "values": None,
+            "correlations": pd.DataFrame()}
+
+
+def _clinical(cfg: StudyConfig, levels, table: pd.DataFrame, store, per_metric: dict):
+    """Table 1 of the study's subjects, and per metric the clinical correlations.
+
+    The main metric's tables are ``clinical/cluster_values.tsv`` and
+    ``clinical/correlations.tsv``; another metric ``m`` writes
+    ``cluster_values_<m>.tsv`` and ``correlations_<m>.tsv``.  The returned
+    correlations hold every metric's rows (column ``metric``).
+    """
     from cfhdask.clinical.correlations import (
         cluster_correlations,
         significant_cluster_values,
@@ -505,25 +591,35 @@ def _clinical(cfg: StudyConfig, levels, table: pd.DataFrame, store, stats_dir, c
     clin_dir = os.path.join(cfg.output, "clinical")
     os.makedirs(clin_dir, exist_ok=True)
     write_table1(t1, os.path.join(clin_dir, "table1.tsv"))
-    contrasts = sorted(set(clusters["contrast"])) if len(clusters) else []
-    imgs = {c: os.path.join(stats_dir, f"{c}_clusters.nii.gz") for c in contrasts}
-    corr, values = pd.DataFrame(), None
-    if imgs and cfg.clinical.variables:
+    frames = []
+    for k, (metric, res) in enumerate(per_metric.items()):
+        suffix = "" if k == 0 else f"_{metric}"
+        clusters = res["clusters"]
+        contrasts = sorted(set(clusters["contrast"])) if len(clusters) else []
+        imgs = {c: os.path.join(res["stats_dir"], f"{c}_clusters.nii.gz") for c in contrasts}
+        if not (imgs and cfg.clinical.variables):
+            continue
+        maps = res["maps"]
         runs = [s for subs in maps.values() for s in subs]
         per_map = significant_cluster_values(
-            store.cfh_maps(runs), store.ijk, imgs, clusters, alpha=cfg.stats.alpha)
-        if per_map.shape[1]:
-            owner = {s: pid for pid, subs in maps.items() for s in subs}
-            values = per_map.groupby(per_map.index.map(owner), sort=False).mean()
-            values.index.name = "subject"
-            values.to_csv(os.path.join(clin_dir, "cluster_values.tsv"), sep="\t")
-            corr = cluster_correlations(
-                values, table, group=cfg.groups.column, group_value=levels[0],
-                variables=cfg.clinical.variables, covariates=cfg.covariates,
-                categorical=cfg.categorical, methods=tuple(cfg.clinical.methods),
-                drop_missing=True)
-            write_correlations(corr, os.path.join(clin_dir, "correlations.tsv"))
-    return t1, corr, values
+            store.cfh_maps(runs, var=metric), store.ijk, imgs, clusters, alpha=cfg.stats.alpha)
+        if not per_map.shape[1]:
+            continue
+        owner = {s: pid for pid, subs in maps.items() for s in subs}
+        values = per_map.groupby(per_map.index.map(owner), sort=False).mean()
+        values.index.name = "subject"
+        values.to_csv(os.path.join(clin_dir, f"cluster_values{suffix}.tsv"), sep="\t")
+        corr = cluster_correlations(
+            values, table, group=cfg.groups.column, group_value=levels[0],
+            variables=cfg.clinical.variables, covariates=cfg.covariates,
+            categorical=cfg.categorical, methods=tuple(cfg.clinical.methods),
+            drop_missing=True)
+        corr.insert(0, "metric", metric)
+        write_correlations(corr, os.path.join(clin_dir, f"correlations{suffix}.tsv"))
+        res["values"], res["correlations"] = values, corr
+        frames.append(corr)
+    corr = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return t1, corr
 
 
 def _report_params(cfg: StudyConfig, params) -> dict:
@@ -540,3 +636,29 @@ def _report_params(cfg: StudyConfig, params) -> dict:
         out.update(denoise=params.to_dict(), smoothing_fwhm=params.smoothing_fwhm,
                    bandpass=[params.high_pass, params.low_pass])
     return out
+
+
+def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, levels,
+                      subjects: list[str], sessions, client, stats_params: dict,
+                      metric: str) -> dict[str, str]:
+    """The optional null-check stage, with the study's design and ``stats`` settings."""
+    nc, st = cfg.null_check, cfg.stats
+    params = {**stats_params, "null_check": nc.model_dump(exclude={"enabled"})}
+    fp = fingerprint(params)
+    out = os.path.join(cfg.output, f"null-check-{fp}")
+    if _stage_done(out, fp):
+        log.info("null-check: %s is complete for these parameters; reusing it", out)
+        return {"null_check": "reused " + out}
+    from cfhdask.stats.nullcheck import null_check
+
+    null_check(store, participants, group=cfg.groups.column, groups=levels, level=nc.level,
+               sizes=nc.sizes, n_splits=nc.n_splits, n_perm=nc.n_perm, seed=nc.seed,
+               uncorrected_p=nc.uncorrected_p, interval=nc.interval,
+               covariates=cfg.covariates, categorical=cfg.categorical,
+               drop_missing=cfg.drop_missing, combine_runs=cfg.combine_runs,
+               scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
+               tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, metric=metric,
+               batch_size=st.batch_size, sessions=sessions, subjects=subjects,
+               client=client, out_dir=out)
+    _mark_stage(out, fp, params)
+    return {}

@@ -6,7 +6,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from cfhref import assert_matches, reference_cfh
+from cfhref import CountingScheduler, assert_matches, reference_cfh
 
 from cfhdask.cfh.graph import OUTPUTS, cfh_graph, standardize_graph
 from cfhdask.errors import CfhdaskInputError
@@ -78,18 +78,9 @@ def test_different_series_lengths(rng):
         _check(res, left, right)
 
 
-class _CountingScheduler:
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, dsk, keys, **kwargs):
-        self.calls += 1
-        return dask.get(dsk, keys, **kwargs)
-
-
 def test_graph_building_is_lazy(rng):
     left, right = _series(rng, 40, 30, 20)
-    counter = _CountingScheduler()
+    counter = CountingScheduler()
     with dask.config.set(scheduler=counter):
         out = _graph(left, right, block=8)
         assert counter.calls == 0

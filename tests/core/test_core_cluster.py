@@ -71,23 +71,9 @@ def test_bad_scheduler_options_are_clear_errors(tmp_path):
     with pytest.raises(CfhdaskInputError, match="could not reach"):
         with cl.dask_client(scheduler="tcp://127.0.0.1:9", timeout="1s"):
             pass
-    with pytest.raises(CfhdaskInputError, match="unknown kind"):
+    with pytest.raises(CfhdaskInputError, match="kind: input should be 'local'"):
         with cl.dask_client(cluster="moon"):
             pass
-
-
-def test_jobqueue_settings_come_from_the_cfhdask_namespace():
-    with dask.config.set({"cfhdask.cluster.jobqueue": {
-            "cores": 4, "memory": "8GiB", "processes": 2, "walltime": "01:00:00",
-            "queue": "short", "account": None, "jobs": 3}}):
-        kwargs, jobs = cl.jobqueue_kwargs()
-    assert jobs == 3
-    assert kwargs == {"cores": 4, "memory": "8GiB", "processes": 2,
-                      "walltime": "01:00:00", "queue": "short"}
-    dask_jobqueue = pytest.importorskip("dask_jobqueue")
-    with dask_jobqueue.SLURMCluster(**kwargs, scheduler_options={"host": "127.0.0.1"}) as sc:
-        script = sc.job_script()
-    assert "#SBATCH -p short" in script and "--nthreads 2" in script
 
 
 def test_env_overrides_config(monkeypatch):

@@ -24,10 +24,11 @@ def test_export_maps(tmp_path, user_mask, rng):
     counterpart[store.left] = rng.integers(store.right.start, store.right.stop, store.n_left)
     counterpart[store.right] = rng.integers(0, store.n_left, store.n_right)
     counterpart[5] = -1  # e.g. a constant voxel
-    store.write_cfh("sub-01", cfh, counterpart, np.tanh(cfh), {})
+    store.write_cfh("sub-01", cfh, counterpart, np.tanh(cfh), {}, metric="cfh_subject")
 
-    paths = export_maps(str(tmp_path / "s.zarr"), tmp_path / "out")
-    assert [p.name for p in paths] == ["sub-01_cfh.nii.gz", "sub-01_counterpart.nii.gz"]
+    paths = export_maps(str(tmp_path / "s.zarr"), tmp_path / "out", metric="cfh_subject")
+    assert [p.name for p in paths] == ["sub-01_cfh_subject.nii.gz",
+                                       "sub-01_counterpart_subject.nii.gz"]
     img = nib.load(paths[0])
     assert img.shape == SHAPE and np.allclose(img.affine, AFFINE)
     vol = img.get_fdata()
@@ -42,5 +43,16 @@ def test_export_maps(tmp_path, user_mask, rng):
     # counterparts lie in the other hemisphere
     assert np.all(cp[ijk][store.left][has[store.left]][:, 0] > 0)
 
-    with pytest.raises(CfhdaskInputError, match="no CFH results for sub-02"):
-        export_maps(store, tmp_path / "out2", subjects=["sub-02"])
+    with pytest.raises(CfhdaskInputError, match="no CFH .* results for sub-02"):
+        export_maps(store, tmp_path / "out2", subjects=["sub-02"], metric="cfh_subject")
+
+    # group mode: the maps, and once the group counterpart and its distance to the mirror
+    store.write_cfh("sub-02", cfh, counterpart, np.tanh(cfh), {})
+    store.write_group_counterpart(counterpart, np.ones(n), {"fingerprint": "x"})
+    paths = export_maps(store, tmp_path / "group")
+    assert [p.name for p in paths] == ["sub-02_cfh.nii.gz", "group_counterpart.nii.gz",
+                                       "group_counterpart_displacement.nii.gz"]
+    disp = nib.load(paths[2]).get_fdata()[ijk]
+    want = np.linalg.norm(store.xyz[counterpart[has]] - store.xyz[has] * [-1, 1, 1], axis=1)
+    np.testing.assert_allclose(disp[has], want, atol=1e-4)
+    assert np.all(disp[~has] == 0)

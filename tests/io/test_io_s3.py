@@ -105,7 +105,7 @@ def _assert_same_store(store: CohortStore, ref: CohortStore, cfh: bool = True) -
     for s in SUBJECTS:
         np.testing.assert_array_equal(store.bold(s).compute(), ref.bold(s).compute())
     if cfh:
-        for var in ("cfh", "counterpart", "r_max"):
+        for var in ("cfh", "cfh_r", "cfh_counterpart"):
             np.testing.assert_array_equal(store.cfh_maps(var=var).values,
                                           ref.cfh_maps(var=var).values)
 
@@ -163,7 +163,8 @@ def test_ingest_and_cfh_on_local_cluster(s3, inputs, reference, local_client, tm
     again = CohortStore.open(url, storage_options=s3.so)
     _assert_same_store(again, reference)
     assert again.attrs["mask"]["source"] == inputs.mask_url
-    assert [h["command"] for h in again.attrs["history"]] == ["ingest", "cfh"]
+    assert [h["command"] for h in again.attrs["history"]] == ["ingest", "cfh-counterpart",
+                                                               "cfh"]
     root = xr.open_zarr(url, storage_options=s3.so, consolidated=False)
     np.testing.assert_array_equal(root["ijk"].values, reference.ijk)
     assert root.attrs["n_left"] == reference.n_left
@@ -182,7 +183,8 @@ def test_ingest_and_cfh_on_local_cluster(s3, inputs, reference, local_client, tm
         np.testing.assert_allclose(got.affine, AFFINE)
     by_url = export_maps(url, tmp_path / "by_url", subjects=["sub-01"],
                          storage_options=s3.so)
-    assert [p.name for p in by_url] == ["sub-01_cfh.nii.gz", "sub-01_counterpart.nii.gz"]
+    assert [p.name for p in by_url] == ["sub-01_cfh.nii.gz", "group_counterpart.nii.gz",
+                                        "group_counterpart_displacement.nii.gz"]
 
 
 def test_cli_ingest_and_cfh_on_s3(s3, inputs, reference, local_client, tmp_path, capsys):
@@ -197,7 +199,8 @@ def test_cli_ingest_and_cfh_on_s3(s3, inputs, reference, local_client, tmp_path,
     assert f"cfhdask cfh: {url}" in out and "subjects computed: 3" in out
     _assert_same_store(CohortStore.open(url, storage_options=s3.so), reference)
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(
-        f"{s}_{m}.nii.gz" for s in SUBJECTS for m in ("cfh", "counterpart"))
+        [f"{s}_cfh.nii.gz" for s in SUBJECTS]
+        + ["group_counterpart.nii.gz", "group_counterpart_displacement.nii.gz"])
     # the option is parsed before anything runs
     assert main(["cfh", url, "--storage-options", "[1]"]) == 2
     assert "--storage-options" in capsys.readouterr().err

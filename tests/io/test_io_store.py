@@ -54,7 +54,7 @@ def test_round_trip_xarray_views(user_mask, rng, tmp_path):
     ds = xr.open_zarr(url, consolidated=False)
     assert ds["ijk"].dims == ("voxel", "axis") and ds["ijk"].dtype == np.int32
     assert ds["xyz"].dtype == np.float32 and ds["hemisphere"].dims == ("voxel",)
-    assert ds.attrs["cfhdask_store_version"] == 1
+    assert ds.attrs["cfhdask_store_version"] == 2
     assert ds.attrs["grid_shape"] == list(SHAPE)
     tree = xr.open_datatree(url, engine="zarr", consolidated=False)
     sub = tree["subjects/sub-02"]
@@ -208,7 +208,7 @@ def test_cfh_write_and_lazy_maps(user_mask, rng):
     sched = _CountingScheduler()
     with dask.config.set(scheduler=sched):
         maps = store.cfh_maps()
-        cps = store.cfh_maps(var="counterpart")
+        cps = store.cfh_maps(var="cfh_counterpart")
     assert sched.n == 0
     assert maps.dims == ("subject", "voxel") and isinstance(maps.data, da.Array)
     assert list(maps.subject.values) == ["sub-01", "sub-02"]

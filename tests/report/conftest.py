@@ -105,6 +105,10 @@ def make_store(path, rng, participants: pd.DataFrame):
         cfh[in_cluster] += 0.3 * (s_i < N_PER_GROUP)
         cfh[hemi == 0] = np.nan
         store.write_cfh(sub, cfh, cp, np.tanh(cfh), {"cfh_params": {"fisher_z": True}})
+        if s_i == 0:
+            group_cp = cp
+    store.write_group_counterpart(group_cp, np.ones(store.n_voxels), {
+        "fingerprint": "synthetic", "reference": {"kind": "all", "n_subjects": 12}})
     return store
 
 

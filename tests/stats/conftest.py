@@ -46,3 +46,31 @@ def dataset(rng):
 def dataset_factory():
     """:func:`make_dataset`, for tests that need other sizes or effects."""
     return make_dataset
+
+
+#: The null cohort of the null-check tests: controls only, no effect, a coarse grid.
+NULL_COHORT = {"n_controls": 20, "n_volumes": 40, "grid": "9mm", "seed": 3}
+
+
+@pytest.fixture(scope="session")
+def null_cohort(tmp_path_factory):
+    """CFH maps of a null cohort made by the real pipeline: simulate (effect 0), ingest, cfh.
+
+    Returns ``(store, participants_path)``.
+    """
+    from distributed import Client, LocalCluster
+
+    from cfhdask.cfh.compute import compute_cfh
+    from cfhdask.prep.ingest import ingest
+    from cfhdask.sim.cohort import simulate_cohort
+
+    root = tmp_path_factory.mktemp("null_cohort")
+    table = simulate_cohort(root / "sim", n_patients=0, effect_size=0.0, n_jobs=1,
+                            layout="bids", **NULL_COHORT)
+    files = table.attrs["files"]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        store = ingest([files[s]["bold"] for s in sorted(files)], str(root / "null.zarr"),
+                       client=client)
+        compute_cfh(store, client=client, show_progress=False)
+    return store, str(root / "sim" / "participants.tsv")

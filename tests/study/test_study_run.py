@@ -53,6 +53,18 @@ def test_run_study_end_to_end_and_reuse(cohort, tmp_path, local_client):
     assert os.path.exists(os.path.join(res.stats_dir, "stage.json"))
 
 
+def test_run_study_with_null_check_stage(cohort, tmp_path, local_client):
+    cfg = {**study(cohort, tmp_path / "out"), "covariates": ["age"],
+           "null_check": {"enabled": True, "n_splits": 4, "n_perm": 20}}
+    res = run_study(cfg, client=local_client)
+    assert "null_check" in res.timings
+    (folder,) = [d for d in os.listdir(tmp_path / "out") if d.startswith("null-check-")]
+    summary = pd.read_csv(tmp_path / "out" / folder / "null_check.tsv", sep="\t")
+    assert (summary.n_tests == 8).all()  # 6 controls: pseudo-groups of 3 (6 + 6 do not fit)
+    again = run_study(cfg, client=local_client)
+    assert again.skipped["null_check"].startswith("reused ")
+
+
 def test_cli_run_rejects_unknown_column_before_compute(cohort, tmp_path, capsys):
     cfg = study(cohort, tmp_path / "out")
     cfg["covariates"] = ["age", "shoe_size"]

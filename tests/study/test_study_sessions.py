@@ -89,6 +89,16 @@ def test_check_lists_the_skip_and_the_design(cohort, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_clinical_scores_absent_in_the_first_group_is_an_error(cohort, tmp_path, capsys):
+    """Levels not set: sorted, 'control' comes first, and controls have no JRS scores."""
+    cfg = study(cohort, tmp_path / "out", groups={"column": "group"})
+    assert main(["run", _write(tmp_path, cfg), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "clinical.variables" in err and "JRS_total" in err and "'control'" in err
+    assert "groups.levels" in err and "[patient, control]" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_end_to_end_one_row_per_participant(cohort, tmp_path, capsys, local_client):
     out = tmp_path / "out"
     cfg = study(cohort, out)

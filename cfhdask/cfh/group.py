@@ -1,0 +1,295 @@
+"""The group counterpart: each voxel's counterpart found once for a cohort.
+
+As the CFH literature computes it (the ``FuncHomoConn.m`` of the TMStarget
+toolbox, and the paper's two-step wording), the counterpart of a voxel is the
+argmax over the other hemisphere of the correlation **summed over a
+reference set of subjects**, row-wise for left voxels and column-wise for
+right voxels, ties to the smaller index.  Each subject's CFH is then that
+subject's own r with the group counterpart, Fisher-z'd
+(:mod:`cfhdask.cfh.compute`).
+
+The reference set is every ingested subject by default: it uses no group
+label, so permutation inference on the maps stays valid.  It may instead be
+a list of subjects, a participants filter (``group==control``) or another
+store on the same grid.  The store keeps the counterpart with a fingerprint
+of its reference set (subjects and when they were ingested); when the
+reference changes (subjects added to an "all" reference, another filter),
+the counterpart and every map computed with the old one are recomputed, and
+the log says so.  The sum is computed by :func:`cfhdask.cfh.graph.group_sum_graph`
+without ever materialising the left x right matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cfhdask.cfh.graph import group_sum_graph
+from cfhdask.cfh.kernels import CONSTANT_RTOL
+from cfhdask.cfh.mirror import counterpart_displacement
+from cfhdask.errors import CfhdaskInputError
+from cfhdask.inputs import ID_COLUMN, match_subjects
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Reference", "ensure_group_counterpart", "filter_columns", "hemisphere_blocks",
+           "resolve_reference"]
+
+OPTION = "--reference-subjects"
+_FILTER = re.compile(r"^\s*([^=!]+?)\s*(==|!=)\s*(.*?)\s*$")
+
+
+@dataclass
+class Reference:
+    """The subjects whose summed correlations define the group counterpart.
+
+    Attributes
+    ----------
+    source : CohortStore
+        Where their series are read (the store itself, or another store).
+    subjects : list of str
+        The reference subjects, sorted.
+    spec : dict
+        How the set was named (``kind``: all, subjects, filter or store), for
+        provenance.
+    """
+
+    source: Any
+    subjects: list[str]
+    spec: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A hash of the reference's content: subjects and when/how they were ingested."""
+        items = []
+        for s in self.subjects:
+            a = self.source.subject_attrs(s)
+            items.append([s, a.get("ingested"), a.get("n_volumes"), str(a.get("source"))])
+        blob = json.dumps({"subjects": items, "constant_rtol": CONSTANT_RTOL, "v": 1},
+                          sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _is_store(value: str) -> bool:
+    return "://" in value or "/" in value or "\\" in value or value.rstrip("/").endswith(".zarr")
+
+
+def filter_columns(reference: Sequence[str] | None) -> list[str]:
+    """The participants columns that the filters of a reference set name."""
+    return [m.group(1) for m in map(_FILTER.match, [str(v) for v in reference or []]) if m]
+
+
+def _filter_subjects(store, filters: list[tuple[str, str, str]],
+                     participants: pd.DataFrame | str | None) -> list[str]:
+    from cfhdask.io.participants import read_participants
+
+    shown = ", ".join(f"{c}{op}{v}" for c, op, v in filters)
+    if participants is None:
+        raise CfhdaskInputError(f"{OPTION} {shown}: a filter needs the participants table "
+                                "(--participants FILE)")
+    table = participants if isinstance(participants, pd.DataFrame) else \
+        read_participants(participants)
+    keep = pd.Series(True, index=table.index)
+    for col, op, value in filters:
+        if col not in table.columns:
+            raise CfhdaskInputError(f"{OPTION} {col}{op}{value}: no column {col!r} in the "
+                                    f"participants table (columns: {list(table.columns)})")
+        hit = table[col].astype(str).str.strip() == value
+        keep &= hit if op == "==" else ~hit
+    ids = set(table.loc[keep, ID_COLUMN].astype(str))
+    matched = match_subjects(table[ID_COLUMN].astype(str), store.subjects("ingested"))
+    out = sorted(s for s, pid in matched.items() if pid in ids)
+    if not out:
+        raise CfhdaskInputError(f"{OPTION} {shown}: no ingested subject of {store.url} "
+                                "matches")
+    return out
+
+
+def resolve_reference(store, reference: Sequence[str] | None,
+                      participants: pd.DataFrame | str | None = None,
+                      storage_options: dict | None = None) -> Reference:
+    """The reference set named by ``cfh.reference-subjects`` (empty: every ingested subject).
+
+    Parameters
+    ----------
+    store : CohortStore
+        The store whose maps are computed.
+    reference : sequence of str, optional
+        Subject ids; or filters ``COLUMN==VALUE`` / ``COLUMN!=VALUE`` (all must
+        hold) on ``participants``; or one URL of another cohort store on the
+        same grid (its ingested subjects, read from it).
+    participants : DataFrame or path, optional
+    storage_options : dict, optional
+        fsspec options of another store given as a URL.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Naming ``--reference-subjects``: unknown subjects, a filter without a
+        table or matching nobody, a store on another grid, a mix of kinds.
+    """
+    items = [str(v).strip() for v in (reference or []) if str(v).strip()]
+    if not items:
+        subjects = store.subjects("ingested")
+        if not subjects:
+            raise CfhdaskInputError(f"store {store.url}: no ingested subject for the group "
+                                    "counterpart")
+        return Reference(store, subjects, {"kind": "all"})
+    filters = [m.groups() for m in map(_FILTER.match, items) if m]
+    if filters:
+        if len(filters) != len(items):
+            raise CfhdaskInputError(f"{OPTION}: give subject ids, filters (COLUMN==VALUE) or "
+                                    f"one store, not a mix: {', '.join(items)}")
+        subjects = _filter_subjects(store, [tuple(f) for f in filters], participants)
+        return Reference(store, subjects, {"kind": "filter", "filters": items})
+    if any(_is_store(v) for v in items):
+        if len(items) != 1:
+            raise CfhdaskInputError(f"{OPTION}: name one reference store, not "
+                                    f"{', '.join(items)}")
+        from cfhdask.io.store import open_store
+
+        other = open_store(items[0], storage_options=storage_options)
+        if not store.same_voxels(other):
+            raise CfhdaskInputError(f"{OPTION} {items[0]}: that store's grid or mask differs "
+                                    f"from {store.url}'s; a reference store needs the same "
+                                    "voxels")
+        subjects = other.subjects("ingested")
+        if not subjects:
+            raise CfhdaskInputError(f"{OPTION} {items[0]}: no ingested subject there")
+        return Reference(other, subjects, {"kind": "store", "store": other.url})
+    ingested = set(store.subjects("ingested"))
+    missing = [s for s in items if s not in ingested]
+    if missing:
+        raise CfhdaskInputError(f"{OPTION}: not ingested in {store.url}: {', '.join(missing)}")
+    return Reference(store, sorted(set(items)), {"kind": "subjects"})
+
+
+def hemisphere_blocks(start: int, stop: int, block: int, chunk: int) -> list[tuple[int, int]]:
+    """Cut voxels ``start:stop`` into blocks of about ``block``, on the store's chunk bounds.
+
+    Inner bounds fall on multiples of ``block`` rounded to whole Zarr chunks,
+    so every read decompresses only chunks it needs; a first or last piece
+    shorter than half a block joins its neighbour.
+    """
+    step = max(chunk, block // chunk * chunk) if block >= chunk else block
+    bounds = [start]
+    b = (start // step + 1) * step
+    if b - start < step // 2:
+        b += step
+    while b < stop:
+        bounds.append(b)
+        b += step
+    if len(bounds) > 1 and stop - bounds[-1] < step // 2:
+        bounds.pop()
+    bounds.append(stop)
+    return [(bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1)
+            if bounds[k + 1] > bounds[k]]
+
+
+def _compute(store, reference: Reference, cfg, client, show_progress: bool) -> dict:
+    from cfhdask.cfh.compute import progress
+
+    src = reference.source
+    n_left, n_lr = src.n_left, src.n_left + src.n_right
+    left = hemisphere_blocks(0, n_left, cfg.block, src.voxel_chunk)
+    right = hemisphere_blocks(n_left, n_lr, cfg.block, src.voxel_chunk)
+    reader = src.series_reader(reference.subjects)
+    graph = group_sum_graph(reader, len(reference.subjects), left, right,
+                            batch=cfg.subject_batch, split_every=cfg.split_every,
+                            backend=cfg.backend, token=(src.url, reference.fingerprint()))
+    names = list(graph)
+    futures = client.compute([graph[k] for k in names])
+    progress(futures, show_progress)
+    res = dict(zip(names, client.gather(futures), strict=True))
+    index = np.full(store.n_voxels, -1, dtype=np.int32)
+    summed = np.full(store.n_voxels, np.nan, dtype=np.float32)
+    la, ra = res["left_arg"], res["right_arg"]
+    index[store.left] = np.where(la >= 0, la + store.n_left, -1)
+    index[store.right] = np.where(ra >= 0, ra, -1)
+    summed[store.left] = res["left_sum"]
+    summed[store.right] = res["right_sum"]
+    return {"index": index, "summed_r": summed, "n_blocks": [len(left), len(right)]}
+
+
+def ensure_group_counterpart(store, cfg, *, participants=None, client, overwrite: bool = False,
+                             show_progress: bool = True,
+                             storage_options: dict | None = None) -> tuple[dict, list[str]]:
+    """The store's group counterpart for the configured reference, computed when needed.
+
+    Parameters
+    ----------
+    store : CohortStore
+        Opened for writing.
+    cfg : CFHSettings
+        ``reference_subjects``, ``block``, ``split_every``, ``subject_batch``, ``backend``.
+    participants : DataFrame or path, optional
+        For a participants filter.
+    client : distributed.Client
+    overwrite : bool
+        Recompute even when the stored counterpart matches.
+
+    Returns
+    -------
+    (group, stale)
+        ``group`` as :meth:`CohortStore.group_counterpart` returns it; ``stale``
+        the subjects whose group-mode maps were computed with a previous
+        counterpart and have been invalidated (they must be recomputed).
+    """
+    reference = resolve_reference(store, cfg.reference_subjects, participants,
+                                  storage_options)
+    n_ref = len(reference.subjects)
+    if n_ref == 1:
+        log.warning("%s: the reference set is one subject (%s): the group counterpart is "
+                    "that subject's own maximum, and its CFH equals --counterpart subject",
+                    OPTION, reference.subjects[0])
+    fp = reference.fingerprint()
+    current = store.group_counterpart()
+    if current is not None and current.get("fingerprint") == fp and not overwrite:
+        log.info("Group counterpart of %d reference subject(s) is up to date (fingerprint %s)",
+                 n_ref, fp)
+        return current, []
+    stale = store.subjects("cfh")
+    if current is not None and current.get("fingerprint") != fp:
+        old = current.get("reference", {})
+        log.warning("The reference set of the group counterpart changed (%s subject(s), "
+                    "fingerprint %s -> %d subject(s), %s): recomputing the counterpart and "
+                    "the group-mode CFH maps of %d subject(s)", old.get("n_subjects", "?"),
+                    current.get("fingerprint"), n_ref, fp, len(stale))
+    t0 = time.perf_counter()
+    other = reference.source.group_counterpart() if reference.source is not store else None
+    if other is not None and other.get("fingerprint") == fp:
+        log.info("Using the group counterpart stored in %s (same reference, fingerprint %s)",
+                 reference.source.url, fp)
+        res = {"index": other["index"], "summed_r": other["summed_r"],
+               "n_blocks": other.get("params", {}).get("n_blocks")}
+    else:
+        log.info("Group counterpart from %d reference subject(s) (%s), batches of %d, "
+                 "block %d", n_ref, reference.spec["kind"], cfg.subject_batch, cfg.block)
+        res = _compute(store, reference, cfg, client, show_progress)
+    disp = counterpart_displacement(store.xyz, np.asarray(res["index"]))
+    spec = {**reference.spec, "n_subjects": n_ref, "subjects": reference.subjects}
+    attrs = {"fingerprint": fp, "reference": spec,
+             "params": {"block": cfg.block, "split_every": cfg.split_every,
+                        "subject_batch": cfg.subject_batch, "constant_rtol": CONSTANT_RTOL,
+                        "n_blocks": res["n_blocks"]},
+             "seconds": round(time.perf_counter() - t0, 3),
+             "median_displacement_mm": float(np.nanmedian(disp)) if np.isfinite(disp).any()
+             else None}
+    if stale:
+        store.invalidate("cfh", stale)
+    store.write_group_counterpart(res["index"], res["summed_r"], attrs)
+    store.append_history("cfh-counterpart", attrs)
+    log.info("Group counterpart written (%.1f s): median distance to the mirror voxel %s mm",
+             time.perf_counter() - t0, f"{attrs['median_displacement_mm']:.1f}"
+             if attrs["median_displacement_mm"] is not None else "n/a")
+    group = store.group_counterpart()
+    assert group is not None
+    return group, stale

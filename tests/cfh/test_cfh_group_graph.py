@@ -1,0 +1,140 @@
+"""The group counterpart, autonomy counts and paired correlations as Dask graphs."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from cfhref import (
+    ArrayReader,
+    CountingScheduler,
+    assert_same_counterparts,
+    cohort,
+    near_threshold,
+    ranges,
+    reference_counts,
+    reference_group,
+)
+
+from cfhdask.cfh.graph import autonomy_graph, group_sum_graph, paired_graph, standardize_graph
+
+
+def _group(series, nl, nr, a_block, b_block, batch, split_every=None):
+    return group_sum_graph(ArrayReader(series), len(series), ranges(0, nl, a_block),
+                           ranges(nl, nl + nr, b_block), batch=batch, split_every=split_every)
+
+
+def _check_group(res, subjects):
+    larg, rarg, s, _, _ = reference_group(subjects)
+    assert_same_counterparts(res["left_arg"], larg, s)
+    assert_same_counterparts(res["right_arg"], rarg, s.T)
+    ok = larg >= 0
+    np.testing.assert_allclose(res["left_sum"][ok], s[ok, larg[ok]], atol=1e-5)
+    assert np.isnan(res["left_sum"][~ok]).all()
+    return larg, rarg
+
+
+@pytest.mark.parametrize("nl,nr,a_block,b_block,batch,split_every", [
+    (37, 29, 10, 7, 2, 2),      # blocks that do not divide, unequal hemispheres, deep trees
+    (30, 30, 64, 64, 5, 8),     # a single block, one batch
+    (12, 45, 5, 16, 1, 3),      # very unequal, one subject per batch
+])
+def test_group_counterpart_matches_reference(rng, nl, nr, a_block, b_block, batch,
+                                             split_every):
+    # subjects of different lengths; voxel 3 constant in subject 1 only, right voxel 0 in all
+    series, subjects = cohort(rng, nl, nr, (25, 40, 31, 52, 18),
+                              constant=[(1, 3)] + [(s, nl) for s in range(5)])
+    res = dask.compute(_group(series, nl, nr, a_block, b_block, batch, split_every),
+                       scheduler="sync")[0]
+    larg, rarg = _check_group(res, subjects)
+    assert res["right_arg"][0] == -1 and 0 not in res["left_arg"]  # right 0: never valid
+    assert res["left_arg"][3] >= 0  # valid in the other subjects: still has a counterpart
+    assert res["left_valid"].all() and not res["right_valid"][0]
+    assert res["left_arg"].dtype == np.int64 and res["left_sum"].dtype == np.float32
+
+
+def test_group_counterpart_independent_of_batch_order_and_workers(rng, local_client):
+    nl, nr = 41, 35
+    series, subjects = cohort(rng, nl, nr, (30, 44, 27, 38, 35, 29, 50))
+    base = dask.compute(_group(series, nl, nr, 9, 12, 3), scheduler="sync")[0]
+    larg, rarg, s, _, _ = reference_group(subjects)
+    srt = np.sort(s, axis=1)
+    clear = srt[:, -1] - srt[:, -2] > 1e-5  # no near-tie: the counterpart must be identical
+    for batch in (1, 2, 7):
+        other = dask.compute(_group(series, nl, nr, 9, 12, batch), scheduler="sync")[0]
+        np.testing.assert_array_equal(other["left_arg"][clear], base["left_arg"][clear])
+        np.testing.assert_allclose(other["left_sum"], base["left_sum"], atol=2e-5)
+    order = [4, 0, 6, 2, 1, 5, 3]
+    shuffled = dask.compute(_group([series[k] for k in order], nl, nr, 9, 12, 3),
+                            scheduler="sync")[0]
+    np.testing.assert_array_equal(shuffled["left_arg"][clear], base["left_arg"][clear])
+    np.testing.assert_array_equal(shuffled["right_arg"], base["right_arg"])
+    threads = dask.compute(_group(series, nl, nr, 9, 12, 3), scheduler="threads",
+                           num_workers=3)[0]
+    cluster = local_client.compute(_group(series, nl, nr, 9, 12, 3), sync=True)
+    for k in ("left_arg", "right_arg", "left_sum", "right_sum"):
+        np.testing.assert_array_equal(threads[k], base[k])
+        np.testing.assert_array_equal(cluster[k], base[k])
+    _check_group(cluster, subjects)
+
+
+def test_group_graph_is_lazy_and_reads_each_batch_block_in_its_task(rng):
+    nl, nr = 20, 20
+    series, subjects = cohort(rng, nl, nr, (20, 30, 25, 22))
+    reader = ArrayReader(series)
+    counter = CountingScheduler()
+    with dask.config.set(scheduler=counter):
+        out = group_sum_graph(reader, 4, ranges(0, nl, 8), ranges(nl, 2 * nl, 8), batch=2)
+        assert counter.calls == 0 and reader.reads == 0
+    graph = dict(dask.base.collections_to_expr(list(out.values())).__dask_graph__())
+    batches = [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("grp-batch-")]
+    assert len(batches) == 3 * 3 * 2  # (left blocks x right blocks) x batches
+    res = dask.compute(out, scheduler="sync")[0]
+    _check_group(res, subjects)
+
+
+@pytest.mark.parametrize("nl,nr,block,split_every", [
+    (37, 29, 10, 2),   # blocks that do not divide, unequal hemispheres
+    (25, 25, 100, 8),  # a single block per family
+    (8, 31, 3, 3),
+])
+def test_autonomy_counts_match_reference(rng, nl, nr, block, split_every):
+    series, subjects = cohort(rng, nl, nr, (45,), constant=[(0, 2), (0, nl + 4)])
+    left, right = subjects[0]
+    zl, vl = standardize_graph(da.from_array(left, chunks=(11, -1)), block=block)
+    zr, vr = standardize_graph(da.from_array(right, chunks=(11, -1)), block=block)
+    thr = 0.2
+    out = autonomy_graph(zl, zr, vl, vr, threshold=thr, block=block, split_every=split_every)
+    res = dask.compute(out, scheduler="sync")[0]
+    ref = reference_counts(left, right, thr)
+    r = ref["r"]
+    near_l = near_threshold(r[:nl], thr)
+    near_r = near_threshold(r[nl:], thr)
+    for side, near in (("left", near_l), ("right", near_r)):
+        valid = ref[f"{side}_valid"]
+        for kind in ("ipsi", "contra"):
+            got, want = res[f"{side}_{kind}"], ref[f"{side}_{kind}"]
+            assert got.dtype == np.int64
+            assert np.all(np.abs(got - want)[valid] <= near[valid]), (side, kind)
+    assert res["left_ipsi"][2] == 0 and res["right_contra"][4] == 0
+
+
+def test_paired_graph_matches_reference(rng):
+    series, subjects = cohort(rng, 20, 20, (35, 28), constant=[(1, 7)])
+    partner = rng.integers(0, 36, 36)
+    partner[[0, 5]] = -1
+    reader = ArrayReader(series)
+    counter = CountingScheduler()
+    with dask.config.set(scheduler=counter):
+        out = paired_graph(reader, 1, 2, 38, partner, rows=7)  # voxels 2..37 of subject 1
+        assert counter.calls == 0 and reader.reads == 0
+    res = dask.compute(out, scheduler="sync")[0]
+    x = series[1][2:38]
+    assert not res["valid"][5] and res["valid"].sum() == 35
+    for v in range(36):
+        p = partner[v]
+        if p < 0 or 5 in (v, p):
+            assert np.isnan(res["r"][v])
+        else:
+            assert res["r"][v] == pytest.approx(np.corrcoef(x[v], x[p])[0, 1], abs=1e-5)

@@ -1,0 +1,325 @@
+"""cfhdask on a real SLURM: ``--cluster slurm`` (dask-jobqueue) and the shipped sbatch recipe.
+
+Run by ``make test-slurm``, which starts a single-node SLURM on localhost
+(``deploy/slurm/local_slurm.py``) and selects these tests with ``-m slurm``;
+plain ``make test`` deselects them, and they skip when no SLURM answers.  The
+node has this machine's 2 CPUs: worker jobs take 1 core each, so two run at
+once and a third pends on Resources.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from clusterhelpers import (
+    assert_same_cfh,
+    assert_same_stats,
+    cli_env,
+    run_cli,
+    start_cli,
+    study_config,
+)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+SBATCH = REPO / "deploy" / "slurm" / "cfhdask-slurm.sbatch"
+
+
+def _squeue() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T %r %j"], capture_output=True,
+                         text=True, timeout=60, check=True)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def _wait_queue_empty(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _squeue() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _squeue() == [], "jobs left in the queue"
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The running SLURM (``SLURM_CONF``); skips when none answers."""
+    if not shutil.which("sinfo") or not os.environ.get("SLURM_CONF"):
+        pytest.skip("no SLURM running (make test-slurm starts one)")
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                         timeout=30)
+    if out.returncode != 0 or out.stdout.strip() not in ("idle", "mixed", "allocated"):
+        pytest.skip(f"SLURM does not answer: {out.stderr.strip() or out.stdout.strip()}")
+    _wait_queue_empty()
+    yield
+    _wait_queue_empty()
+
+
+def _jobqueue(logs: Path, **values) -> dict:
+    """``cfhdask.cluster.jobqueue`` for worker jobs that fit this 2-CPU node."""
+    return {"cores": 1, "processes": 1, "memory": "2GiB", "jobs": 2, "walltime": "00:10:00",
+            "interface": "lo", "log_directory": str(logs), **values}
+
+
+def jobqueue_env(logs: Path, **values) -> dict[str, str]:
+    """``DASK_CFHDASK__CLUSTER__...`` variables for :func:`_jobqueue`'s jobs."""
+    jq = _jobqueue(logs, **values)
+    env = {f"DASK_CFHDASK__CLUSTER__JOBQUEUE__{k.upper()}": repr(v) if isinstance(v, list)
+           else str(v) for k, v in jq.items()}
+    env["DASK_CFHDASK__CLUSTER__WAIT_TIMEOUT"] = "90s"
+    return env
+
+
+def _stats(reference, out: Path, n_perm: int = 40) -> list:
+    """``cfhdask stats`` arguments on the reference store (nothing is written into it)."""
+    return ["stats", reference.store, "--participants", reference.participants, "--group",
+            "group", "--covariates", "age,sex", "--n-perm", str(n_perm), "--seed", "1",
+            "--out", out]
+
+
+def _job_logs(logs: Path) -> list[str]:
+    return sorted(glob.glob(str(logs / "cfhdask-worker-*.err")))
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
+    """The CLI's error: exit 2, one line on stderr, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "tornado" not in proc.stderr.lower(), proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"cfhdask {command}: error")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+# ----------------------------------------------------------------------------- pipelines
+def test_ingest_cfh_stats_through_slurm(slurm, tiny_cohort, reference, tmp_path):
+    logs = tmp_path / "logs"
+    env = jobqueue_env(logs)
+    store, out = tmp_path / "cohort.zarr", tmp_path / "stats"
+    steps = [
+        ("ingest", ["--bids-derivatives", tiny_cohort, "--out", store, "--drop-volumes", "4"]),
+        ("cfh", [store, "--no-progress"]),
+        ("stats", [store, "--participants", tiny_cohort / "participants.tsv", "--group",
+                   "group", "--covariates", "age,sex", "--n-perm", "40", "--seed", "1",
+                   "--out", out]),
+    ]
+    for command, args in steps:
+        proc = run_cli(command, *args, "--cluster", "slurm", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "SLURM cluster ready" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(_job_logs(logs)) == 3 * 2  # each command its own cluster of 2 jobs
+    assert_same_cfh(store, reference.store)
+    assert_same_stats(out, reference.stats_dir)
+
+
+def test_run_keeps_one_cluster_for_every_stage(slurm, tiny_cohort, reference, tmp_path):
+    logs = tmp_path / "logs"
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study_config(tiny_cohort, tmp_path / "out")))
+    proc = run_cli("run", config, "--cluster", "slurm", env=jobqueue_env(logs))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("SLURM cluster ready") == 1
+    assert len(_job_logs(logs)) == 2  # jobs submitted once, for ingest, cfh and stats
+    store = glob.glob(str(tmp_path / "out" / "cohort-*.zarr"))[0]
+    stats_dir = glob.glob(str(tmp_path / "out" / "stats-*"))[0]
+    assert_same_cfh(store, reference.store)
+    assert_same_stats(stats_dir, reference.stats_dir)
+    assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
+
+
+def test_defaults_bind_the_scheduler_where_the_nodes_reach_it(slurm, tmp_path):
+    """No interface given: the scheduler listens on the address towards the node (lo here)."""
+    import dask
+
+    from cfhdask.cluster import dask_client
+
+    jq = {**{k: v for k, v in _jobqueue(tmp_path / "logs").items() if k != "interface"},
+          "jobs": 1}
+    with dask.config.set({"cfhdask.cluster.jobqueue": jq,
+                          "cfhdask.cluster.wait_timeout": "90s"}):
+        with dask_client(cluster="slurm") as client:
+            assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+            assert client.submit(sum, [1, 2]).result() == 3
+            info = client.scheduler_info(n_workers=-1)["workers"]
+            assert [w["nthreads"] for w in info.values()] == [1]  # cores 1 -> 1 thread
+            assert len(_squeue()) == 1
+    _wait_queue_empty()
+
+
+# ----------------------------------------------------------------------------- failures
+@pytest.mark.parametrize("values, reason", [
+    ({"cores": 8, "processes": 1}, "SLURM refuses the worker job (8 cores, 2GiB, walltime "
+                                   "00:10:00, queue default): allocation failure: Requested "
+                                   "node configuration is not available"),
+    ({"memory": "900GiB"}, "SLURM refuses the worker job (1 cores, 900GiB"),
+    ({"extra_directives": ["--hold"]}, "cannot start: it pends on JobHeldUser, which does not "
+                                       "clear by itself"),
+    ({"extra_directives": ["--begin=now+1hour"]}, "no Dask worker joined in 20 s "
+                                                  "(cfhdask.cluster.wait_timeout); worker "
+                                                  "jobs: "),
+    ({"prologue": ["echo 'python3: module cfhdask not found' >&2", "exit 3"]},
+     "before its Dask worker joined; "),
+])
+def test_jobs_that_cannot_run_are_one_line_errors(slurm, reference, tmp_path, values, reason):
+    logs = tmp_path / "logs"
+    env = {**jobqueue_env(logs, **values), "DASK_CFHDASK__CLUSTER__WAIT_TIMEOUT": "20s"}
+    t0 = time.monotonic()
+    proc = run_cli(*_stats(reference, tmp_path / "stats"), "--cluster", "slurm", env=env)
+    line = _one_line_error(proc, "stats")
+    assert reason in line, line
+    if "--begin" in str(values):
+        assert line.count("PENDING (BeginTime)") == 2
+    if "prologue" in values:
+        assert re.search(r"worker job \d+ ended( \(\w+\))? before its Dask worker joined",
+                         line), line
+        assert "cfhdask-worker-" in line and "python3: module cfhdask not found" in line
+    assert time.monotonic() - t0 < 120  # no silent wait
+    assert not (tmp_path / "stats").exists()  # nothing computed, nothing written
+    _wait_queue_empty()  # pending jobs were cancelled
+
+
+@pytest.fixture(scope="module")
+def long_store(tmp_path_factory, local_client):
+    """32 subjects on the 4 mm grid (CFH: about a minute on 2 workers), and its reference.
+
+    ``(store, reference)``: the store ingested only, and a copy with its CFH
+    computed on the 2-worker LocalCluster.
+    """
+    from cfhdask.cfh.compute import compute_cfh
+    from cfhdask.prep.ingest import ingest
+    from cfhdask.sim.cohort import simulate_cohort
+
+    folder = tmp_path_factory.mktemp("long")
+    simulate_cohort(str(folder / "bids"), n_patients=16, n_controls=16, n_volumes=120,
+                    grid="4mm", layout="bids", seed=5)
+    bolds = sorted(glob.glob(str(folder / "bids" / "sub-*" / "func" / "*_bold.nii.gz")))
+    ingest(bolds, str(folder / "store.zarr"), client=local_client)
+    shutil.rmtree(folder / "bids")
+    shutil.copytree(folder / "store.zarr", folder / "ref.zarr")
+    compute_cfh(str(folder / "ref.zarr"), client=local_client, show_progress=False)
+    return folder / "store.zarr", folder / "ref.zarr"
+
+
+def _long_cfh(long_store, tmp_path: Path, n_subjects: int = 16) -> list:
+    """``cfhdask cfh`` on a copy of ``n_subjects`` of the long store (tens of seconds)."""
+    src = Path(long_store[0])
+    keep = sorted(n for n in os.listdir(src / "subjects") if n.startswith("sub-"))[:n_subjects]
+
+    def ignore(folder, names):  # other subjects only: the group's zarr.json stays
+        return [n for n in names if Path(folder) == src / "subjects" and n.startswith("sub-")
+                and n not in keep]
+
+    store = tmp_path / "store.zarr"
+    shutil.copytree(src, store, ignore=ignore)
+    return ["cfh", store, "--no-progress"]
+
+
+def test_refused_replacement_stops_the_run_cleanly(slurm, long_store, tmp_path):
+    """The queue stops taking jobs mid-run: a worker job ends, its replacement is refused."""
+    logs = tmp_path / "logs"
+    proc = start_cli(*_long_cfh(long_store, tmp_path), "--cluster", "slurm",
+                     env=jobqueue_env(logs))
+    try:
+        joined = _wait_registered(logs, 2, proc)
+        subprocess.run(["scontrol", "update", "PartitionName=debug", "State=DRAIN"], check=True)
+        subprocess.run(["scancel", joined[0]], check=True)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        subprocess.run(["scontrol", "update", "PartitionName=debug", "State=UP"], check=True)
+        if proc.poll() is None:
+            proc.kill()
+    line = _one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", err),
+                           "cfh")
+    assert "sbatch refused a worker job: sbatch: error: Batch job submission failed: Required " \
+           "partition not available (inactive or drain)" in line, line
+    _wait_queue_empty()
+
+
+def _wait_running(n: int, proc: subprocess.Popen, timeout: float = 120) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        running = [ln.split()[0] for ln in _squeue() if ln.split()[1] == "RUNNING"]
+        if len(running) >= n:
+            return running
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {n} running jobs: {_squeue()}")
+
+
+def _wait_registered(logs: Path, n: int, proc: subprocess.Popen,
+                     timeout: float = 120) -> list[str]:
+    """Ids of ``n`` jobs whose Dask worker has joined the scheduler (from their logs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        joined = [re.search(r"cfhdask-worker-(\d+)\.err$", p).group(1) for p in _job_logs(logs)
+                  if "Registered to:" in Path(p).read_text(errors="replace")]
+        if len(joined) >= n:
+            return joined
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {n} workers joined: {_squeue()}")
+
+
+def test_sigterm_cancels_pending_and_running_jobs(slurm, long_store, tmp_path):
+    logs = tmp_path / "logs"
+    env = jobqueue_env(logs, jobs=3)  # 2 run, 1 pends on Resources
+    proc = start_cli(*_long_cfh(long_store, tmp_path), "--cluster", "slurm", env=env)
+    _wait_registered(logs, 2, proc)  # computing
+    states = {ln.split()[1] for ln in _squeue()}
+    assert states == {"RUNNING", "PENDING"}, _squeue()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM: closing the cluster (worker jobs cancelled)" in err
+    assert "Traceback" not in err
+    _wait_queue_empty(timeout=30)
+
+
+# ----------------------------------------------------------------------------- walltime
+def test_jobs_reaching_their_walltime_are_replaced_and_nothing_is_lost(slurm, long_store,
+                                                                        tmp_path):
+    """Worker jobs of 1 minute, workers leaving after 20-40 s: the cohort still completes.
+
+    Every job that ends is replaced while the CFH of 32 subjects runs (about a
+    minute on this machine's 2 cores); the maps are those of the LocalCluster.
+    """
+    store, ref = long_store
+    logs = tmp_path / "logs"
+    env = jobqueue_env(logs, walltime="00:01:00", lifetime="30s", lifetime_stagger="10s")
+    proc = run_cli("cfh", store, "--no-progress", "--cluster", "slurm", env=env, timeout=840)
+    assert proc.returncode == 0, proc.stderr
+    assert "worker job(s) ended (lifetime or walltime); submitting" in proc.stderr
+    assert len(_job_logs(logs)) > 2  # jobs were replaced
+    assert "Traceback" not in proc.stderr
+    assert "subjects computed: 32" in proc.stdout
+    assert_same_cfh(store, ref)  # bit-identical to the LocalCluster run
+    _wait_queue_empty()
+
+
+# ----------------------------------------------------------------------------- sbatch recipe
+def test_shipped_sbatch_recipe_runs_the_study(slurm, tiny_cohort, reference, tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study_config(tiny_cohort, tmp_path / "out")))
+    env = cli_env({"CFHDASK_INTERFACE": "lo"})
+    # 2 tasks of 1 CPU on this node, instead of the recipe's 4 nodes x 2 tasks x 8 CPUs
+    proc = subprocess.run(["sbatch", "--wait", "--nodes=1", "--ntasks=2",
+                           "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=6G",
+                           "--time=10", f"--output={tmp_path}/slurm-%j.log", str(SBATCH),
+                           str(config)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    log_text = "\n".join(Path(p).read_text() for p in glob.glob(str(tmp_path / "slurm-*.log")))
+    assert proc.returncode == 0, proc.stderr + log_text
+    assert "step creation temporarily disabled" not in log_text
+    assert "Waiting for 2 Dask worker(s)" in log_text
+    assert "Attached to Dask scheduler tcp://127.0.0.1:" in log_text
+    store = glob.glob(str(tmp_path / "out" / "cohort-*.zarr"))[0]
+    assert_same_cfh(store, reference.store)
+    assert_same_stats(glob.glob(str(tmp_path / "out" / "stats-*"))[0], reference.stats_dir)
+    assert (tmp_path / "out" / "report.html").exists()
+    assert not glob.glob(str(tmp_path / "scheduler-*.json"))  # cleaned up
