@@ -193,6 +193,10 @@ class CohortStore:
         self._xyz: np.ndarray | None = None
         self._hemisphere: np.ndarray | None = None
 
+    def __reduce__(self):
+        """Pickled as its URL, mode and options: a worker reopens the store itself."""
+        return (open_store, (self.url, "r+" if self.writable else "r", self.storage_options))
+
     # ------------------------------------------------------------------ open/create
     @classmethod
     def create(
