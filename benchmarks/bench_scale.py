@@ -7,7 +7,7 @@ workers than cores (``--workers``, default 3 x cores: this measures
 concurrency, not speed).  Each child prints:
 
 * **workers busy**: the scheduler is sampled every 0.2 s (``--interval``) and
-  counts the workers executing a task; the median over the stage's run and
+  counts the workers with a task assigned (``WorkerState.processing``); the median over the stage's run and
   the mean share of the workers;
 * **client RSS**: the peak resident memory of the client process (workers
   excluded), and its growth over the stage;
@@ -89,8 +89,7 @@ class Sampler:
 
     @staticmethod
     def _busy(dask_scheduler=None) -> int:
-        ws = dask_scheduler.workers.values()
-        return sum(1 for w in ws if (w.executing if hasattr(w, "executing") else w.processing))
+        return sum(1 for w in dask_scheduler.workers.values() if w.processing)
 
     def _run(self) -> None:
         import psutil
