@@ -33,3 +33,22 @@ def local_client():
                       host="127.0.0.1", dashboard_address=None) as cluster, \
             Client(cluster) as client:
         yield client
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_stale_distributed_default():
+    """After each module, no default scheduler may point at a client that is gone.
+
+    distributed's ``Client`` sets ``scheduler: dask.distributed`` and restores the
+    value it found when it closes; clients closed out of creation order (a CLI's
+    client attached to the module's cluster, closed after it) restore a stale
+    value, and a later ``dask.compute`` then fails with "no Client active".
+    """
+    yield
+    import dask
+    from distributed.client import _get_global_client
+
+    if dask.config.get("scheduler", None) == "dask.distributed" and \
+            _get_global_client() is None:
+        dask.config.config.pop("scheduler", None)
+        dask.config.config.pop("shuffle", None)

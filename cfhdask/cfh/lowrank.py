@@ -1,0 +1,726 @@
+"""Exact CFH from a low-rank product: shared temporal basis, rigorous bound, exact candidates.
+
+After band-pass filtering, a subject's standardised series span far fewer
+dimensions than T.  With ``V`` the eigenvectors of the subject's T x T Gram
+matrix ``G = Z^T Z`` (all voxels of both hemispheres, eigenvalues in
+decreasing order) every series splits into ``z = alpha V_k^T + z_perp``, with
+``alpha = z V_k`` its first ``k`` coefficients and ``e = ||z_perp||`` its
+residual norm.  For a left voxel ``a`` and a right voxel ``b``::
+
+    r(a, b) = <alpha_a, alpha_b> + <a_perp, b_perp>,   |<a_perp, b_perp>| <= e_a e_b
+
+(Cauchy-Schwarz).  :func:`lowrank_block_maxcorr` computes the rank-``k``
+float32 product ``c = alpha_A alpha_B^T`` in strips that stay in cache while
+they are reduced (``e``, ``f``: residual norms of rows and columns; ``s``: the
+slack below):
+
+* vectorised reductions: the row maxima ``m_i`` of ``c`` and, per group of
+  :data:`GROUP_ROWS` rows, the column maxima and the group's largest ``e``;
+  a row's maximum correlation is at least ``m_i - e_i max(f) - s``, a column's
+  at least ``gmax - e_g f_j - s`` (running over the strips);
+* a compiled loop (numba) appends the row candidates, ``c_ij >= m_i - 2 e_i
+  max(f) - 2 s``, testing 64 columns at once;
+* after the last strip, a column's candidates are searched only in the groups
+  whose upper bound ``gmax + e_g f_j`` reaches the column's lower bound.
+
+The true maximum of a row or column (and every pair tied with it) is a
+candidate, because its correlation is at least the lower bound.
+
+``s`` is an explicit float32 slack: the rounding of the coefficients to
+float32 and of the rank-``k`` sums (``(k + 2) u`` relative, ``u = 2**-24``),
+plus the rounding of the bound arithmetic itself.  Only the candidates are
+then recomputed exactly (float64 dot products of the full standardised
+series), so the row and column maxima and their arguments are those of the
+full product: the same :class:`~cfhdask.cfh.kernels.BlockMax` as
+:func:`~cfhdask.cfh.kernels.block_maxcorr`, ties to the smaller index.
+
+When the bound prunes badly (unfiltered data: the series fill all T
+dimensions, so the rank is large or the residuals are) :func:`plan_subject`
+chooses the full-rank kernel instead, from the rank and from a pilot strip;
+a block whose candidates overflow their buffer is computed full-rank too.
+Either way the results are exact.
+
+The basis, rank and projection functions take NumPy or CuPy arrays; the block
+kernel (numba) runs on the CPU only: CuPy blocks take the full-rank kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numba
+import numpy as np
+
+from cfhdask.backend import array_module, to_numpy
+from cfhdask.cfh.kernels import BlockMax, block_maxcorr, combine_many
+
+__all__ = [
+    "CHUNK_ROWS",
+    "GROUP_ROWS",
+    "MAX_CANDIDATES_PER_ROW",
+    "MAX_RANK_FRACTION",
+    "PILOT_ROWS",
+    "RANK_SAMPLE",
+    "RANK_STEP",
+    "RESIDUAL_QUANTILE",
+    "RESIDUAL_TOL",
+    "STRIP_ROWS",
+    "LowRankBlock",
+    "LowRankFactors",
+    "SubjectPlan",
+    "bound_slack",
+    "choose_rank",
+    "gram",
+    "lowrank_block_maxcorr",
+    "lowrank_maxcorr",
+    "plan_subject",
+    "project",
+    "residual_exceed_counts",
+    "temporal_basis",
+]
+
+#: Residual norm a voxel may keep outside the basis (the rank is the smallest
+#: that leaves at most ``1 - RESIDUAL_QUANTILE`` of the voxels above it).
+RESIDUAL_TOL = 0.03
+
+#: Fraction of voxels whose residual must be at most :data:`RESIDUAL_TOL`.  The
+#: bound is per voxel, so the few voxels above it are still exact; they only get
+#: more candidates.
+RESIDUAL_QUANTILE = 0.999
+
+#: The rank is rounded up to a multiple of this (SIMD-friendly GEMM; a larger
+#: rank only tightens the bound).
+RANK_STEP = 8
+
+#: Above this fraction of T the low-rank product saves too little: full rank.
+MAX_RANK_FRACTION = 0.6
+
+#: Row candidates per row (mean, in the pilot strip) above which the bound is
+#: said to prune badly: full rank.
+MAX_CANDIDATES_PER_ROW = 4.0
+
+#: Voxels per hemisphere on which the rank is chosen.
+RANK_SAMPLE = 8192
+
+#: Rows of the left hemisphere in the pilot strip of :func:`plan_subject`.
+PILOT_ROWS = 256
+
+#: Rows of one strip of the low-rank product (the strip stays in cache while
+#: it is reduced).
+STRIP_ROWS = 256
+
+#: Rows of a strip sharing one record of the columns' upper bounds; a column's
+#: candidates are searched only in the groups whose record reaches its bound.
+GROUP_ROWS = 16
+
+#: Voxels converted to float64 at once by the basis and projection functions.
+CHUNK_ROWS = 4096
+
+#: Unit roundoff of float32.
+_U32 = 2.0**-24
+
+
+class LowRankFactors(NamedTuple):
+    """Rank-``k`` coefficients of standardised series and their residual norms.
+
+    ``coef`` float32 (n, k) holds ``z V_k``; ``resid`` float32 (n,) an upper
+    bound of ``||z - coef V_k^T||`` (0 for excluded voxels, whose coefficients
+    are 0 too).
+    """
+
+    coef: Any
+    resid: Any
+
+
+class LowRankBlock(NamedTuple):
+    """Result of :func:`lowrank_block_maxcorr`.
+
+    ``block`` is the exact :class:`~cfhdask.cfh.kernels.BlockMax`;
+    ``n_candidates`` the pairs recomputed exactly; ``full_rank`` True when the
+    candidates overflowed and the block was computed by the full-rank kernel.
+    """
+
+    block: BlockMax
+    n_candidates: int
+    full_rank: bool
+
+
+class SubjectPlan(NamedTuple):
+    """Per-subject choice of :func:`plan_subject`.
+
+    ``strategy`` is ``"lowrank"`` or ``"full"``; ``rank`` the chosen ``k``
+    (the rank the tolerance asked for, also when full rank was chosen);
+    ``basis`` the float64 (T, T) eigenvectors, the first ``rank`` the basis (None
+    for full rank: the residual norms need all of them);
+    ``pilot_candidates`` the mean row candidates per pilot row (NaN when no
+    pilot ran); ``reason`` one line for the log.
+    """
+
+    strategy: str
+    rank: int
+    basis: Any
+    pilot_candidates: float
+    reason: str
+
+
+# ----------------------------------------------------------------------------- basis
+
+
+def _chunks(n: int, size: int = CHUNK_ROWS):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def gram(*series: Any) -> Any:
+    """The float64 T x T Gram matrix ``sum_v z_v z_v^T`` of one or more (n, T) arrays.
+
+    Accumulated in chunks of :data:`CHUNK_ROWS` voxels converted to float64.
+    """
+    xp = array_module(*series)
+    n_t = series[0].shape[1]
+    g = xp.zeros((n_t, n_t), dtype=xp.float64)
+    for z in series:
+        for s, e in _chunks(z.shape[0]):
+            c = xp.asarray(z[s:e], dtype=xp.float64)
+            g += c.T @ c
+    return g
+
+
+def temporal_basis(g: Any) -> tuple[Any, Any]:
+    """Eigen-decomposition of a Gram matrix, largest eigenvalue first.
+
+    Returns
+    -------
+    (values, vectors) : float64 arrays (T,), (T, T)
+        ``vectors[:, l]`` is the l-th basis vector.
+    """
+    xp = array_module(g)
+    w, v = xp.linalg.eigh(xp.asarray(g, dtype=xp.float64))
+    order = xp.argsort(-w, kind="stable")
+    return w[order], xp.ascontiguousarray(v[:, order])
+
+
+def _tail_norms2(z: Any, vectors: Any) -> Any:
+    """Squared residual norm after 0..T basis vectors, (n, T + 1) float64.
+
+    Column ``k`` is ``sum_{l >= k} (z V)_l**2`` (exact up to float64 rounding).
+    """
+    xp = array_module(z, vectors)
+    p = xp.asarray(z, dtype=xp.float64) @ vectors
+    p *= p
+    tail = xp.cumsum(p[:, ::-1], axis=1)[:, ::-1]
+    return xp.concatenate([tail, xp.zeros((tail.shape[0], 1), dtype=xp.float64)], axis=1)
+
+
+def residual_exceed_counts(z: Any, vectors: Any, tol: float = RESIDUAL_TOL) -> Any:
+    """For k = 0..T, how many rows of ``z`` keep a residual norm above ``tol`` with k vectors.
+
+    Parameters
+    ----------
+    z : (n, T) standardised series
+    vectors : (T, T) float64 basis from :func:`temporal_basis`
+    tol : float
+
+    Returns
+    -------
+    int64 array (T + 1,)
+        Counts; they add up over chunks of voxels (a reduction across blocks).
+    """
+    xp = array_module(z, vectors)
+    counts = xp.zeros(vectors.shape[1] + 1, dtype=xp.int64)
+    for s, e in _chunks(z.shape[0]):
+        counts += (_tail_norms2(z[s:e], vectors) > tol * tol).sum(axis=0)
+    return counts
+
+
+def choose_rank(counts: Any, n_valid: int, *, quantile: float = RESIDUAL_QUANTILE,
+                step: int = RANK_STEP) -> int:
+    """Smallest rank leaving at most ``(1 - quantile) n_valid`` voxels above the tolerance.
+
+    ``counts`` from :func:`residual_exceed_counts` (summed over all voxels);
+    the rank is rounded up to a multiple of ``step`` and capped at T.
+    """
+    c = to_numpy(counts)
+    n_t = c.size - 1
+    allowed = math.floor((1.0 - quantile) * max(int(n_valid), 0))
+    ok = np.flatnonzero(c <= allowed)
+    k = int(ok[0]) if ok.size else n_t
+    return min(n_t, max(step, -(-k // step) * step))
+
+
+def project(z: Any, vectors: Any, rank: int) -> LowRankFactors:
+    """Coefficients on the first ``rank`` basis vectors and rigorous residual norms.
+
+    The squared residual norm is ``||z||**2 - ||z V_k||**2`` in float64; its
+    rounding and the float64 non-orthogonality of the basis (each well below
+    ``1e-12``) are covered by adding ``1e-11``; the norm is rounded up to float32.
+    """
+    xp = array_module(z, vectors)
+    if vectors.shape[0] != z.shape[1] or vectors.shape[1] < rank:
+        raise ValueError(f"project: basis {vectors.shape} has no {rank} vectors of "
+                         f"length T={z.shape[1]}")
+    vk = xp.ascontiguousarray(vectors[:, :rank])
+    n = z.shape[0]
+    coef = xp.empty((n, rank), dtype=xp.float32)
+    resid = xp.empty(n, dtype=xp.float32)
+    for s, e in _chunks(n):
+        z64 = xp.asarray(z[s:e], dtype=xp.float64)
+        p = z64 @ vk
+        coef[s:e] = p
+        tail = (z64 * z64).sum(axis=1) - (p * p).sum(axis=1)
+        r64 = xp.sqrt(xp.maximum(tail, 0.0) + 1e-11)
+        r32 = r64.astype(xp.float32)
+        resid[s:e] = xp.where(r32.astype(xp.float64) < r64,
+                              xp.nextafter(r32, xp.float32(xp.inf)), r32)
+        resid[s:e][~xp.any(z64 != 0, axis=1)] = 0
+    return LowRankFactors(coef, resid)
+
+
+def bound_slack(rank: int, coef_a: Any, coef_b: Any) -> float:
+    """Float32 slack of the bound: a rigorous upper bound of every rounding error.
+
+    ``|c_ij - <alpha_i, alpha_j>| <= (k + 2) u / (1 - (k + 2) u) * ||alpha_i|| ||alpha_j||``
+    (coefficients rounded to float32, then a float32 sum of ``k`` products in any order)
+    plus the rounding of the bound arithmetic in float32 (``8 u`` of values at most 2).
+    Returned for both sides of the comparison (``2 s``).
+    """
+    xp = array_module(coef_a, coef_b)
+
+    def max_norm(c):
+        if c.shape[0] == 0:
+            return 0.0
+        return float(xp.sqrt((xp.asarray(c, dtype=xp.float64) ** 2).sum(axis=1)).max())
+
+    m = (rank + 2) * _U32
+    s = m / (1.0 - m) * max_norm(coef_a) * max_norm(coef_b) * (1.0 + 1e-6)
+    return float(2.0 * s + 16.0 * _U32 * 2.0)
+
+
+# ----------------------------------------------------------------------------- compiled loops
+
+#: Fast-math flags safe here: no NaN reaches the loops (standardised series); max
+#: is exact in any order; contraction (FMA) only makes the bound arithmetic more
+#: accurate and is covered by the slack.  Infinities are kept (no ``ninf``).
+_FASTMATH = {"nnan", "nsz", "reassoc", "contract", "arcp"}
+
+#: Columns tested at once in the row-candidate test (a vectorised test, then a
+#: scalar rescan of the few groups that hold a candidate).
+_LANE = 64
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _row_candidates(c, thr, row0, cand_i, cand_j, n_cand):  # pragma: no cover - compiled
+    """Append the pairs ``(row0 + i, j)`` with ``c[i, j] >= thr[i]`` from ``n_cand``.
+
+    Stores at most ``cand_i.size`` pairs; returns the new count (which may
+    exceed the capacity: the caller then falls back).
+    """
+    m, nb = c.shape
+    cap = cand_i.size
+    for i in range(m):
+        t = thr[i]
+        for j0 in range(0, nb, _LANE):
+            j1 = min(j0 + _LANE, nb)
+            hit = False
+            for j in range(j0, j1):
+                hit |= c[i, j] >= t
+            if hit:
+                for j in range(j0, j1):
+                    if c[i, j] >= t:
+                        if n_cand < cap:
+                            cand_i[n_cand] = row0 + i
+                            cand_j[n_cand] = j
+                        n_cand += 1
+    return n_cand
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _dot64(x, y):  # pragma: no cover - compiled
+    """Float64 dot product of two float32 rows (one fixed summation order)."""
+    acc = 0.0
+    for t in range(x.size):
+        acc += np.float64(x[t]) * np.float64(y[t])
+    return acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _dot32(x, y):  # pragma: no cover - compiled
+    """Float32 dot product of two coefficient rows (as the rank-k product)."""
+    acc = np.float32(0.0)
+    for t in range(x.size):
+        acc += x[t] * y[t]
+    return acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _update(r, i, j, row_max, row_arg, col_max, col_arg):  # pragma: no cover - compiled
+    if r > row_max[i] or (r == row_max[i] and j < row_arg[i]):
+        row_max[i] = r
+        row_arg[i] = j
+    if r > col_max[j] or (r == col_max[j] and i < col_arg[j]):
+        col_max[j] = r
+        col_arg[j] = i
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact(a, b, ca, cb, e, f, cand_i, cand_j, group_rows, group_max, group_e, col_lo,
+           slack2, row_max, row_arg, col_max, col_arg):  # pragma: no cover - compiled
+    """Exact float64 correlations of the row candidates and of the column candidates.
+
+    Row candidates are given.  A column's candidates are searched in the
+    groups of rows whose upper bound ``group_max[g, j] + group_e[g] f_j``
+    reaches the column's lower bound ``col_lo[j] - slack2``; in those, the
+    rank-k value of each pair is recomputed and its own bound applied.
+    Updates the (max, arg) of rows and columns in place, ties to the smaller
+    index (a pair found twice gives the same value twice).  Returns the pairs
+    recomputed.
+    """
+    na = a.shape[0]
+    nb = b.shape[0]
+    done = 0
+    for q in range(cand_i.size):
+        i = cand_i[q]
+        j = cand_j[q]
+        _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
+        done += 1
+    n_groups = group_max.shape[0]
+    thr = col_lo - slack2
+    for g in range(n_groups):  # rows of group_max read contiguously; the order of
+        ge = group_e[g]        # updates does not matter (ties to the smaller index)
+        gm = group_max[g]
+        for j in range(nb):
+            if gm[j] + ge * f[j] < thr[j]:
+                continue
+            for i in range(g * group_rows, min((g + 1) * group_rows, na)):
+                if _dot32(ca[i], cb[j]) + e[i] * f[j] >= thr[j]:
+                    _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
+                    done += 1
+    return done
+
+
+def _group_max(c: np.ndarray, group: int) -> np.ndarray:
+    """Column maxima of ``c`` per consecutive group of ``group`` rows (the last may be short)."""
+    m, nb = c.shape
+    full = m // group
+    parts = []
+    if full:
+        parts.append(c[: full * group].reshape(full, group, nb).max(axis=1))
+    if m > full * group:
+        parts.append(c[full * group:].max(axis=0, keepdims=True))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _strip_bounds(c: np.ndarray, e: np.ndarray, fmax: float, slack2: np.float32,
+                  group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised reductions of one strip: row thresholds and the column records.
+
+    With ``m_i = max_j c_ij``, a row's maximum is at least ``m_i - e_i fmax - s``,
+    so its candidates satisfy ``c_ij >= m_i - 2 e_i fmax - 2 s`` (the threshold).
+    Per group of rows, ``gmax`` (column maxima of ``c``) and ``ge`` (largest
+    residual): any pair of the group has ``c + e f <= gmax + ge f``, and the
+    column's maximum is at least ``gmax - ge f - s``.
+    """
+    thr = c.max(axis=1) - np.float32(2.0 * fmax) * e - slack2
+    gmax = _group_max(c, group)
+    ge = _group_max(e[:, None], group)[:, 0]
+    return thr.astype(np.float32), gmax, ge
+
+
+# ----------------------------------------------------------------------------- block kernel
+
+
+def _valid_index(valid: Any, n: int) -> np.ndarray | None:
+    if valid is None:
+        return None
+    v = np.asarray(to_numpy(valid), dtype=bool)
+    return None if v.all() else np.flatnonzero(v)
+
+
+def lowrank_block_maxcorr(
+    a: Any,
+    b: Any,
+    fa: LowRankFactors,
+    fb: LowRankFactors,
+    a_valid: Any = None,
+    b_valid: Any = None,
+    a_offset: int = 0,
+    b_offset: int = 0,
+    *,
+    slack: float | None = None,
+    strip_rows: int = STRIP_ROWS,
+    group_rows: int = GROUP_ROWS,
+    max_candidates: int | None = None,
+) -> LowRankBlock:
+    """Exact row and column max/argmax of ``a @ b.T`` from its rank-``k`` part and a bound.
+
+    Parameters
+    ----------
+    a, b : float32 arrays (na, T), (nb, T)
+        Standardised series (:func:`~cfhdask.cfh.kernels.standardize`); used
+        for the exact recomputation of the candidates.
+    fa, fb : LowRankFactors
+        Their coefficients and residual norms on one shared basis
+        (:func:`project`).
+    a_valid, b_valid : bool arrays, optional
+        False for excluded series (never a maximum, NaN-free -inf / -1 results).
+    a_offset, b_offset : int
+        Global index of the first row of ``a`` / ``b``; added to the arguments.
+    slack : float, optional
+        ``2 s`` of the bound (default :func:`bound_slack` of these factors).
+    strip_rows, group_rows : int
+        Rows of ``a`` per strip of the product, and per group sharing one record
+        of the column upper bounds (results do not depend on them).
+    max_candidates : int, optional
+        Capacity of the row-candidate buffer (default ``4 na + 4096``).
+        More candidates: the block is computed by
+        :func:`~cfhdask.cfh.kernels.block_maxcorr` instead (``full_rank``).
+
+    Returns
+    -------
+    LowRankBlock
+        The exact :class:`~cfhdask.cfh.kernels.BlockMax` (values float32 of the
+        float64 dot products), the number of pairs recomputed, and whether the
+        block fell back to full rank.
+    """
+    if array_module(a, b, fa.coef, fb.coef) is not np:
+        return LowRankBlock(block_maxcorr(a, b, a_valid, b_valid, a_offset, b_offset), 0, True)
+    na, nb = a.shape[0], b.shape[0]
+    ia, ib = _valid_index(a_valid, na), _valid_index(b_valid, nb)
+    a_s = np.ascontiguousarray(a if ia is None else a[ia], dtype=np.float32)
+    b_s = np.ascontiguousarray(b if ib is None else b[ib], dtype=np.float32)
+    ca = np.ascontiguousarray(fa.coef if ia is None else fa.coef[ia], dtype=np.float32)
+    cb = np.ascontiguousarray(fb.coef if ib is None else fb.coef[ib], dtype=np.float32)
+    ea = np.ascontiguousarray(fa.resid if ia is None else fa.resid[ia], dtype=np.float32)
+    eb = np.ascontiguousarray(fb.resid if ib is None else fb.resid[ib], dtype=np.float32)
+    ma, mb = a_s.shape[0], b_s.shape[0]
+    slack2 = np.float32(bound_slack(ca.shape[1], ca, cb) if slack is None else slack)
+    cap = int(4 * ma + 4096 if max_candidates is None else max_candidates)
+    group = max(1, int(group_rows))
+
+    row_max = np.full(ma, -np.inf)
+    row_arg = np.full(ma, -1, dtype=np.int64)
+    col_max = np.full(mb, -np.inf)
+    col_arg = np.full(mb, -1, dtype=np.int64)
+    n_done = 0
+    if ma and mb:
+        col_lo = np.full(mb, -np.inf, dtype=np.float32)
+        n_groups = -(-ma // group)
+        group_max = np.empty((n_groups, mb), dtype=np.float32)
+        group_e = np.empty(n_groups, dtype=np.float32)
+        cand_i = np.empty(cap, dtype=np.int64)
+        cand_j = np.empty(cap, dtype=np.int64)
+        strip = max(group, int(strip_rows) // group * group)
+        buf = np.empty((min(strip, ma), mb), dtype=np.float32)
+        cbt = cb.T
+        fmax = float(eb.max())
+        n_cand = 0
+        for r0 in range(0, ma, strip):
+            r1 = min(r0 + strip, ma)
+            c = np.matmul(ca[r0:r1], cbt, out=buf[: r1 - r0])
+            thr, gmax, ge = _strip_bounds(c, ea[r0:r1], fmax, slack2, group)
+            g0 = r0 // group
+            group_max[g0:g0 + gmax.shape[0]] = gmax
+            group_e[g0:g0 + gmax.shape[0]] = ge
+            gmax -= ge[:, None] * eb
+            np.maximum(col_lo, gmax.max(axis=0), out=col_lo)
+            n_cand = _row_candidates(c, thr, r0, cand_i, cand_j, n_cand)
+            if n_cand > cap:
+                block = block_maxcorr(a, b, a_valid, b_valid, a_offset, b_offset)
+                return LowRankBlock(block, n_cand, True)
+        del buf
+        n_done = _exact(a_s, b_s, ca, cb, ea, eb, cand_i[:n_cand], cand_j[:n_cand], group,
+                        group_max, group_e, col_lo, slack2, row_max, row_arg, col_max,
+                        col_arg)
+    return LowRankBlock(_scatter(row_max, row_arg, col_max, col_arg, ia, ib, na, nb,
+                                 a_offset, b_offset), int(n_done), False)
+
+
+def _scatter(row_max, row_arg, col_max, col_arg, ia, ib, na, nb, a_offset, b_offset) -> BlockMax:
+    """Results on the valid rows/columns back to the block's indices (global arguments)."""
+    def place(m, arg, idx, n, other_idx, other_offset):
+        out_m = np.full(n, -np.inf, dtype=np.float32)
+        out_a = np.full(n, -1, dtype=np.int64)
+        mapped = arg if other_idx is None else np.where(arg >= 0, other_idx[arg], -1)
+        mapped = np.where(mapped >= 0, mapped + other_offset, -1)
+        if idx is None:
+            out_m[:] = m
+            out_a[:] = mapped
+        else:
+            out_m[idx] = m
+            out_a[idx] = mapped
+        return out_m, out_a
+
+    rm, ra = place(row_max, row_arg, ia, na, ib, b_offset)
+    cm, ca = place(col_max, col_arg, ib, nb, ia, a_offset)
+    return BlockMax(rm, ra, cm, ca)
+
+
+# ----------------------------------------------------------------------------- per subject
+
+
+def plan_subject(
+    left: Any,
+    right: Any,
+    left_valid: Any = None,
+    right_valid: Any = None,
+    *,
+    tol: float = RESIDUAL_TOL,
+    quantile: float = RESIDUAL_QUANTILE,
+    max_rank_fraction: float = MAX_RANK_FRACTION,
+    max_candidates_per_row: float = MAX_CANDIDATES_PER_ROW,
+    pilot_rows: int = PILOT_ROWS,
+    rank_sample: int = RANK_SAMPLE,
+    g: Any = None,
+) -> SubjectPlan:
+    """Choose low rank or full rank for one subject, from its data.
+
+    The basis is the eigen-decomposition of the Gram matrix of both
+    hemispheres (``g``, computed here when not given); the rank is the
+    smallest that leaves at most ``1 - quantile`` of the valid voxels with a
+    residual norm above ``tol`` (:func:`choose_rank`), counted on at most
+    ``rank_sample`` voxels of each hemisphere (evenly spaced; the bound is per
+    voxel, so the rank only sets the speed, never the result).  Full rank is chosen
+    when that rank exceeds ``max_rank_fraction * T``, or when a pilot strip
+    (``pilot_rows`` left voxels evenly spaced, against the whole right
+    hemisphere) keeps more than ``max_candidates_per_row`` candidates per row.
+
+    Returns
+    -------
+    SubjectPlan
+    """
+    n_t = left.shape[1]
+    g = gram(left, right) if g is None else g
+    _, vectors = temporal_basis(g)
+    sl, sr = _sample(left.shape[0], rank_sample), _sample(right.shape[0], rank_sample)
+    counts = residual_exceed_counts(left[sl], vectors, tol) + residual_exceed_counts(
+        right[sr], vectors, tol)
+    n_valid = _count_valid(None if left_valid is None else to_numpy(left_valid)[sl], sl.size) \
+        + _count_valid(None if right_valid is None else to_numpy(right_valid)[sr], sr.size)
+    rank = choose_rank(counts, n_valid, quantile=quantile)
+    if rank > max_rank_fraction * n_t:
+        return SubjectPlan("full", rank, None, float("nan"),
+                           f"rank {rank} of T={n_t} for residual {tol} exceeds "
+                           f"{max_rank_fraction:g} T")
+    n_l = left.shape[0]
+    rows = _sample(n_l, pilot_rows)
+    lv = None if left_valid is None else to_numpy(left_valid)[rows]
+    fl = project(left[rows], vectors, rank)
+    fr = project(right, vectors, rank)
+    pilot = _pilot_row_candidates(left[rows], right, fl, fr, lv, right_valid)
+    if not pilot <= max_candidates_per_row:
+        return SubjectPlan("full", rank, None, pilot,
+                           f"rank {rank} of T={n_t}: the bound keeps {pilot:.1f} "
+                           f"candidates per row (> {max_candidates_per_row:g})")
+    return SubjectPlan("lowrank", rank, vectors, pilot,
+                       f"rank {rank} of T={n_t}, {pilot:.2f} candidates per pilot row")
+
+
+def _sample(n: int, size: int) -> np.ndarray:
+    """At most ``size`` indices of ``range(n)``, evenly spaced (deterministic)."""
+    return np.unique(np.linspace(0, n - 1, min(size, n)).astype(np.int64))
+
+
+def _count_valid(valid: Any, n: int) -> int:
+    return n if valid is None else int(np.asarray(to_numpy(valid), dtype=bool).sum())
+
+
+def _pilot_row_candidates(a, b, fa, fb, a_valid, b_valid) -> float:
+    """Mean number of candidates per valid row that the row bound alone keeps.
+
+    The rows against all of ``b`` with the compiled strip pass (CuPy arrays: on
+    the host).
+    """
+    ia = _valid_index(a_valid, a.shape[0])
+    ib = _valid_index(b_valid, b.shape[0])
+    ca = np.ascontiguousarray(to_numpy(fa.coef if ia is None else fa.coef[ia]))
+    cb = np.ascontiguousarray(to_numpy(fb.coef if ib is None else fb.coef[ib]))
+    ea = np.ascontiguousarray(to_numpy(fa.resid if ia is None else fa.resid[ia]))
+    eb = np.ascontiguousarray(to_numpy(fb.resid if ib is None else fb.resid[ib]))
+    m, nb = ca.shape[0], cb.shape[0]
+    if m == 0 or nb == 0:
+        return 0.0
+    slack2 = np.float32(bound_slack(ca.shape[1], ca, cb))
+    cand = np.empty(64 * m, dtype=np.int64)
+    fmax = float(eb.max())
+    n = 0
+    for r0 in range(0, m, STRIP_ROWS):
+        r1 = min(r0 + STRIP_ROWS, m)
+        c = np.ascontiguousarray(ca[r0:r1] @ cb.T)
+        thr = _strip_bounds(c, ea[r0:r1], fmax, slack2, r1 - r0)[0]
+        n = _row_candidates(c, thr, 0, cand, cand, n)
+    return n / m
+
+
+def lowrank_maxcorr(
+    left: Any,
+    right: Any,
+    left_valid: Any = None,
+    right_valid: Any = None,
+    *,
+    mode: str = "auto",
+    block: int = 4096,
+    plan: SubjectPlan | None = None,
+    **plan_options: Any,
+) -> tuple[BlockMax, dict]:
+    """CFH maxima of one subject (whole hemispheres), low rank where it pays, else full rank.
+
+    Parameters
+    ----------
+    left, right : float32 arrays (nL, T), (nR, T)
+        Standardised series.
+    left_valid, right_valid : bool arrays, optional
+    mode : {"auto", "off"}
+        ``auto``: :func:`plan_subject` decides; ``off``: full rank.
+    block : int
+        Voxels per side of one block (as the Dask engine's blocks).
+    plan : SubjectPlan, optional
+        A plan made already.
+    **plan_options
+        Passed to :func:`plan_subject`.
+
+    Returns
+    -------
+    (BlockMax, dict)
+        Row results for the left voxels (arguments index ``right``), column
+        results for the right voxels; and ``strategy``, ``rank``,
+        ``n_candidates``, ``full_rank_blocks``, ``reason``.
+    """
+    if mode not in ("auto", "off"):
+        raise ValueError(f"lowrank mode must be 'auto' or 'off', got {mode!r}")
+    if mode == "off":
+        plan = SubjectPlan("full", left.shape[1], None, float("nan"), "low rank off")
+    elif plan is None:
+        plan = plan_subject(left, right, left_valid, right_valid, **plan_options)
+    nl, nr = left.shape[0], right.shape[0]
+    lv = np.ones(nl, bool) if left_valid is None else np.asarray(to_numpy(left_valid), bool)
+    rv = np.ones(nr, bool) if right_valid is None else np.asarray(to_numpy(right_valid), bool)
+    factors = None
+    if plan.strategy == "lowrank":
+        factors = (project(left, plan.basis, plan.rank), project(right, plan.basis, plan.rank))
+    rows, cols = [], [[] for _ in range(0, nr, block)]
+    n_cand = n_full = 0
+    for i0 in range(0, nl, block):
+        i1 = min(i0 + block, nl)
+        row_parts = []
+        for jb, j0 in enumerate(range(0, nr, block)):
+            j1 = min(j0 + block, nr)
+            if factors is None:
+                res = block_maxcorr(left[i0:i1], right[j0:j1], lv[i0:i1], rv[j0:j1], i0, j0)
+            else:
+                fl = LowRankFactors(factors[0].coef[i0:i1], factors[0].resid[i0:i1])
+                fr = LowRankFactors(factors[1].coef[j0:j1], factors[1].resid[j0:j1])
+                out = lowrank_block_maxcorr(left[i0:i1], right[j0:j1], fl, fr, lv[i0:i1],
+                                            rv[j0:j1], i0, j0)
+                res, n_cand, n_full = out.block, n_cand + out.n_candidates, n_full + out.full_rank
+            row_parts.append((res.row_max, res.row_arg))
+            cols[jb].append((res.col_max, res.col_arg))
+        rows.append(combine_many(row_parts))
+    row_max, row_arg = (np.concatenate(v) for v in zip(*rows, strict=True))
+    col_max, col_arg = (np.concatenate(v) for v in zip(*(combine_many(c) for c in cols),
+                                                       strict=True))
+    info = {"strategy": plan.strategy, "rank": plan.rank, "n_candidates": int(n_cand),
+            "full_rank_blocks": int(n_full), "pilot_candidates": plan.pilot_candidates,
+            "reason": plan.reason}
+    return BlockMax(row_max, row_arg, col_max, col_arg), info
+
