@@ -2,9 +2,9 @@
 
 :class:`Settings` has one section per part of the analysis (``cluster``,
 ``store``, ``inputs``, ``mask``, ``preprocessing``, ``cfh``, ``autonomy``,
-``design``, ``stats``, ``null_check``, ``clinical``, ``simulate``).  The command line, the shipped
-``cfhdask.yaml``, ``study.yaml`` and the Python API all take their defaults
-from here.  Values are layered, later ones winning:
+``design``, ``stats``, ``null_check``, ``clinical``, ``report``, ``simulate``).  The
+command line, the shipped ``cfhdask.yaml``, ``study.yaml`` and the Python API all take
+their defaults from here.  Values are layered, later ones winning:
 
 1. the field defaults below (the only place a default is written);
 2. ``cfhdask/cfhdask.yaml`` shipped with the package (generated from 1 by
@@ -45,9 +45,10 @@ from cfhdask.inputs import parse_combine
 __all__ = [
     "AutonomySettings", "CFHSettings", "ClinicalSettings", "ClusterSettings",
     "DesignSettings", "InputsSettings", "JobqueueSettings", "KubernetesSettings",
-    "MaskSettings", "NullCheckSettings", "PreprocessingSettings", "Settings",
-    "SimulateSettings", "StatsSettings", "StoreSettings", "default_metric", "defaults_yaml",
-    "duration_seconds", "error_message", "resolve", "settings", "walltime_seconds",
+    "MaskSettings", "NullCheckSettings", "PreprocessingSettings", "ReportSettings",
+    "Settings", "SimulateSettings", "StatsSettings", "StoreSettings", "default_metric",
+    "defaults_yaml", "duration_seconds", "error_message", "resolve", "settings",
+    "walltime_seconds",
 ]
 
 #: The shipped defaults file (Dask config format, ``cfhdask:`` namespace).
@@ -472,6 +473,23 @@ class ClinicalSettings(Section):
         ["pearson", "spearman"], description="Partial correlation methods.")
 
 
+class ReportSettings(Section):
+    """The HTML report and its figure files."""
+
+    min_cluster_voxels: int = Field(2, ge=1, description="Clusters smaller than this "
+                                    "(voxels) are left out of the report's tables and "
+                                    "figures; clusters.tsv lists every cluster.")
+    max_cluster_figures: int = Field(8, ge=0, description="At most this many cluster "
+                                     "slice figures per contrast.")
+    glass_brain: Literal["clusters", "thresholded"] = Field(
+        "clusters", description="Glass brains show the significant clusters of each "
+                                "contrast, or the whole map thresholded at the "
+                                "cluster-forming threshold.")
+    dpi: int = Field(300, ge=50, le=1200, description="Resolution of the PNG figure files.")
+    vector_format: Literal["pdf", "svg"] = Field("pdf", description="Vector format written "
+                                                 "next to each PNG figure file.")
+
+
 class SimulateSettings(Section):
     """Simulated cohorts (``cfhdask simulate``, ``cfhdask demo``)."""
 
@@ -504,6 +522,7 @@ class Settings(Section):
     stats: StatsSettings = Field(default_factory=StatsSettings)
     null_check: NullCheckSettings = Field(default_factory=NullCheckSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from cfhdask.cfh.mirror import counterpart_displacement  # noqa: F401 - re-expor
 from cfhdask.errors import CfhdaskInputError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["StatsOutputs", "cluster_t_map", "counterpart_displacement", "load_img",
+           "observed_for_null", "read_stats_dir"]
 
 TSTAT_SUFFIX = "_tstat.nii.gz"
 CLUSTERS_SUFFIX = "_clusters.nii.gz"
@@ -114,6 +118,38 @@ def load_img(img) -> nib.Nifti1Image:
     if isinstance(img, (str, Path)):
         return nib.load(str(img))
     return img
+
+
+def cluster_t_map(outputs: StatsOutputs, contrast: str, threshold: float,
+                  clusters: Sequence[int] | None = None) -> nib.Nifti1Image:
+    """What a figure of one contrast shows: its t inside some clusters, 0 elsewhere.
+
+    Parameters
+    ----------
+    outputs : StatsOutputs
+    contrast : str
+    threshold : float
+        Cluster-forming t; with ``clusters=None`` every voxel above it is kept
+        (the thresholded map).
+    clusters : sequence of int, optional
+        Cluster labels to keep (``<contrast>_clusters.nii.gz``); empty keeps nothing.
+
+    Returns
+    -------
+    nibabel image (float32)
+        The contrast's own (one-sided) t-values: ``<contrast>_tstat`` is signed
+        so that its clusters are positive.
+    """
+    timg = load_img(outputs.tstat[contrast])
+    t = np.asarray(timg.dataobj, dtype=np.float32)
+    if clusters is None:
+        keep = t > threshold
+    elif contrast in outputs.clusters_img:
+        lab = np.asarray(load_img(outputs.clusters_img[contrast]).dataobj)
+        keep = np.isin(lab, np.asarray(list(clusters), dtype=lab.dtype)) & (lab > 0)
+    else:
+        keep = np.zeros(t.shape, bool)
+    return nib.Nifti1Image(np.where(keep, t, 0).astype(np.float32), timg.affine)
 
 
 def observed_for_null(name: str, contrast: str | None, outputs: StatsOutputs) -> list[float]:

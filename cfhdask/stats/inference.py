@@ -29,7 +29,12 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
 from cfhdask.io.participants import read_participants, read_sessions
 from cfhdask.settings import DesignSettings, default_metric, resolve
-from cfhdask.stats.clusters import label_clusters, voxel_graph
+from cfhdask.stats.clusters import (
+    N_MAXIMA,
+    label_clusters,
+    local_maxima,
+    voxel_graph,
+)
 from cfhdask.stats.clusters import tfce as tfce_scores
 from cfhdask.stats.design import Design, build_design
 from cfhdask.stats.fanout import null_maxima_dask, null_maxima_local
@@ -208,9 +213,34 @@ def analysis_mask(Y: np.ndarray, hemisphere: np.ndarray, x: np.ndarray, Z: np.nd
     return keep, prep, info
 
 
-def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases,
+def _maxima_columns(atlases) -> list[str]:
+    """Columns of the local maxima: t, MNI x/y/z and voxel FWE p, then atlas labels."""
+    cols = []
+    for k in range(N_MAXIMA):
+        pre = "peak" if k == 0 else f"peak{k + 1}"
+        cols += [f"{pre}_{c}" for c in ("t", "x", "y", "z")] if k else []
+        cols.append(f"{pre}_vox_p_fwe")
+    for k in range(N_MAXIMA):
+        suffix = "peak" if k == 0 else f"peak{k + 1}"
+        for a, atlas in atlases.items():
+            cols.append(f"{a}_{suffix}")
+            if atlas.probabilities is not None:
+                cols.append(f"{a}_{suffix}_prob")
+            if k == 0:
+                cols.append(f"{a}_regions")
+    return cols
+
+
+def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases, graph,
                    excess=None) -> pd.DataFrame:
-    """One row per cluster of a contrast (mass: sum of ``excess``, default ``s - t_thr``)."""
+    """One row per cluster of a contrast, with up to :data:`N_MAXIMA` local maxima.
+
+    The mass is the sum of ``excess`` over the cluster (default ``s - t_thr``;
+    the z excess when ``mass_tfce_on`` is z).  Maxima and their voxel FWE p
+    are read on ``s`` (the t-map), as the voxel-level inference.
+    """
+    from cfhdask.stats.atlas import peak_label, probability_readout, region_shares
+
     voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
     rows = []
     n_cl = int(labels.max())
@@ -221,10 +251,13 @@ def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases,
                              minlength=n_cl + 1)[1:]
         p_size = fwe_p(null["max_size"], sizes)
         p_mass = fwe_p(null["max_mass"], masses)
+        xyz_all = ijk_to_xyz(ijk, affine)
+        maxima = local_maxima(graph, s, labels, xyz_all)
+        p_vox = np.where(maxima >= 0, fwe_p(null["max_t"], s[maxima]), np.nan)
         for c in range(1, n_cl + 1):
             members = np.flatnonzero(labels == c)
-            peak = members[np.argmax(s[members])]
-            xyz = ijk_to_xyz(ijk[peak][None], affine)[0]
+            peak = maxima[c - 1, 0]
+            xyz = xyz_all[peak]
             row = {
                 "contrast": name, "cluster": c, "size_voxels": int(sizes[c - 1]),
                 "size_mm3": sizes[c - 1] * voxel_mm3, "mass": float(masses[c - 1]),
@@ -232,14 +265,23 @@ def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases,
                 "peak_z": float(xyz[2]), "p_fwe": float(p_size[c - 1]),
                 "mass_p_fwe": float(p_mass[c - 1]),
             }
+            for k, v in enumerate(maxima[c - 1]):
+                if v < 0:
+                    break
+                pre, suffix = ("peak", "peak") if k == 0 else (f"peak{k + 1}",) * 2
+                if k:
+                    row.update({f"{pre}_t": float(s[v]), f"{pre}_x": float(xyz_all[v, 0]),
+                                f"{pre}_y": float(xyz_all[v, 1]),
+                                f"{pre}_z": float(xyz_all[v, 2])})
+                row[f"{pre}_vox_p_fwe"] = float(p_vox[c - 1, k])
+                for aname, atlas in atlases.items():
+                    row[f"{aname}_{suffix}"] = peak_label(atlas, ijk[v])
+                    if atlas.probabilities is not None:
+                        row[f"{aname}_{suffix}_prob"] = probability_readout(atlas, ijk[v])
             for aname, atlas in atlases.items():
-                from cfhdask.stats.atlas import peak_label, region_shares
-
-                row[f"{aname}_peak"] = peak_label(atlas, ijk[peak])
                 row[f"{aname}_regions"] = region_shares(atlas, ijk[members], min_share=0.01)
             rows.append(row)
-    cols = CLUSTER_COLUMNS + [f"{a}_{k}" for a in atlases for k in ("peak", "regions")]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=CLUSTER_COLUMNS + _maxima_columns(atlases))
 
 
 def group_inference(
@@ -412,7 +454,7 @@ def group_inference(
         e = sign * e_obs
         nl = {k: null[:, i, j] for j, k in enumerate(NULL_STATS) if k != "max_tfce" or tfce}
         labels = label_clusters(graph, s > t_thr)
-        table = _cluster_table(name, s, labels, ijk_m, affine, nl, t_thr, atlas_objs,
+        table = _cluster_table(name, s, labels, ijk_m, affine, nl, t_thr, atlas_objs, graph,
                                excess=e - settings.mass_threshold if on_z else None)
         lp_size = np.zeros(s.size)
         lp_mass = np.zeros(s.size)

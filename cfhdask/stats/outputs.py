@@ -5,6 +5,13 @@ Per contrast: ``<contrast>_tstat.nii.gz``, ``_logp_uncorrected``,
 ``_logp_tfce_fwe`` (with TFCE), ``_clusters.nii.gz`` (labels) and the null
 maxima ``<contrast>_null_<stat>.npy``; then ``clusters.tsv`` and, last,
 ``stats.json`` (parameters, seed, permutations used, package versions).
+
+``clusters.tsv`` has one row per cluster, every cluster however small: size,
+mass, cluster-extent / mass (/ TFCE) FWE p, then up to three local maxima more
+than 8 mm apart, as SPM lists them (``peak_*``, ``peak2_*``, ``peak3_*``: t,
+MNI x/y/z, voxel FWE p ``*_vox_p_fwe``) with their atlas labels
+(``<atlas>_peak[2|3]``, Harvard-Oxford probabilities ``*_prob``) and the
+regions each cluster covers (``<atlas>_regions``).
 Every file is written to a temporary name and renamed into place, so a
 reader never sees a half-written file; files gain the umask's permissions.
 Files a previous run wrote in the same folder (as listed in its
@@ -137,10 +144,11 @@ def summary_clusters(table: pd.DataFrame, alpha: float, n_other: int = 5) -> pd.
     return pd.concat(sorted(parts, key=lambda r: order.index(r["contrast"].iloc[0])))
 
 
-def clusters_to_show(rows: pd.DataFrame, alpha: float, max_clusters: int) -> pd.DataFrame:
-    """Significant clusters (by p_fwe, then size); if none, the 3 largest."""
+def clusters_to_show(rows: pd.DataFrame, alpha: float, max_clusters: int,
+                     n_fallback: int = 1) -> pd.DataFrame:
+    """Significant clusters (by p_fwe, then size); if none, the ``n_fallback`` largest."""
     if "p_fwe" not in rows.columns:
         return rows.head(max_clusters)
     rows = rows.sort_values(["p_fwe", "size_voxels"], ascending=[True, False], kind="stable")
     sig = rows[rows["p_fwe"] < alpha]
-    return (sig if len(sig) else rows.head(3)).head(max_clusters)
+    return (sig if len(sig) else rows.head(n_fallback)).head(max_clusters)

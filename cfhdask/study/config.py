@@ -1,9 +1,9 @@
 """``study.yaml``: the whole study in one typed config (:class:`StudyConfig`).
 
 The sections shared with the rest of cfhdask (``mask``, ``preprocessing``,
-``cfh``, ``autonomy``, ``stats``, ``null_check``, ``clinical``, ``cluster``) are the models of
-:mod:`cfhdask.settings`, and their defaults are the current settings (model
-defaults, ``cfhdask.yaml``, the user's Dask config): a lab-wide
+``cfh``, ``autonomy``, ``stats``, ``null_check``, ``clinical``, ``report``, ``cluster``)
+are the models of :mod:`cfhdask.settings`, and their defaults are the current settings
+(model defaults, ``cfhdask.yaml``, the user's Dask config): a lab-wide
 ``~/.config/dask/cfhdask.yaml`` applies to every study unless the study says
 otherwise.  :func:`validate_config` checks a parsed YAML mapping before any
 compute, resolves relative paths against the YAML file's folder and checks
@@ -36,6 +36,7 @@ from cfhdask.settings import (
     MaskSettings,
     NullCheckSettings,
     PreprocessingSettings,
+    ReportSettings,
     Section,
     StatsSettings,
     error_message,
@@ -119,6 +120,7 @@ class StudyConfig(Section):
     stats: StatsSettings = Field(default_factory=StatsSettings)
     null_check: NullCheckSettings = Field(default_factory=NullCheckSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @field_validator("combine_runs")
@@ -146,8 +148,7 @@ class StudyConfig(Section):
 _FROM_DESIGN = ("covariates", "categorical", "drop_missing", "combine_runs")
 #: Sections whose defaults are the current settings of the same name.
 _SECTIONS = ("inputs", "mask", "preprocessing", "cfh", "autonomy", "stats", "null_check",
-              "clinical",
-             "cluster")
+             "clinical", "report", "cluster")
 
 
 def current_defaults() -> dict:

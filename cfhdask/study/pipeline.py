@@ -19,7 +19,7 @@ Stages (each timed, each reusing what an earlier run stored):
 
 With ``null_check.enabled``, the null-check (:mod:`cfhdask.stats.nullcheck`)
 runs after the stats, on the main metric, into ``OUTPUT/null-check-<fingerprint>/``, reused the
-same way; :func:`cfhdask.report.nullcheck.null_check_section` renders it.
+same way; the report shows it in its own section.
 """
 
 from __future__ import annotations
@@ -450,11 +450,13 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
             per_metric[metric] = _stats(cfg, store, store_fp, metric, plan, runs, client,
                                         skipped)
     main = per_metric[metrics[0]]
+    null_dir = None
     if cfg.null_check.enabled:
         with _Timer(timings, "null_check", on_stage):
-            skipped.update(_null_check_stage(cfg, store, main["participants"], levels,
-                                             main["subjects"], plan.sessions, client,
-                                             main["stats_params"], metrics[0]))
+            null_dir, reused = _null_check_stage(
+                cfg, store, main["participants"], levels, main["subjects"], plan.sessions,
+                client, main["stats_params"], metrics[0])
+            skipped.update(reused)
     table = _participant_table(cfg, main["participants"], plan.sessions, main["maps"])
 
     with _Timer(timings, "clinical", on_stage):
@@ -468,8 +470,9 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
             stats_dir={m: r["stats_dir"] for m, r in per_metric.items()}, store=store,
             participants=table, table1=t1, correlations=corr,
             cluster_values={m: r["values"] for m, r in per_metric.items()},
-            params=_report_params(cfg, params), title=cfg.name,
-            group=cfg.groups.column, groups=tuple(levels), alpha=cfg.stats.alpha)
+            params=_report_params(cfg), title=cfg.name,
+            group=cfg.groups.column, groups=tuple(levels), alpha=cfg.stats.alpha,
+            null_check_dir=null_dir, **cfg.report.model_dump())
     write_json(os.path.join(cfg.output, "timings.json"), timings)
     main = per_metric[metrics[0]]
     return StudyResult(output=cfg.output, store=url, stats_dir=main["stats_dir"],
@@ -622,33 +625,31 @@ def _clinical(cfg: StudyConfig, levels, table: pd.DataFrame, store, per_metric: 
     return t1, corr
 
 
-def _report_params(cfg: StudyConfig, params) -> dict:
-    st = cfg.stats
-    out = {"n_perm": st.n_perm, "scheme": st.scheme, "cluster_p": st.cluster_p,
-           "connectivity": st.connectivity, "tfce": st.tfce, "seed": st.seed,
-           "covariates": cfg.covariates, "gm_threshold": cfg.mask.gm_threshold,
-           "combine_runs": cfg.combine_runs, "mass_tfce_on": st.mass_tfce_on,
-           "clinical_covariates": cfg.covariates,
-           "clinical_variables": cfg.clinical.variables,
-           "correlation_methods": cfg.clinical.methods,
-           "drop_volumes": cfg.preprocessing.drop_volumes}
-    if params is not None:
-        out.update(denoise=params.to_dict(), smoothing_fwhm=params.smoothing_fwhm,
-                   bandpass=[params.high_pass, params.low_pass])
-    return out
+def _report_params(cfg: StudyConfig) -> dict:
+    """What the report's methods text needs beyond the recorded provenance.
+
+    Everything that ran (denoising, mask, permutations, thresholds) is read by
+    the report from the store and ``stats.json``; only the clinical analysis
+    is described from the config.
+    """
+    return {"clinical_covariates": list(cfg.covariates),
+            "normality_alpha": cfg.clinical.normality_alpha}
 
 
 def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, levels,
                       subjects: list[str], sessions, client, stats_params: dict,
-                      metric: str) -> dict[str, str]:
-    """The optional null-check stage, with the study's design and ``stats`` settings."""
+                      metric: str) -> tuple[str, dict[str, str]]:
+    """The optional null-check stage, with the study's design and ``stats`` settings.
+
+    Returns its output folder and what was reused (for ``skipped``).
+    """
     nc, st = cfg.null_check, cfg.stats
     params = {**stats_params, "null_check": nc.model_dump(exclude={"enabled"})}
     fp = fingerprint(params)
     out = os.path.join(cfg.output, f"null-check-{fp}")
     if _stage_done(out, fp):
         log.info("null-check: %s is complete for these parameters; reusing it", out)
-        return {"null_check": "reused " + out}
+        return out, {"null_check": "reused " + out}
     from cfhdask.stats.nullcheck import null_check
 
     null_check(store, participants, group=cfg.groups.column, groups=levels, level=nc.level,
@@ -661,4 +662,4 @@ def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, level
                batch_size=st.batch_size, sessions=sessions, subjects=subjects,
                client=client, out_dir=out)
     _mark_stage(out, fp, params)
-    return {}
+    return out, {}

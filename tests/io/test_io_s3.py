@@ -271,7 +271,8 @@ def test_fmriprep_study_on_s3_with_storage_options(s3, local_client, tmp_path, c
            "inputs": {"bids_derivatives": deriv},
            "participants": f"{deriv}/participants.tsv", "store": f"s3://{BUCKET}/study.zarr",
            "preprocessing": {"drop_volumes": 4}, "covariates": ["age"],
-           "stats": {"n_perm": 10, "seed": 1}}
+           "stats": {"n_perm": 10, "seed": 1},
+           "report": {"dpi": 60, "max_cluster_figures": 1, "vector_format": "svg"}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(path), "--scheduler", local_client.scheduler.address]) == 0

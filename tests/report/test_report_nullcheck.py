@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
 import pytest
 
 from cfhdask.errors import CfhdaskInputError
-from cfhdask.report.nullcheck import null_check_section, read_null_check
+from cfhdask.report.nullcheck import (
+    null_check_intro,
+    null_check_plot,
+    null_check_rows,
+    read_null_check,
+)
 from cfhdask.stats.fwer import fwer_table
 
 
@@ -25,15 +29,20 @@ def test_section_has_every_method_its_interval_and_figure(tmp_path):
     summary.to_csv(tmp_path / "null_check.tsv", sep="\t", index=False)
     (tmp_path / "null_check.json").write_text(json.dumps(params))
     table, got = read_null_check(tmp_path)
-    html = null_check_section(table, got)
-    assert html.startswith('<section id="null-check">')
-    for label in ("Voxel FWE", "Cluster extent FWE", "Cluster mass FWE", "TFCE FWE",
-                  "Uncorrected voxel p"):
-        assert label in html
+    text = null_check_intro(got)
+    assert "30 participants of group control" in text and "15 and 15, 50 times" in text
+    assert "77558760 distinct" in text and "nominal 0.05" in text
+    rows = null_check_rows(table)
+    assert list(rows["Method"]) == ["Voxel FWE", "Cluster extent FWE", "Cluster mass FWE",
+                                    "TFCE FWE", "Uncorrected voxel p"]
     u = summary.set_index("method").loc["uncorrected"]
-    assert f"{u.n_positive} / 100" in html and f"{u.ci_low:.3f}–{u.ci_high:.3f}" in html
-    assert "anti-conservative" in html and "nominal 0.05" in html
-    png = html.split('src="data:image/png;base64,')[1].split('"')[0]
-    assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
+    last = rows.iloc[-1]
+    assert last["Tests finding something"] == f"{u.n_positive} / 100"
+    assert last["95% interval"] == f"{u.ci_low:.3f}\u2013{u.ci_high:.3f}"
+    assert last["Verdict"] == "anti-conservative"
+    fig = null_check_plot(table, 0.05)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(rows["Method"])
+    assert any(line.get_xdata()[0] == 0.05 for line in ax.get_lines())  # the nominal line
     with pytest.raises(CfhdaskInputError, match="no null-check outputs"):
         read_null_check(tmp_path / "none")

@@ -58,7 +58,44 @@ def test_planted_effect_found_with_atlas_label(dataset, tmp_path):
     assert null.shape == (200,) and null[0] == pytest.approx(c.t.max())
     meta = json.loads((tmp_path / "stats.json").read_text())
     assert meta["n_perm"] == 200 and meta["seed"] == 0 and meta["versions"]["numpy"]
+    _check_local_maxima(tsv, tmp_path, dataset["affine"])
     assert not any(f.startswith(".tmp-") for f in files)
+
+
+def _check_local_maxima(tsv, out, affine):
+    """Each listed maximum: in its cluster, no 18-neighbour of the cluster higher, > 8 mm
+    from the ones before it, voxel FWE p = share of null max-T >= its t."""
+    from cfhdask.stats.results import fwe_p
+
+    seen_second = False
+    for contrast, rows in tsv.groupby("contrast"):
+        t = np.asarray(nib.load(out / f"{contrast}_tstat.nii.gz").dataobj, float)
+        lab = np.asarray(nib.load(out / f"{contrast}_clusters.nii.gz").dataobj)
+        null = np.load(out / f"{contrast}_null_max_t.npy")
+        for _, r in rows.iterrows():
+            pts = []
+            for pre in ("peak", "peak2", "peak3"):
+                if pre != "peak" and pd.isna(r[f"{pre}_t"]):
+                    assert pd.isna(r[f"{pre}_vox_p_fwe"])
+                    continue
+                xyz = np.array([r[f"{pre}_x"], r[f"{pre}_y"], r[f"{pre}_z"]])
+                v = tuple(np.rint(np.linalg.solve(affine, [*xyz, 1])[:3]).astype(int))
+                assert lab[v] == r["cluster"]
+                assert t[v] == pytest.approx(r[f"{pre}_t"], rel=1e-5)
+                box = tuple(slice(max(c - 1, 0), c + 2) for c in v)
+                nb = np.where(lab[box] == r["cluster"], t[box], -np.inf)
+                centre = np.array(v) - [b.start for b in box]
+                d = np.indices(nb.shape).reshape(3, -1).T - centre
+                near = (np.abs(d).sum(axis=1) <= 2).reshape(nb.shape)  # 18-connectivity
+                assert t[v] >= nb[near].max() - 1e-5
+                assert all(np.linalg.norm(xyz - q) > 8.0 for q in pts)
+                tol = 1e-5 * (1 + abs(t[v]))  # the map is float32 on disk
+                lo, hi = fwe_p(null, [t[v] + tol, t[v] - tol])
+                assert lo <= r[f"{pre}_vox_p_fwe"] <= hi
+                pts.append(xyz)
+            seen_second |= len(pts) > 1
+            assert r["peak_t"] == pytest.approx(t[lab == r["cluster"]].max(), rel=1e-5)
+    assert seen_second
 
 
 def test_nan_and_midline_voxels_are_dropped_and_reported(rng, dataset_factory):

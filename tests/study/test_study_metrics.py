@@ -26,7 +26,8 @@ def _study(cohort, out, **extra):
             "participants": str(cohort / "participants.tsv"),
             "preprocessing": {"drop_volumes": 2}, "covariates": ["age"],
             "clinical": {"variables": ["illness_duration"]},
-            "stats": {"n_perm": 20, "seed": 2}, **extra}
+            "stats": {"n_perm": 20, "seed": 2},
+            "report": {"dpi": 60, "max_cluster_figures": 1, "vector_format": "svg"}, **extra}
 
 
 def _check_run(res, metrics):
@@ -46,9 +47,12 @@ def test_two_metrics_get_their_analyses_and_report_sections(cohort, tmp_path, lo
     res = run_study(_study(cohort, tmp_path / "out", metrics=["cfh", "ai"],
                            autonomy={"threshold": 0.3}), client=local_client)
     html = _check_run(res, ["cfh", "ai"])
-    for text in ("Group difference: autonomy index", "CFH (group-defined counterpart)",
-                 "group counterpart (one for the cohort)",
-                 "summed over all 10 subjects (no group label used)"):
+    for text in ("autonomy index: patient &gt; control: clusters",
+                 "CFH (group-defined counterpart): patient &gt; control: clusters",
+                 "ai_permutation_null_distributions", "group_mean_ai", "group_mean_cfh",
+                 "group counterpart (one for the cohort",
+                 "over all 10 subjects of the cohort store (no group label is used",
+                 "exceeds r = 0.3", "each metric in its own analysis"):
         assert text in html, text
     from cfhdask.io.store import open_store
 
@@ -61,7 +65,7 @@ def test_two_metrics_get_their_analyses_and_report_sections(cohort, tmp_path, lo
 def test_three_metrics_and_reuse(cohort, tmp_path, local_client):
     cfg = _study(cohort, tmp_path / "out", metrics=["cfh", "vmhc", "ai"])
     res = run_study(cfg, client=local_client)
-    assert "Group difference: VMHC" in _check_run(res, ["cfh", "vmhc", "ai"])
+    assert "VMHC: patient &gt; control: clusters" in _check_run(res, ["cfh", "vmhc", "ai"])
     # a rerun reuses the analyses whose maps did not change, and redoes the others
     other = run_study(_study(cohort, tmp_path / "out", metrics=["cfh", "vmhc", "ai"],
                              autonomy={"threshold": 0.2}), client=local_client)

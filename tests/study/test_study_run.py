@@ -27,7 +27,9 @@ def study(cohort, out, **stats):
             "participants": str(cohort / "participants.tsv"),
             "preprocessing": {"drop_volumes": 4},
             "covariates": ["age", "sex", "education", "SDS", "SAS"],
-            "stats": {"n_perm": 40, "seed": 1, **stats}}
+            "stats": {"n_perm": 40, "seed": 1, **stats},
+            # the pipeline is tested here, the figure rendering in tests/report: small figures
+            "report": {"dpi": 60, "max_cluster_figures": 1, "vector_format": "svg"}}
 
 
 def test_run_study_end_to_end_and_reuse(cohort, tmp_path, local_client):
@@ -63,6 +65,9 @@ def test_run_study_with_null_check_stage(cohort, tmp_path, local_client):
     assert (summary.n_tests == 8).all()  # 6 controls: pseudo-groups of 3 (6 + 6 do not fit)
     again = run_study(cfg, client=local_client)
     assert again.skipped["null_check"].startswith("reused ")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="null-check"' in page and "Cluster mass FWE" in page
+    assert (tmp_path / "out" / "figures" / "null_check_fwer.png").exists()
 
 
 def test_cli_run_rejects_unknown_column_before_compute(cohort, tmp_path, capsys):

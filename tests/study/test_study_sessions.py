@@ -66,7 +66,8 @@ def study(cohort: Path, out: Path, **extra) -> dict:
            "preprocessing": {"drop_volumes": 4},
            "covariates": ["age", "sex", "SAS"],
            "clinical": {"variables": ["JRS_total"]},
-           "stats": {"n_perm": 30, "seed": 2, "cluster_p": 0.01}}
+           "stats": {"n_perm": 30, "seed": 2, "cluster_p": 0.01},
+           "report": {"dpi": 60, "max_cluster_figures": 1, "vector_format": "svg"}}
     cfg.update(extra)
     return cfg
 
@@ -121,7 +122,8 @@ def test_run_end_to_end_one_row_per_participant(cohort, tmp_path, capsys, local_
     assert meta["design_columns"] == ["intercept", "group[patient]", "age", "sex[M]", "SAS"]
     assert meta["df"] == 11 - 5
     html = (out / "report.html").read_text()
-    assert "the mean of the CFH maps of all its sessions and runs" in html
+    assert ("2 participant(s) with several sessions or runs entered with the mean of their "
+            "maps (13 maps in all)") in html
     values = pd.read_csv(out / "clinical" / "cluster_values.tsv", sep="\t", index_col=0)
     assert sorted(values.index) == sorted(meta["subjects"])  # one row per participant
     corr = pd.read_csv(out / "clinical" / "correlations.tsv", sep="\t")
