@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ATLASES", "ATLAS_DESCRIPTIONS", "GridAtlas", "HO_MIN_PROB", "NEAREST_RADIUS", "NO_LABEL",
     "PROB_MIN", "atlas_dir", "grid_atlas", "peak_label", "probability_readout",
-    "region_shares",
+    "region_shares", "sample_volumes",
 ]
 
 ATLASES: tuple[str, ...] = ("aal", "harvard_oxford")
