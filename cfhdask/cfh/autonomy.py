@@ -36,6 +36,7 @@ from cfhdask.cfh.compute import (
     require_hemispheres,
     run_subjects,
     select_subjects,
+    series_bytes,
     subject_series,
     summary_line,
 )
@@ -140,7 +141,7 @@ def compute_autonomy(
 
     with client_for(client, scheduler, scheduler_file) as c:
         run_subjects(todo, c, submit, write, show_progress=show_progress,
-                     what="Autonomy index")
+                     what="Autonomy index", subject_bytes=series_bytes(store, todo))
     if todo:
         store.append_history("autonomy", {**params, "subjects": todo, "overwrite": overwrite})
     export_after(store, export, wanted, "ai")

@@ -11,17 +11,16 @@
     Each subject's voxel takes its own maximal contralateral correlation
     (:func:`cfhdask.cfh.graph.cfh_graph`).
 
-The per-subject machinery (:func:`run_subjects`: a window of subjects in
-flight, each written whole before it is marked complete) is shared with :mod:`cfhdask.cfh.vmhc` and
+The per-subject machinery (:func:`run_subjects`: the whole cohort in
+memory-bounded waves, small subjects batched, each subject written by a
+worker whole before it is marked complete) is shared with :mod:`cfhdask.cfh.vmhc` and
 :mod:`cfhdask.cfh.autonomy`.  A rerun skips complete subjects; an interrupted
 run leaves none half-written.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +39,8 @@ from cfhdask.settings import resolve
 
 log = logging.getLogger(__name__)
 
-__all__ = ["assemble_maps", "compute_cfh", "run_subjects", "subject_graph"]
+__all__ = ["assemble_maps", "compute_cfh", "run_subjects", "series_bytes", "subject_graph",
+           "subject_units"]
 
 
 # ----------------------------------------------------------------------------- shared
@@ -119,10 +119,50 @@ def progress(futures: list, enabled: bool) -> None:
         log.debug("no progress bar: %s", exc)
 
 
+#: Peak worker memory of one subject's maps, in multiples of its stored series.
+SUBJECT_MEMORY_FACTOR = 3
+#: Subjects smaller than this (series bytes) are batched into one write task.
+MIN_UNIT_BYTES = 16 * 2**20
+#: Units (write tasks) aimed at per worker thread when small subjects are batched.
+UNITS_PER_THREAD = 4
+
+
+def series_bytes(store, subjects: Sequence[str], sample: int = 16) -> int:
+    """Bytes of the largest stored series among (a sample of) ``subjects``."""
+    n_time = [int(store.subject_attrs(s).get("n_volumes", 0) or 0)
+              for s in list(subjects)[:sample]]
+    return 4 * int(store.n_voxels) * max([*n_time, 1])
+
+
+def subject_units(todo: Sequence[str], nbytes: int, threads: int) -> list[list[str]]:
+    """Subjects grouped into units: small subjects together (at least
+    :data:`MIN_UNIT_BYTES` of series a unit), while leaving
+    :data:`UNITS_PER_THREAD` units per worker thread when the cohort allows."""
+    from cfhdask.cluster.waves import batch_units
+
+    per_unit = max(1, min(-(-MIN_UNIT_BYTES // max(1, nbytes)),
+                          len(todo) // max(1, UNITS_PER_THREAD * threads)))
+    return [[todo[i] for i in unit] for unit in batch_units([nbytes] * len(todo),
+                                                            per_unit * nbytes)]
+
+
+def _write_unit(write: Callable[[str, dict], str], subjects: list[str],
+                results: list[dict]) -> list[tuple[str, str]]:
+    """On a worker: write each subject of a unit (arrays, then its flag); summaries back."""
+    return [(s, write(s, res)) for s, res in zip(subjects, results, strict=True)]
+
+
 def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict],
                  write: Callable[[str, dict], str], *, show_progress: bool = True,
-                 what: str = "CFH", window: int | None = None) -> None:
-    """Compute subjects in order, a window of them in flight, each written when it is done.
+                 what: str = "CFH", subject_bytes: int | None = None) -> None:
+    """Compute and write every subject on the cluster, the whole cohort in flight.
+
+    The cohort runs in memory-bounded waves sized to the cluster
+    (:func:`cfhdask.cluster.waves.run_waves`); small subjects are batched into
+    one unit.  Each unit ends in a task that calls ``write`` **on a worker**:
+    the workers write the maps into the store (local or object store) and
+    set each subject's completion flag; the client receives only the
+    one-line summaries.
 
     Parameters
     ----------
@@ -132,38 +172,41 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
         The lazy results of one subject.
     write : callable (subject, dict of computed results) -> str
         Writes the subject (then marks it complete) and returns a log summary.
-    window : int, optional
-        Subjects submitted ahead (default: two per worker, at least 2), so the
-        cluster stays busy while a finished subject is written.
+        It runs on a worker (it is pickled: a :class:`~cfhdask.io.store.CohortStore`
+        it refers to is reopened there by URL).
+    subject_bytes : int, optional
+        Bytes of one subject's stored series (bounds the subjects in flight);
+        default 64 MiB.
     """
+    import dask
+
+    from cfhdask.cluster.waves import cluster_capacity, run_waves
+
     if not todo:
         return
-    if window is None:
-        workers = len(client.scheduler_info().get("workers", {})) or 1
-        window = max(2, 2 * workers)
-    log.info("%s of %d subject(s) on %s; dashboard %s", what, len(todo),
-             getattr(client.scheduler, "address", client), client.dashboard_link)
+    nbytes = int(subject_bytes or 64 * 2**20)
+    units = subject_units(list(todo), nbytes, cluster_capacity(client).threads)
+    log.info("%s of %d subject(s) in %d unit(s) on %s; dashboard %s", what, len(todo),
+             len(units), getattr(client.scheduler, "address", client), client.dashboard_link)
+    t0 = time.perf_counter()
+    done = 0
 
-    def start(subject):
-        graph = submit(subject)
-        names = list(graph)
-        return subject, names, client.compute([graph[k] for k in names])
+    def start(unit: list[str]):
+        task = dask.delayed(_write_unit, pure=False)(write, unit, [submit(s) for s in unit])
+        fut = client.compute(task)
+        progress([fut], show_progress and len(units) == 1)
+        return fut
 
-    queue = iter(todo)
-    pending = collections.deque(start(s) for s in itertools.islice(queue, window))
-    k = 0
-    while pending:
-        t0 = time.perf_counter()
-        subject, names, futures = pending.popleft()
-        nxt = next(queue, None)
-        if nxt is not None:
-            pending.append(start(nxt))
-        progress(futures, show_progress)
-        res = dict(zip(names, client.gather(futures), strict=True))
-        summary = write(subject, res)
-        k += 1
-        log.info("%s %s (%d/%d): %s (%.1f s)", what, subject, k, len(todo), summary,
-                 time.perf_counter() - t0)
+    def finished(unit: list[str], fut) -> None:
+        nonlocal done
+        for subject, summary in fut.result():  # a failed unit raises here: the run stops
+            done += 1
+            log.info("%s %s (%d/%d): %s (%.1f s)", what, subject, done, len(todo), summary,
+                     time.perf_counter() - t0)
+
+    run_waves(client, units, start, finished,
+              unit_bytes=SUBJECT_MEMORY_FACTOR * nbytes * max(len(u) for u in units),
+              what=f"{what}: units")
 
 
 def paired_values(store, subject: str, partner: np.ndarray, block: int,
@@ -262,7 +305,7 @@ def _subject_mode(store, todo, client, params, show_progress) -> None:
                           maps["r"], params, n_const)
 
     run_subjects(todo, client, submit, write, show_progress=show_progress,
-                 what="CFH (per-subject maximum)")
+                 what="CFH (per-subject maximum)", subject_bytes=series_bytes(store, todo))
 
 
 # ----------------------------------------------------------------------------- group mode
@@ -279,7 +322,7 @@ def _group_values(store, todo, client, params, counterpart, show_progress) -> No
                           params, int((~res["valid"]).sum()))
 
     run_subjects(todo, client, submit, write, show_progress=show_progress,
-                 what="CFH (group counterpart)")
+                 what="CFH (group counterpart)", subject_bytes=series_bytes(store, todo))
 
 
 def compute_cfh(

@@ -34,6 +34,7 @@ from cfhdask.cfh.compute import (
     require_hemispheres,
     run_subjects,
     select_subjects,
+    series_bytes,
     summary_line,
 )
 from cfhdask.cfh.kernels import CONSTANT_RTOL, R_CLIP
@@ -130,7 +131,8 @@ def compute_vmhc(
         return summary_line(maps["z"], n_const)
 
     with client_for(client, scheduler, scheduler_file) as c:
-        run_subjects(todo, c, submit, write, show_progress=show_progress, what="VMHC")
+        run_subjects(todo, c, submit, write, show_progress=show_progress, what="VMHC",
+                     subject_bytes=series_bytes(store, todo))
     if todo:
         store.append_history("vmhc", {**params, "subjects": todo, "overwrite": overwrite})
     export_after(store, export, wanted, "vmhc")

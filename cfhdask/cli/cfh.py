@@ -46,6 +46,20 @@ def add_map_options(p: argparse.ArgumentParser, export_help: str, *,
     add_cluster_options(p)
 
 
+def cohort_mean(maps) -> tuple[int, float]:
+    """(subjects, mean of the finite values) of lazily read (subject, voxel) maps.
+
+    A chunked Dask reduction (a sum and a count per chunk): the maps are
+    never all loaded at once in this process.
+    """
+    import dask
+    import dask.array as da
+
+    data = maps.data if isinstance(maps.data, da.Array) else da.from_array(np.asarray(maps))
+    total, count = dask.compute(da.nansum(data, dtype=np.float64), da.isfinite(data).sum())
+    return int(data.shape[0]), float(total / count) if count else float("nan")
+
+
 def run_map(args: argparse.Namespace, compute: Callable, kwargs: dict,
             describe: Callable) -> int:
     """Run a per-subject map command on the cluster the options name; print a summary.
@@ -70,9 +84,9 @@ def run_map(args: argparse.Namespace, compute: Callable, kwargs: dict,
         print(f"  {line}")
     print(f"  subjects computed: {len(ds.attrs['computed'])}, skipped (complete): "
           f"{len(ds.attrs['skipped'])}")
-    values = ds[ds.attrs["metric"] if ds.attrs["metric"] in ds else "cfh"].values
-    mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-    print(f"  mean over {values.shape[0]} subject(s): {mean:.4f}")
+    n_subjects, mean = cohort_mean(ds[ds.attrs["metric"] if ds.attrs["metric"] in ds
+                                      else "cfh"])
+    print(f"  mean over {n_subjects} subject(s): {mean:.4f}")
     if args.export:
         print(f"  NIfTI maps in {args.export}")
     print(f"  time: {time.perf_counter() - t0:.1f} s")

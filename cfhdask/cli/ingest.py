@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from cfhdask.cluster import dask_client
     from cfhdask.io.nifti import check_bold, read_header
-    from cfhdask.prep.ingest import SubjectsFailed, ingest, subject_tr
+    from cfhdask.prep.ingest import SubjectsFailed, check_out, ingest, subject_tr
     from cfhdask.prep.pipeline import make_prepare
     from cfhdask.prep.summary import format_plan_table, plan_inputs
     from cfhdask.settings import resolve
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             return 1 if problems else 0
     failed = ""
     if inputs:
+        check_out(args.out, so)  # an unwritable store stops here, before any cluster
         with dask_client(**cluster_kwargs(args)) as client:
             try:
                 store = ingest(inputs, args.out, mask=args.mask,

@@ -193,6 +193,10 @@ class CohortStore:
         self._xyz: np.ndarray | None = None
         self._hemisphere: np.ndarray | None = None
 
+    def __reduce__(self):
+        """Pickled as its URL, mode and options: a worker reopens the store itself."""
+        return (open_store, (self.url, "r+" if self.writable else "r", self.storage_options))
+
     # ------------------------------------------------------------------ open/create
     @classmethod
     def create(
@@ -853,12 +857,27 @@ class CohortStore:
                             storage_options=self.storage_options or None)
 
     def datatree(self) -> xr.DataTree:
-        """The whole store as a DataTree, without incomplete subjects."""
+        """The whole store as a DataTree, with complete subjects and complete maps only.
+
+        Subjects still being ingested are left out, and so are the arrays of a
+        metric whose completion flag is not set (maps being written, or left
+        by an interrupted run): a reader never sees a half-written subject.
+        """
         tree = xr.open_datatree(self.url, engine="zarr", consolidated=False, zarr_format=3,
                                 storage_options=self.storage_options or None)
+        if SUBJECTS not in tree.children:
+            return tree
+        groups = self._all_subject_groups()
         bad = [s for s in self.incomplete_subjects() if s in tree[SUBJECTS].children]
         if bad:
             tree[SUBJECTS] = tree[SUBJECTS].drop_nodes(bad)
+        for name, node in tree[SUBJECTS].children.items():
+            attrs = dict(groups[name].attrs) if name in groups else {}
+            partial = [var for metric, names in METRICS.items()
+                       if attrs.get(self._flag(metric)) is not True
+                       for var in map(self._array_name, names) if var in node.data_vars]
+            if partial:
+                tree[f"{SUBJECTS}/{name}"] = node.to_dataset().drop_vars(partial)
         return tree
 
     def preprocessing_settings(self, subjects: Sequence[str] | None = None) -> dict[str, dict]:

@@ -21,7 +21,7 @@ import fsspec
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.secrets import register as register_secrets
 
-__all__ = ["full_url", "is_local", "open_url", "read_text", "url_to_fs"]
+__all__ = ["check_writable", "full_url", "is_local", "open_url", "read_text", "url_to_fs"]
 
 
 def is_local(url: str) -> bool:
@@ -101,3 +101,27 @@ def read_text(url: str, storage_options: Mapping[str, Any] | None = None, *,
             raise CfhdaskInputError(f"{what} {url}: not a text file: {exc}") from None
         except OSError as exc:
             raise CfhdaskInputError(f"{what} {url}: cannot read: {exc}") from None
+
+
+def check_writable(url: str, storage_options: Mapping[str, Any] | None = None, *,
+                   what: str = "store") -> None:
+    """Write and remove a small probe file under ``url``, before any compute.
+
+    Raises
+    ------
+    CfhdaskInputError
+        One line naming ``url`` when it cannot be written (permissions, a
+        read-only or full file system, denied bucket access).
+    """
+    import posixpath
+    import uuid
+
+    fs, path = url_to_fs(url, storage_options, what=what)
+    probe = posixpath.join(path, f".cfhdask-write-probe-{uuid.uuid4().hex[:12]}")
+    try:
+        with fs.open(probe, "wb") as f:
+            f.write(b"cfhdask")
+        fs.rm(probe)
+    except Exception as exc:  # OSError, botocore/aiohttp errors of object stores
+        raise CfhdaskInputError(f"{what} {url}: cannot be written: "
+                                f"{type(exc).__name__}: {exc}") from None

@@ -9,9 +9,10 @@ Steps:
    open the existing one, drop its interrupted subjects and skip complete ones
    unless ``overwrite``;
 4. per subject, a Dask graph ``prepare`` (load -> drop volumes -> mask ->
-   float32; pluggable, e.g. denoising) -> chunk-aligned Zarr write; subjects run
-   in parallel on the Dask client and each is marked complete as soon as it is
-   written.  A failed subject is removed, the others are kept, and ingest
+   float32; pluggable, e.g. denoising) -> chunk-aligned Zarr write done by the
+   workers; the cohort runs in memory-bounded waves sized to the cluster
+   (:mod:`cfhdask.cluster.waves`), and each subject is marked complete as soon as it
+   is written.  A failed subject is removed, the others are kept, and ingest
    raises at the end listing the failures.
 """
 
@@ -38,7 +39,7 @@ from cfhdask.io.store import (
     preprocessing_setting,
     settings_differ,
 )
-from cfhdask.io.urls import url_to_fs
+from cfhdask.io.urls import check_writable, url_to_fs
 from cfhdask.prep.confounds import check_tr, sidecar_tr
 from cfhdask.prep.mask import GM_THRESHOLD, resolve_mask
 
@@ -189,6 +190,21 @@ def _store_state(url: str, storage_options: dict | None) -> bool:
     return False
 
 
+def check_out(url: str, storage_options: dict | None = None) -> bool:
+    """Check ``--out`` before any cluster starts: a cohort store that can be written, or
+    nothing yet.  Returns whether a store is there.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Something else is there, or the store cannot be written (one line).
+    """
+    exists = _store_state(url, storage_options)
+    if exists:
+        check_writable(url, storage_options, what="--out")
+    return exists
+
+
 def _remove_store(url: str, storage_options: dict | None) -> None:
     fs, path = url_to_fs(url, storage_options, what="--out")
     if fs.exists(path):
@@ -204,10 +220,42 @@ def _default_client():
         return None
 
 
-def _run_writes(store: CohortStore, writes: dict, client) -> dict[str, BaseException]:
-    """Compute the per-subject write graphs; mark each complete as it finishes."""
+#: Peak worker memory of one subject's ingest, in multiples of its stored series
+#: (the read volumes, the masked series, a denoising copy and the rechunked writes).
+SUBJECT_MEMORY_FACTOR = 4
+
+
+@dataclass
+class _Job:
+    """One subject to write: its prepared series and attributes."""
+
+    inp: SubjectInput
+    series: da.Array
+    attrs: dict
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.series.shape, dtype=np.int64)) * 4
+
+
+def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
+                begun: list[str]) -> dict[str, BaseException]:
+    """Write every subject's series; mark each complete as it finishes.
+
+    On a Dask client the cohort runs in memory-bounded waves
+    (:func:`cfhdask.cluster.waves.run_waves`): a subject's group is created just
+    before its write graph is submitted, the workers write its chunks, and
+    the client flags it complete when its future finishes.  ``begun`` lists
+    the subjects whose group was created (the caller aborts the unfinished
+    ones on an interruption).
+    """
     failures: dict[str, BaseException] = {}
-    n, done = len(writes), 0
+    n, done = len(jobs), 0
+
+    def start(job: _Job):
+        target = store.begin_subject(job.inp.subject, int(job.series.shape[1]), job.attrs)
+        begun.append(job.inp.subject)
+        return store.bold_store_graph(job.series, target)
 
     def finished(subject: str) -> None:
         nonlocal done
@@ -222,34 +270,25 @@ def _run_writes(store: CohortStore, writes: dict, client) -> dict[str, BaseExcep
         log.debug("Ingest of %s failed", subject, exc_info=exc)
 
     if client is not None:
-        from distributed import as_completed
+        from cfhdask.cluster.waves import run_waves
 
-        futures = client.compute(list(writes.values()))
-        by_key = {f.key: s for f, s in zip(futures, writes, strict=True)}
-        try:
-            for fut in as_completed(futures):
-                subject = by_key[fut.key]
-                if fut.status == "finished":
-                    finished(subject)
-                else:
-                    failed(subject, fut.exception())
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            for subject in writes:
-                store.abort_subject(subject)
-            raise
+        def ended(job: _Job, fut) -> None:
+            if fut.status == "finished":
+                finished(job.inp.subject)
+            else:
+                failed(job.inp.subject, fut.exception())
+
+        run_waves(client, jobs, lambda job: client.compute(start(job)), ended,
+                  unit_bytes=SUBJECT_MEMORY_FACTOR * max(j.nbytes for j in jobs),
+                  what="ingest: subjects")
         return failures
-    for subject, graph in writes.items():
+    for job in jobs:
         try:
-            dask.compute(graph)
+            dask.compute(start(job))
         except Exception as exc:  # the subject fails, the others go on
-            failed(subject, exc)
-        except BaseException:
-            store.abort_subject(subject)
-            raise
+            failed(job.inp.subject, exc)
         else:
-            finished(subject)
+            finished(job.inp.subject)
     return failures
 
 
@@ -347,7 +386,7 @@ def ingest(
     for info in headers.values():
         check_bold(info, drop_volumes)
 
-    exists = _store_state(store_url, so)
+    exists = check_out(store_url, so)
     if exists:
         store = CohortStore.open(store_url, mode="r+", storage_options=so)
         check_same_grid(list(headers.values()), store.grid_shape, store.affine,
@@ -377,9 +416,9 @@ def ingest(
                  ", ".join(skipped))
 
     ijk = store.ijk
-    writes: dict = {}
+    writes: list[str] = []
     failures: dict[str, BaseException] = {}
-    prepared: list[tuple[SubjectInput, da.Array, dict]] = []
+    prepared: list[_Job] = []
     try:
         for inp in todo:
             header = headers[inp.subject]
@@ -406,12 +445,10 @@ def ingest(
                 "ingested": now_iso(),
                 **attrs,
             }
-            prepared.append((inp, series, attrs))
-        setting = _check_preprocessing(store, [a for _, _, a in prepared])
-        for inp, series, attrs in prepared:
-            target = store.begin_subject(inp.subject, int(series.shape[1]), attrs)
-            writes[inp.subject] = store.bold_store_graph(series, target)
-        failures.update(_run_writes(store, writes, client or _default_client()))
+            prepared.append(_Job(inp, series, attrs))
+        setting = _check_preprocessing(store, [job.attrs for job in prepared])
+        if prepared:
+            failures.update(_run_writes(store, prepared, client or _default_client(), writes))
     except BaseException:
         for subject in writes:
             store.abort_subject(subject)

@@ -1,0 +1,232 @@
+"""Cohort scale: ingest, cfh and stats on 10 / 100 / 1000 simulated subjects on a tiny grid.
+
+For each stage and cohort size, in one run, this tree and a baseline tree
+(``--baseline REF``, default ``main``, extracted with ``git archive``) are run
+in fresh processes on the same kind of LocalCluster, with more single-threaded
+workers than cores (``--workers``, default 3 x cores: this measures
+concurrency, not speed).  Each child prints:
+
+* **workers busy**: the scheduler is sampled every 0.2 s (``--interval``) and
+  counts the workers with a task assigned (``WorkerState.processing``); the median over the stage's run and
+  the mean share of the workers;
+* **client RSS**: the peak resident memory of the client process (workers
+  excluded), and its growth over the stage;
+* **seconds per subject** (marginal: the slope between cohort sizes).
+
+The parent prints the figures of both trees side by side and their ratios
+(this tree / baseline), all from the same run.  Inputs: tiny 4D NIfTIs (a
+shared signal plus noise on a box mask straddling the midline), written once
+per cohort size and shared by both trees.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_scale.py --sizes 10,100,1000 --stages ingest,cfh,stats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SHAPE = (12, 14, 10)
+AFFINE = np.array([[-4.0, 0, 0, 22.0], [0, 4.0, 0, -28.0], [0, 0, 4.0, -20.0], [0, 0, 0, 1]])
+N_VOLUMES = 60
+
+
+# ---------------------------------------------------------------- inputs
+def write_inputs(folder: Path, n: int, seed: int = 0) -> tuple[list[str], str, str]:
+    """``n`` tiny BOLD images, a box mask and a participants table (two groups)."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[1:-1, 1:-1, 1:-1] = 1
+    mask_path = folder / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, AFFINE), mask_path)
+    paths = []
+    for i in range(n):
+        shared = rng.standard_normal(N_VOLUMES)
+        data = (100 + rng.standard_normal((*SHAPE, N_VOLUMES))
+                + rng.random(SHAPE)[..., None] * shared).astype(np.float32)
+        img = nib.Nifti1Image(data, AFFINE)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header.set_zooms((4.0, 4.0, 4.0, 2.0))
+        p = folder / f"sub-{i:04d}_task-rest_bold.nii.gz"
+        nib.save(img, p)
+        paths.append(str(p))
+    table = folder / "participants.tsv"
+    rows = ["participant_id\tgroup"] + [f"sub-{i:04d}\t{'patient' if i % 2 else 'control'}"
+                                        for i in range(n)]
+    table.write_text("\n".join(rows) + "\n")
+    return paths, str(mask_path), str(table)
+
+
+# ---------------------------------------------------------------- child: one stage, one tree
+class Sampler:
+    """Workers busy (sampled on the scheduler) and client RSS, every ``interval`` s."""
+
+    def __init__(self, client, interval: float):
+        import psutil
+
+        self.client, self.interval = client, interval
+        self.busy: list[int] = []
+        self.rss0 = psutil.Process().memory_info().rss
+        self.rss_peak = self.rss0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _busy(dask_scheduler=None) -> int:
+        return sum(1 for w in dask_scheduler.workers.values() if w.processing)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                self.busy.append(int(self.client.run_on_scheduler(self._busy)))
+            except Exception:  # noqa: BLE001 - the client is closing
+                break
+            self.rss_peak = max(self.rss_peak, me.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def child(stage: str, inputs: str, work: str, n_workers: int, interval: float,
+          n_perm: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    paths = json.loads(Path(inputs, "paths.json").read_text())
+    store = str(Path(work, "cohort.zarr"))
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as lc, Client(lc) as client:
+        from cfhdask.prep.ingest import ingest
+
+        if stage != "ingest":  # the stage's input, not measured
+            ingest(paths, store, mask=str(Path(inputs, "mask.nii.gz")), client=client)
+        if stage == "stats":
+            from cfhdask.cfh.compute import compute_cfh
+
+            compute_cfh(store, client=client, show_progress=False)
+        t0 = time.perf_counter()
+        with Sampler(client, interval) as sampler:
+            if stage == "ingest":
+                ingest(paths, store, mask=str(Path(inputs, "mask.nii.gz")), client=client)
+            elif stage == "cfh":
+                from cfhdask.cfh.compute import compute_cfh
+
+                compute_cfh(store, client=client, show_progress=False)
+            else:
+                from cfhdask.io.store import open_store
+                from cfhdask.stats.inference import group_inference
+
+                group_inference(open_store(store), str(Path(inputs, "participants.tsv")),
+                                group="group", n_perm=n_perm, client=client, atlases=[],
+                                tfce=False)
+        seconds = time.perf_counter() - t0
+    busy = np.asarray(sampler.busy or [0])
+    return {"seconds": seconds, "busy_median": float(np.median(busy)),
+            "busy_share": float(busy.mean() / n_workers), "samples": int(busy.size),
+            "client_rss_peak_mib": sampler.rss_peak / 2**20,
+            "client_rss_growth_mib": (sampler.rss_peak - sampler.rss0) / 2**20}
+
+
+# ---------------------------------------------------------------- parent
+def run_child(tree: Path, stage: str, inputs: Path, n_workers: int, interval: float,
+              n_perm: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
+        env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(tree),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        out = subprocess.run([sys.executable, __file__, "--_child", stage, str(inputs), work,
+                              str(n_workers), str(interval), str(n_perm)], env=env,
+                             capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{stage} child ({tree}) failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def extract_tree(ref: str, dest: Path) -> Path:
+    """The ``cfhdask`` package at git ``ref`` under ``dest``."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "cfhdask"],
+                             capture_output=True, check=True).stdout
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_child":
+        stage, inputs, work, n_workers, interval, n_perm = sys.argv[2:8]
+        print(json.dumps(child(stage, inputs, work, int(n_workers), float(interval),
+                               int(n_perm))))
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="10,100,1000", help="cohort sizes (comma-separated)")
+    p.add_argument("--stages", default="ingest,cfh,stats", help="stages to measure")
+    p.add_argument("--workers", type=int, default=3 * (os.cpu_count() or 1),
+                   help="single-threaded LocalCluster workers (more than cores on purpose)")
+    p.add_argument("--interval", type=float, default=0.2, help="scheduler sampling period (s)")
+    p.add_argument("--n-perm", type=int, default=2000, help="permutations of the stats stage")
+    p.add_argument("--baseline", default="main",
+                   help="git ref compared with this tree ('' for this tree only)")
+    args = p.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    stages = [s for s in args.stages.split(",") if s]
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        trees = {"this": REPO}
+        if args.baseline:
+            trees[args.baseline] = extract_tree(args.baseline, Path(tmp, "baseline"))
+        print(f"{args.workers} single-threaded workers on {os.cpu_count()} cores; scheduler "
+              f"sampled every {args.interval} s; grid {SHAPE}, {N_VOLUMES} volumes")
+        results: dict = {}
+        for n in sizes:
+            inputs = Path(tmp, f"in{n}")
+            paths, _, _ = write_inputs(inputs, n)
+            Path(inputs, "paths.json").write_text(json.dumps(paths))
+            for stage in stages:
+                for name, tree in trees.items():
+                    r = run_child(tree, stage, inputs, args.workers, args.interval, args.n_perm)
+                    results[(stage, n, name)] = r
+                    print(f"{stage:6s} n={n:5d} {name:>6s}: {r['seconds']:8.1f} s, "
+                          f"{r['seconds'] / n:7.3f} s/subject, workers busy median "
+                          f"{r['busy_median']:.1f} of {args.workers} (mean "
+                          f"{100 * r['busy_share']:.0f} %), client RSS peak "
+                          f"{r['client_rss_peak_mib']:.0f} MiB (+{r['client_rss_growth_mib']:.0f})",
+                          flush=True)
+                if len(trees) == 2:
+                    a, b = (results[(stage, n, k)] for k in trees)
+                    print(f"{stage:6s} n={n:5d}  ratio this/{args.baseline}: time "
+                          f"{a['seconds'] / b['seconds']:.2f}, workers busy (mean) "
+                          f"{a['busy_share'] / max(b['busy_share'], 1e-9):.2f}, client RSS "
+                          f"growth {a['client_rss_growth_mib']:.0f} vs "
+                          f"{b['client_rss_growth_mib']:.0f} MiB", flush=True)
+        for stage in stages:
+            for name in trees:
+                pts = [(n, results[(stage, n, name)]["seconds"]) for n in sizes]
+                for (n0, t0), (n1, t1) in zip(pts, pts[1:], strict=False):
+                    print(f"{stage:6s} {name:>6s}: marginal {(t1 - t0) / (n1 - n0):.4f} "
+                          f"s/subject from {n0} to {n1}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Cohort-level scheduling: keep a whole cohort's work in flight on a Dask cluster.
+
+A cohort is a list of independent *units* (a subject, or a batch of small
+subjects).  :func:`run_waves` submits them in waves sized to the cluster: as
+many units are in flight at once as half the workers' memory holds (each unit
+declares the bytes it needs at its peak), and never fewer than one per worker
+thread when memory allows it; as each unit finishes, the next ones are
+submitted.  The bound is re-read from the scheduler at every refill, so a
+cluster that grows (``adapt``, new SLURM jobs) gets more work and one that
+shrinks is not flooded.  Nothing here waits on a fixed look-ahead, and the
+client holds only the futures of the units in flight.
+
+Units run on the workers and write their own results (see
+:mod:`cfhdask.prep.ingest` and :mod:`cfhdask.cfh.compute`); the client sees
+only their completion (and small summaries).  A unit whose worker dies is
+rerun by Dask elsewhere (its inputs are in the store, never scattered).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["MEMORY_FRACTION", "Capacity", "batch_units", "cluster_capacity", "in_flight_limit",
+           "run_waves"]
+
+log = logging.getLogger(__name__)
+
+#: Share of the workers' memory the units in flight may take together.
+MEMORY_FRACTION = 0.5
+#: Units in flight per worker thread when the workers have no memory limit.
+UNBOUNDED_PER_THREAD = 4
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a cluster offers right now.
+
+    Attributes
+    ----------
+    threads : int
+        Worker threads (sum over workers).
+    memory : int
+        Sum of the workers' memory limits in bytes (0 when unlimited/unknown).
+    workers : int
+        Number of workers.
+    """
+
+    threads: int
+    memory: int
+    workers: int
+
+
+def cluster_capacity(client) -> Capacity:
+    """The threads and memory of the workers currently connected to ``client``."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # all workers, not the first 5
+    except TypeError:  # pragma: no cover - distributed < 2025.4
+        info = client.scheduler_info()
+    workers = info.get("workers", {}).values()
+    threads = sum(int(w.get("nthreads", 1)) for w in workers)
+    limits = [int(w.get("memory_limit") or 0) for w in workers]
+    memory = 0 if not limits or any(m <= 0 for m in limits) else sum(limits)
+    return Capacity(threads=threads, memory=memory, workers=len(limits))
+
+
+def in_flight_limit(capacity: Capacity, unit_bytes: int,
+                    memory_fraction: float = MEMORY_FRACTION) -> int:
+    """Units kept in flight at once on a cluster of ``capacity``.
+
+    ``memory_fraction`` of the workers' memory divided by the peak bytes of
+    one unit, at least one unit per worker thread when that fits (and at least
+    one unit).  Without a memory limit, :data:`UNBOUNDED_PER_THREAD` per thread.
+    """
+    threads = max(1, capacity.threads)
+    if capacity.memory <= 0:
+        return UNBOUNDED_PER_THREAD * threads
+    by_memory = int(capacity.memory * memory_fraction) // max(1, int(unit_bytes))
+    return max(1, by_memory)
+
+
+def batch_units(sizes: Sequence[int], min_bytes: int) -> list[list[int]]:
+    """Group consecutive items so that each unit weighs at least ``min_bytes``.
+
+    Small subjects are batched together (one task for several), large ones
+    stay alone.  Returns lists of item indices, in order.
+    """
+    units: list[list[int]] = []
+    current: list[int] = []
+    weight = 0
+    for i, size in enumerate(sizes):
+        current.append(i)
+        weight += int(size)
+        if weight >= min_bytes:
+            units.append(current)
+            current, weight = [], 0
+    if current:
+        units.append(current)
+    return units
+
+
+def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
+              finished: Callable[[Any, Any], None], *, unit_bytes: int,
+              what: str = "units") -> None:
+    """Run every unit on ``client``, a memory-bounded wave at a time.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    units : sequence
+        The work, in submission order.
+    submit : callable
+        ``submit(unit) -> Future`` (a ``client.compute`` or ``client.submit``).
+    finished : callable
+        ``finished(unit, future)``, called in this process as each unit ends
+        (in completion order), whatever its status; the future is released
+        after the call.
+    unit_bytes : int
+        Peak worker memory of one unit (bounds the units in flight, see
+        :func:`in_flight_limit`).
+    what : str
+        Name of the units in log messages.
+
+    On any exception (``KeyboardInterrupt`` included) the units in flight are
+    cancelled and the exception re-raised.
+    """
+    from distributed import as_completed
+
+    todo = deque(units)
+    running: dict[Any, Any] = {}
+    queue = as_completed()
+    said: int | None = None
+
+    def refill() -> None:
+        nonlocal said
+        limit = in_flight_limit(cluster_capacity(client), unit_bytes)
+        if limit != said:
+            log.info("%s: up to %d in flight (%d left to submit)", what, limit, len(todo))
+            said = limit
+        while todo and len(running) < limit:
+            unit = todo.popleft()
+            fut = submit(unit)
+            running[fut] = unit
+            queue.add(fut)
+
+    try:
+        refill()
+        for fut in queue:
+            unit = running.pop(fut)
+            finished(unit, fut)
+            fut.release()
+            refill()
+    except BaseException:
+        if running:
+            client.cancel(list(running))
+        raise
