@@ -232,7 +232,7 @@ def _per_participant(df: pd.DataFrame, maps: dict[str, list[str]], cols: list[st
     """One row per participant of ``cols``: session values where given, combined over maps."""
     out = df.loc[list(maps), cols].copy().astype(object)
     if not ses_rows:
-        return out
+        return out.infer_objects()
     for pid, subs in maps.items():
         for c in cols:
             vals = []

@@ -10,7 +10,7 @@ from scipy import stats as sstats
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import group_maps, parse_combine
 from cfhdask.stats.clusters import label_clusters, tfce, tfce_step, voxel_graph
-from cfhdask.stats.design import build_design, encode_covariates
+from cfhdask.stats.design import build_design, encode_covariates, participant_values
 from cfhdask.stats.inference import group_inference
 from cfhdask.stats.null import t_to_z
 
@@ -57,6 +57,18 @@ def test_session_level_variables():
     with pytest.raises(CfhdaskInputError, match="'site' differs between the maps"):
         build_design(table, RUNS, group="group", covariates=["age", "site"],
                      categorical=["site"], sessions=sessions)
+
+
+def test_participant_values_keep_numeric_columns_numeric_with_or_without_sessions():
+    """The clinical stage tests dtypes: a table without sessions.tsv must stay numeric."""
+    maps = {"sub-01": ["sub-01_ses-1", "sub-01_ses-2"], "sub-03": ["sub-03"]}
+    sessions = pd.DataFrame({"participant_id": ["sub-01"], "session_id": ["ses-1"],
+                             "age": [21.0]})
+    for ses in (None, sessions):
+        t = participant_values(TABLE, maps, ["group", "age", "sex"], categorical=["sex"],
+                               sessions=ses)
+        assert pd.api.types.is_numeric_dtype(t["age"]), ses
+        assert not pd.api.types.is_numeric_dtype(t["sex"])
 
 
 def test_one_encoder_for_glm_and_correlations():
