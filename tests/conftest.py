@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # Tests run on 2 cores: keep BLAS single-threaded inside the test process so
 # Dask threads x BLAS threads never oversubscribe.
@@ -11,6 +12,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 # A plugin may have imported NumPy (and started OpenBLAS) before this file ran, in
@@ -37,7 +39,8 @@ def local_client():
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_stale_distributed_default():
-    """After each module, no default scheduler may point at a client that is gone.
+    """After each module, no default scheduler may point at a client that is gone,
+    and dask-jobqueue's defaults are still there.
 
     distributed's ``Client`` sets ``scheduler: dask.distributed`` and restores the
     value it found when it closes; clients closed out of creation order (a CLI's
@@ -52,3 +55,9 @@ def _no_stale_distributed_default():
             _get_global_client() is None:
         dask.config.config.pop("scheduler", None)
         dask.config.config.pop("shuffle", None)
+    # distributed.utils_test.gen_cluster leaves the global config without the defaults
+    # that dask-jobqueue registered when it was imported: put them back
+    jq = sys.modules.get("dask_jobqueue")
+    if jq is not None and dask.config.get("jobqueue", None) is None:
+        with open(os.path.join(os.path.dirname(jq.__file__), "jobqueue.yaml")) as f:
+            dask.config.update(dask.config.config, yaml.safe_load(f), priority="old")

@@ -206,7 +206,7 @@ def test_store_with_pickled_or_object_arrays_is_refused(tiny_store, tmp_path):
     del grp["cfh"]
     grp.create_array("cfh", shape=(3,), dtype=np.dtypes.StringDType())[:] = ["a", "b", "c"]
     # 3. a v3 array whose metadata names a pickle codec
-    meta_path = url / "subjects" / subjects[2] / "r_max" / "zarr.json"
+    meta_path = url / "subjects" / subjects[2] / "cfh_r" / "zarr.json"
     meta = json.loads(meta_path.read_text())
     meta["codecs"] = [{"name": "numcodecs.pickle", "configuration": {}}]
     meta_path.write_text(json.dumps(meta))
@@ -218,8 +218,8 @@ def test_store_with_pickled_or_object_arrays_is_refused(tiny_store, tmp_path):
     with pytest.raises(CfhdaskInputError, match=r"subjects/sub-\w+/cfh: refused: data type "
                                                 r"StringDType\(\) \(expected float32\)"):
         store.cfh_maps([subjects[1]])
-    with pytest.raises(CfhdaskInputError, match=r"r_max: refused: unreadable array metadata"):
-        store.cfh_maps([subjects[2]], var="r_max")
+    with pytest.raises(CfhdaskInputError, match=r"cfh_r: refused: unreadable array metadata"):
+        store.cfh_maps([subjects[2]], var="cfh_r")
     np.testing.assert_array_equal(store.cfh_maps([subjects[3]]).values,
                                   CohortStore.open(tiny_store.store).cfh_maps([subjects[3]]).values)
     proc = run_cli("stats", url, "--participants", tiny_store.participants, "--group", "group",

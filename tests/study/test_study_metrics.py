@@ -24,6 +24,7 @@ def cohort(tmp_path_factory):
 def _study(cohort, out, **extra):
     return {"name": "metrics", "output": str(out), "inputs": {"bids_derivatives": str(cohort)},
             "participants": str(cohort / "participants.tsv"),
+            "groups": {"column": "group", "levels": ["patient", "control"]},
             "preprocessing": {"drop_volumes": 2}, "covariates": ["age"],
             "clinical": {"variables": ["illness_duration"]},
             "stats": {"n_perm": 20, "seed": 2},
