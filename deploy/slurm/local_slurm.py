@@ -8,10 +8,10 @@ and pid files) lives in one folder; ports are picked free, so it neither
 touches ``/etc/slurm`` nor collides with another SLURM on the machine.  Its
 commands need ``SLURM_CONF`` pointing at the folder's ``slurm.conf``::
 
-    python deploy/slurm/local_slurm.py start --dir /tmp/slurm   # prints the export line
-    export SLURM_CONF=/tmp/slurm/slurm.conf
+    python deploy/slurm/local_slurm.py start --dir slurm-local   # prints the export line
+    export SLURM_CONF=$PWD/slurm-local/slurm.conf
     sinfo; srun hostname
-    python deploy/slurm/local_slurm.py stop --dir /tmp/slurm
+    python deploy/slurm/local_slurm.py stop --dir slurm-local
 
 ``stop`` cancels the jobs of this SLURM, then stops the daemons by the PIDs in
 their pid files (checking each PID is still that daemon), never by name.
