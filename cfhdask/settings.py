@@ -364,6 +364,11 @@ class CFHSettings(Section):
     subject_batch: int = Field(16, ge=1, description="Subjects per GEMM of the group "
                                                      "counterpart (their time axes "
                                                      "concatenated).")
+    subject_chain: int = Field(4, ge=1, description="Batches of the group counterpart "
+                                                    "summed one after another before the "
+                                                    "chains are tree-summed: longer chains "
+                                                    "hold fewer partial sums in memory, "
+                                                    "shorter ones give more parallel tasks.")
     block: int = Field(4096, ge=2, description="Voxels per side of one correlation block.")
     split_every: int = Field(8, ge=2, description="Fan-in of the tree reductions across "
                                                   "blocks.")

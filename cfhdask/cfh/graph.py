@@ -12,9 +12,10 @@ A graph has three parts:
      series blocks of one subject, made strip by strip inside the reduction;
    * *summed over subjects* (:func:`group_sum_graph`): one dense GEMM per
      batch of subjects over their concatenated standardised time axes, the
-     batches tree-summed (:class:`~cfhdask.cfh.reductions.BlockSum`), then
-     the summed block reduced.  Each batch task reads its subjects' series
-     itself, so no subject's data stays in memory between tasks.
+     batches summed in short chains and the chains tree-summed
+     (:class:`~cfhdask.cfh.reductions.BlockSum`), then the summed block
+     reduced.  Each batch's series are read and standardised once, by one
+     task per voxel block, and released when the batch's GEMMs are done.
 
 2. **tree reductions**: the row results of block row i are combined across j,
    the column results of block column j across i, with fan-in
@@ -50,20 +51,16 @@ from dask.highlevelgraph import HighLevelGraph
 from cfhdask._compat import Task, TaskRef
 from cfhdask.backend import to_backend, to_numpy
 from cfhdask.cfh.kernels import (
-    DenseProduct,
     GemmProduct,
-    concat_standardized,
-    dense_product,
-    moments,
     paired_correlations,
     reduce_block,
     standardize,
 )
-from cfhdask.cfh.reductions import BlockSum, MaxArgmax, ThresholdCount, sum_parts
+from cfhdask.cfh.reductions import MaxArgmax, ThresholdCount, sum_parts
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.settings import settings
 
-__all__ = ["OUTPUTS", "autonomy_graph", "block_graph", "cfh_graph", "group_sum_graph",
+__all__ = ["OUTPUTS", "autonomy_graph", "block_graph", "cfh_graph",
            "paired_graph", "standardize_graph"]
 
 #: names of the outputs of :func:`cfh_graph`
@@ -430,168 +427,6 @@ def autonomy_graph(
         out[f"{label}_contra"] = g.array(f"ai-{label}-contra-out-{tok}",
                                          [(fname, k) for k in range(len(roots))], 0, chunks,
                                          np.int64, fname)
-    return out
-
-
-# ----------------------------------------------------------------------------- group sums
-def _moments_task(read: Callable, subject: int, start: int, stop: int):
-    mean, scale, valid = moments(read(subject, start, stop))
-    return mean, scale, valid
-
-
-def _any_valid(*parts):
-    out = parts[0][2].copy()
-    for p in parts[1:]:
-        out |= p[2]
-    return out
-
-
-def _batch_block_task(read: Callable, subjects: tuple, a_range: tuple, b_range: tuple,
-                      n: int, *moment_parts, blas_threads=None, backend: str = "numpy"):
-    """Dense block of the sum over a batch of subjects: one GEMM of concatenated series."""
-    a_mom, b_mom = moment_parts[:n], moment_parts[n:]
-
-    def side(rng, mom):
-        parts = [to_backend(read(s, *rng), backend) for s in subjects]
-        return concat_standardized(parts, [m[0] for m in mom], [m[1] for m in mom])
-
-    def run():
-        return dense_product(side(a_range, a_mom), side(b_range, b_mom))
-
-    return _with_blas_limit(blas_threads, run)
-
-
-def _reduce_summed(s, reduction, a_valid, b_valid, a_offset, b_offset):
-    """Reduce a block summed over every subject (the root of the batch tree)."""
-    return reduce_block(DenseProduct(s), reduction, a_valid, b_valid, a_offset, b_offset)
-
-
-def group_sum_graph(
-    read: Callable[[int, int, int], np.ndarray],
-    n_subjects: int,
-    a_ranges: Sequence[tuple[int, int]],
-    b_ranges: Sequence[tuple[int, int]],
-    *,
-    batch: int,
-    split_every: int | None = None,
-    blas_threads: int | None = None,
-    backend: str = "numpy",
-    token: Any = None,
-) -> dict[str, da.Array]:
-    """Lazy group counterpart: argmax both ways of the correlation summed over subjects.
-
-    ``S = sum_s r_s(A, B)``, block (i, j) of it one GEMM per batch of
-    ``batch`` subjects over their concatenated standardised time axes
-    (:func:`~cfhdask.cfh.kernels.concat_standardized`, subjects may differ in
-    length; a voxel constant in a subject adds nothing there), the batches
-    tree-summed pairwise, then reduced by :class:`~cfhdask.cfh.reductions.MaxArgmax`.
-    A first pass computes each subject's :func:`~cfhdask.cfh.kernels.moments`
-    per block (a few numbers per voxel); every batch task reads its subjects'
-    series itself, so memory does not grow with the number of subjects.
-
-    Parameters
-    ----------
-    read : callable ``read(subject, start, stop) -> ndarray (stop - start, T_s)``
-        Raw series of voxels ``start:stop`` of subject number ``subject``
-        (picklable; runs on the workers).
-    n_subjects : int
-        Subjects ``0 .. n_subjects - 1`` are summed.
-    a_ranges, b_ranges : sequences of (start, stop)
-        Contiguous voxel blocks of the two sides (e.g. the left and right
-        hemispheres cut along the store's chunks), in the reader's indices;
-        output indices are relative to the first block of each side.
-    batch : int
-        Subjects per GEMM.
-    split_every : int, optional
-        Fan-in of the tree reductions (config ``cfh.split-every``).
-    blas_threads : int, optional
-    backend : {"numpy", "cupy"}
-        Where the batch GEMMs and the reductions run.
-    token : optional
-        Identifies the data behind ``read`` (e.g. the store and its subjects) in
-        task names.
-
-    Returns
-    -------
-    dict of lazy dask arrays
-        ``left_sum``/``left_arg`` (side A: the maximal summed r and its index in
-        side B, NaN/-1 where none), ``right_sum``/``right_arg`` (side B),
-        ``left_valid``/``right_valid`` (valid in at least one subject).
-    """
-    _, split_every = _check_engine(None, split_every)
-    if n_subjects < 1:
-        raise CfhdaskInputError("the group counterpart needs at least one subject")
-    batch = max(1, int(batch))
-    tok = tokenize(token, n_subjects, tuple(a_ranges), tuple(b_ranges), batch, split_every,
-                   blas_threads, backend)
-    mname, vname = f"grp-moments-{tok}", f"grp-valid-{tok}"
-    bname, sname = f"grp-batch-{tok}", f"grp-sum-{tok}"
-    rname, cname = f"grp-rows-{tok}", f"grp-cols-{tok}"
-    g = _Graph()
-    sides = {"a": list(a_ranges), "b": list(b_ranges)}
-    mom: dict = {}
-    val: dict = {}
-    for side, ranges in sides.items():
-        for k, (s0, s1) in enumerate(ranges):
-            for s in range(n_subjects):
-                mom[(mname, side, k, s)] = Task((mname, side, k, s), _moments_task, read, s,
-                                                int(s0), int(s1))
-            val[(vname, side, k)] = Task((vname, side, k), _any_valid,
-                                         *[TaskRef((mname, side, k, s))
-                                           for s in range(n_subjects)])
-    g.add(mname, mom, set())
-    g.add(vname, val, {mname})
-    batches = [tuple(range(b0, min(b0 + batch, n_subjects)))
-               for b0 in range(0, n_subjects, batch)]
-    offa = [r[0] - sides["a"][0][0] for r in sides["a"]]
-    offb = [r[0] - sides["b"][0][0] for r in sides["b"]]
-    red = MaxArgmax()
-    leaves: dict = {}
-    sums: dict = {}
-    row_leaves: dict[int, list] = {i: [] for i in range(len(sides["a"]))}
-    col_leaves: dict[int, list] = {j: [] for j in range(len(sides["b"]))}
-    for i, ar in enumerate(sides["a"]):
-        for j, br in enumerate(sides["b"]):
-            refs = []
-            for q, subs in enumerate(batches):
-                key = (bname, i, j, q)
-                moms = [TaskRef((mname, "a", i, s)) for s in subs] + \
-                    [TaskRef((mname, "b", j, s)) for s in subs]
-                leaves[key] = Task(key, _batch_block_task, read, subs, tuple(ar), tuple(br),
-                                   len(subs), *moms, blas_threads=blas_threads,
-                                   backend=backend)
-                refs.append(TaskRef(key))
-            # batches summed pairwise: at most three blocks of the sum per task in memory
-            root = _tree(sums, sname, (i, j), refs, BlockSum().combine, 2,
-                         final=_reduce_summed,
-                         final_args=(red, TaskRef((vname, "a", i)), TaskRef((vname, "b", j)),
-                                     offa[i], offb[j]))
-            row_leaves[i].append(TaskRef(root))
-            col_leaves[j].append(TaskRef(root))
-    g.add(bname, leaves, {mname})
-    g.add(sname, sums, {bname, vname})
-    rows: dict = {}
-    cols: dict = {}
-    row_roots = [_tree(rows, rname, i, row_leaves[i], red.combine, split_every, pick=_rows)
-                 for i in row_leaves]
-    col_roots = [_tree(cols, cname, j, col_leaves[j], red.combine, split_every, pick=_cols)
-                 for j in col_leaves]
-    g.add(rname, rows, {sname})
-    g.add(cname, cols, {sname})
-    out: dict[str, da.Array] = {}
-    for label, side, roots, src in (("left", "a", row_roots, rname),
-                                    ("right", "b", col_roots, cname)):
-        chunks = [int(e - s) for s, e in sides[side]]
-        fname = f"grp-{label}-final-{tok}"
-        _final_layer(g, fname, roots, red, src)
-        keys = [(fname, k) for k in range(len(roots))]
-        out[f"{label}_sum"] = g.array(f"grp-{label}-sum-{tok}", keys, 0, chunks, np.float32,
-                                      fname)
-        out[f"{label}_arg"] = g.array(f"grp-{label}-arg-{tok}", keys, 1, chunks, np.int64,
-                                      fname)
-        out[f"{label}_valid"] = g.array(f"grp-{label}-valid-{tok}",
-                                        [(vname, side, k) for k in range(len(chunks))], None,
-                                        chunks, bool, vname)
     return out
 
 

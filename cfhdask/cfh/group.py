@@ -15,8 +15,9 @@ store on the same grid.  The store keeps the counterpart with a fingerprint
 of its reference set (subjects and when they were ingested); when the
 reference changes (subjects added to an "all" reference, another filter),
 the counterpart and every map computed with the old one are recomputed, and
-the log says so.  The sum is computed by :func:`cfhdask.cfh.graph.group_sum_graph`
-without ever materialising the left x right matrix.
+the log says so.  The sum is computed by :func:`run_group_sum` (the plan of
+:mod:`cfhdask.cfh.groupsum`, streamed batch by batch) without ever
+materialising the left x right matrix.
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cfhdask.cfh.graph import group_sum_graph
+from cfhdask.cfh.groupsum import GroupPlan
 from cfhdask.cfh.kernels import CONSTANT_RTOL
 from cfhdask.cfh.mirror import counterpart_displacement
+from cfhdask.cfh.reductions import combine_max
+from cfhdask.cluster.waves import MEMORY_FRACTION, cluster_capacity
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import ID_COLUMN, match_subjects
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Reference", "ensure_group_counterpart", "filter_columns", "hemisphere_blocks",
-           "resolve_reference"]
+           "resolve_reference", "run_group_sum"]
 
 OPTION = "--reference-subjects"
 _FILTER = re.compile(r"^\s*([^=!]+?)\s*(==|!=)\s*(.*?)\s*$")
@@ -194,21 +197,165 @@ def hemisphere_blocks(start: int, stop: int, block: int, chunk: int) -> list[tup
             if bounds[k + 1] > bounds[k]]
 
 
-def _compute(store, reference: Reference, cfg, client, show_progress: bool) -> dict:
-    from cfhdask.cfh.compute import progress
+def _strips(plan: GroupPlan, budget: float, t_batch: int, threads: int) -> tuple[list, int]:
+    """Row strips (lists of A blocks) and lanes at once that fit ``budget`` bytes.
 
+    One lane in flight holds the partial sums of its strip (rows x all of B,
+    float32), two batches of series of the strip and of B, and a GEMM output
+    per worker thread.  Strips are as few as fit; lanes as many as fit, and no
+    more than keep every thread busy.
+    """
+    rows = [b - a for a, b in plan.a_ranges]
+    n_b = sum(b - a for a, b in plan.b_ranges)
+    block = max(rows + [b - a for a, b in plan.b_ranges])
+
+    def lane_bytes(n_rows: int) -> int:
+        return 4 * (n_rows * n_b + 2 * (n_rows + n_b) * t_batch + 2 * block * block)
+
+    n_blocks = len(rows)
+    for n_strips in range(1, n_blocks + 1):
+        per = -(-n_blocks // n_strips)
+        strips = [list(range(k, min(k + per, n_blocks))) for k in range(0, n_blocks, per)]
+        need = lane_bytes(max(sum(rows[i] for i in st) for st in strips))
+        if need <= budget or per == 1:
+            break
+    by_memory = max(1, int(budget // need)) if np.isfinite(budget) else len(plan.lanes)
+    tasks_per_batch = len(strips[0]) * len(plan.b_ranges)
+    by_threads = max(1, -(-2 * threads // tasks_per_batch))
+    return strips, max(1, min(len(plan.lanes), by_memory, by_threads))
+
+
+def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int) -> dict:
+    """Every lane of ``plan`` over the A blocks ``strip``, ``n_active`` lanes at a time, each
+    with two batches in flight; then the lanes' sums reduced.  Returns host arrays."""
+    from distributed import as_completed
+
+    lanes = [list(v) for v in plan.lanes]
+    todo = list(range(len(lanes)))[::-1]
+    ends: dict[int, dict] = {}
+    valid: dict[tuple[str, int], dict[int, Any]] = {}
+    open_: dict[int, dict] = {}  # lane -> {"prev": links of the last batch, "flight": [...]}
+    count: dict[tuple[int, int], int] = {}
+    batch_of: dict = {}  # link key -> (lane, batch)
+    ac = as_completed()
+    n_links = len(strip) * len(plan.b_ranges)
+
+    def submit(lane: int) -> None:
+        st = open_[lane]
+        q = lanes[lane].pop(0)
+        tasks = plan.series_tasks(q, strip)
+        links = plan.link_tasks(q, strip, st["prev"])
+        vkeys = [k for k in tasks if k[0].startswith("grp-bvalid-")]
+        futs = client.get({**tasks, **links}, vkeys + list(links), sync=False)
+        for k, f in zip(vkeys, futs[:len(vkeys)], strict=True):
+            valid.setdefault((k[1], k[2]), {})[q] = f
+        st["prev"] = {(k[1], k[2]): f for k, f in zip(links, futs[len(vkeys):], strict=True)}
+        st["flight"].append(q)
+        count[(lane, q)] = 0
+        for f in st["prev"].values():
+            batch_of[f.key] = (lane, q)
+            ac.add(f)
+
+    def start() -> None:
+        while todo and len(open_) < n_active:
+            lane = todo.pop()
+            open_[lane] = {"prev": {}, "flight": []}
+            submit(lane)
+            if lanes[lane]:
+                submit(lane)
+
+    try:
+        start()
+        for fut in ac:
+            if fut.status != "finished":
+                fut.result()  # raises the task's exception here
+            lane, q = batch_of.pop(fut.key)
+            count[(lane, q)] += 1
+            if count[(lane, q)] < n_links:
+                continue
+            st = open_[lane]
+            st["flight"].remove(q)
+            if lanes[lane]:
+                submit(lane)
+            elif not st["flight"]:
+                ends[lane] = st["prev"]
+                del open_[lane]
+                log.info("Group sum: lane %d/%d done (%d batch(es) of up to %d subjects)",
+                         len(ends), len(plan.lanes), len(plan.lanes[lane]), plan.batch)
+                start()
+        ends_ij = {ij: [ends[lane][ij] for lane in sorted(ends)] for ij in ends[0]}
+        refs = {key: [v[q] for q in sorted(v)] for key, v in valid.items()}
+        out = plan.reduce_graph(strip, ends_ij, refs)
+        names = list(out)
+        res = client.compute([out[k] for k in names], sync=True)
+        return dict(zip(names, res, strict=True))
+    except BaseException:
+        client.cancel([f for st in open_.values() for f in st["prev"].values()])
+        raise
+
+
+def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
+                  memory_fraction: float = MEMORY_FRACTION) -> dict[str, np.ndarray]:
+    """Run a :class:`~cfhdask.cfh.groupsum.GroupPlan` on ``client`` in memory-bounded pieces.
+
+    The batches of each lane are submitted one after another, two in flight;
+    as many lanes run at once, and the A side is cut into as few row strips,
+    as ``memory_fraction`` of the workers' memory holds (:func:`_strips`).
+    Memory is therefore flat in the number of subjects.  Neither choice changes
+    the arithmetic: the result equals
+    :func:`~cfhdask.cfh.groupsum.group_sum_graph` of the same plan, bit for
+    bit, on any cluster.
+
+    Parameters
+    ----------
+    plan : GroupPlan
+    client : distributed.Client
+    t_batch : int
+        The longest concatenated time axis of a batch (for the memory bound).
+    memory_fraction : float
+        Share of the workers' memory the sums and series in flight may take.
+
+    Returns
+    -------
+    dict of NumPy arrays
+        As :func:`~cfhdask.cfh.groupsum.group_sum_graph` computes them.
+    """
+    cap = cluster_capacity(client)
+    budget = cap.memory * memory_fraction if cap.memory > 0 else float("inf")
+    strips, n_active = _strips(plan, budget, t_batch, cap.threads)
+    log.info("Group sum: %d batch(es) in %d lane(s), %d at once; %d row strip(s) of the left "
+             "hemisphere", len(plan.batches), len(plan.lanes), n_active, len(strips))
+    parts = []
+    for k, strip in enumerate(strips):
+        parts.append(_run_strip(plan, client, strip, n_active))
+        if len(strips) > 1:
+            log.info("Group sum: row strip %d/%d done", k + 1, len(strips))
+    out = {key: np.concatenate([p[key] for p in parts]) for key in
+           ("left_sum", "left_arg", "left_valid")}
+    m = np.where(np.isnan(parts[0]["right_sum"]), -np.inf, parts[0]["right_sum"])
+    i = parts[0]["right_arg"]
+    for p in parts[1:]:
+        m, i = combine_max(m, i, np.where(np.isnan(p["right_sum"]), -np.inf, p["right_sum"]),
+                           p["right_arg"])
+    out["right_sum"] = np.where(np.isfinite(m), m, np.nan).astype(np.float32)
+    out["right_arg"] = i
+    out["right_valid"] = parts[0]["right_valid"]
+    return out
+
+
+def _compute(store, reference: Reference, cfg, client) -> dict:
     src = reference.source
     n_left, n_lr = src.n_left, src.n_left + src.n_right
     left = hemisphere_blocks(0, n_left, cfg.block, src.voxel_chunk)
     right = hemisphere_blocks(n_left, n_lr, cfg.block, src.voxel_chunk)
     reader = src.series_reader(reference.subjects)
-    graph = group_sum_graph(reader, len(reference.subjects), left, right,
-                            batch=cfg.subject_batch, split_every=cfg.split_every,
-                            backend=cfg.backend, token=(src.url, reference.fingerprint()))
-    names = list(graph)
-    futures = client.compute([graph[k] for k in names])
-    progress(futures, show_progress)
-    res = dict(zip(names, client.gather(futures), strict=True))
+    plan = GroupPlan.make(reader, len(reference.subjects), left, right,
+                          batch=cfg.subject_batch, chain=cfg.subject_chain,
+                          split_every=cfg.split_every, backend=cfg.backend,
+                          token=(src.url, reference.fingerprint()))
+    lengths = [int(src.subject_attrs(s).get("n_volumes") or 0) for s in reference.subjects]
+    t_batch = max(sum(lengths[b[0]:b[-1] + 1]) for b in plan.batches)
+    res = run_group_sum(plan, client, t_batch=t_batch)
     index = np.full(store.n_voxels, -1, dtype=np.int32)
     summed = np.full(store.n_voxels, np.nan, dtype=np.float32)
     la, ra = res["left_arg"], res["right_arg"]
@@ -273,7 +420,7 @@ def ensure_group_counterpart(store, cfg, *, participants=None, client, overwrite
     else:
         log.info("Group counterpart from %d reference subject(s) (%s), batches of %d, "
                  "block %d", n_ref, reference.spec["kind"], cfg.subject_batch, cfg.block)
-        res = _compute(store, reference, cfg, client, show_progress)
+        res = _compute(store, reference, cfg, client)
     disp = counterpart_displacement(store.xyz, np.asarray(res["index"]))
     spec = {**reference.spec, "n_subjects": n_ref, "subjects": reference.subjects}
     attrs = {"fingerprint": fp, "reference": spec,

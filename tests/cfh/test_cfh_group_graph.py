@@ -17,12 +17,14 @@ from cfhref import (
     reference_group,
 )
 
-from cfhdask.cfh.graph import autonomy_graph, group_sum_graph, paired_graph, standardize_graph
+from cfhdask.cfh.graph import autonomy_graph, paired_graph, standardize_graph
+from cfhdask.cfh.groupsum import group_sum_graph
 
 
-def _group(series, nl, nr, a_block, b_block, batch, split_every=None):
+def _group(series, nl, nr, a_block, b_block, batch, split_every=None, chain=None):
     return group_sum_graph(ArrayReader(series), len(series), ranges(0, nl, a_block),
-                           ranges(nl, nl + nr, b_block), batch=batch, split_every=split_every)
+                           ranges(nl, nl + nr, b_block), batch=batch, split_every=split_every,
+                           chain=chain)
 
 
 def _check_group(res, subjects):
@@ -61,8 +63,9 @@ def test_group_counterpart_independent_of_batch_order_and_workers(rng, local_cli
     larg, rarg, s, _, _ = reference_group(subjects)
     srt = np.sort(s, axis=1)
     clear = srt[:, -1] - srt[:, -2] > 1e-5  # no near-tie: the counterpart must be identical
-    for batch in (1, 2, 7):
-        other = dask.compute(_group(series, nl, nr, 9, 12, batch), scheduler="sync")[0]
+    for batch, chain in ((1, 1), (1, 3), (2, 2), (7, 4)):  # tree only, chains, one batch
+        other = dask.compute(_group(series, nl, nr, 9, 12, batch, chain=chain),
+                             scheduler="sync")[0]
         np.testing.assert_array_equal(other["left_arg"][clear], base["left_arg"][clear])
         np.testing.assert_allclose(other["left_sum"], base["left_sum"], atol=2e-5)
     order = [4, 0, 6, 2, 1, 5, 3]
@@ -79,18 +82,24 @@ def test_group_counterpart_independent_of_batch_order_and_workers(rng, local_cli
     _check_group(cluster, subjects)
 
 
-def test_group_graph_is_lazy_and_reads_each_batch_block_in_its_task(rng):
+def test_group_graph_is_lazy_and_reads_each_series_once(rng):
     nl, nr = 20, 20
-    series, subjects = cohort(rng, nl, nr, (20, 30, 25, 22))
+    series, subjects = cohort(rng, nl, nr, (20, 30, 25, 22, 27))
     reader = ArrayReader(series)
     counter = CountingScheduler()
     with dask.config.set(scheduler=counter):
-        out = group_sum_graph(reader, 4, ranges(0, nl, 8), ranges(nl, 2 * nl, 8), batch=2)
+        out = group_sum_graph(reader, 5, ranges(0, nl, 8), ranges(nl, 2 * nl, 8), batch=2,
+                              chain=2)
         assert counter.calls == 0 and reader.reads == 0
     graph = dict(dask.base.collections_to_expr(list(out.values())).__dask_graph__())
-    batches = [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("grp-batch-")]
-    assert len(batches) == 3 * 3 * 2  # (left blocks x right blocks) x batches
+
+    def named(prefix):
+        return [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith(prefix)]
+
+    assert len(named("grp-series-")) == (3 + 3) * 3  # (left + right blocks) x batches
+    assert len(named("grp-link-")) == 3 * 3 * 3  # (left x right blocks) x batches
     res = dask.compute(out, scheduler="sync")[0]
+    assert reader.reads == (3 + 3) * 5  # every block of every subject read once
     _check_group(res, subjects)
 
 
@@ -138,3 +147,32 @@ def test_paired_graph_matches_reference(rng):
             assert np.isnan(res["r"][v])
         else:
             assert res["r"][v] == pytest.approx(np.corrcoef(x[v], x[p])[0, 1], abs=1e-5)
+
+
+@pytest.mark.parametrize("a_block,b_block,chain,fraction", [
+    (8, 10, 2, 1e-12),  # memory for nothing: one block per row strip, one lane at a time
+    (8, 10, 2, 0.5),    # one strip
+    (40, 40, 1, 0.5),   # one block pair: four lanes at once (two per worker thread)
+])
+def test_streamed_group_sum_equals_the_lazy_graph(rng, local_client, a_block, b_block, chain,
+                                                  fraction):
+    from cfhdask.cfh.group import _strips, run_group_sum
+    from cfhdask.cfh.groupsum import GroupPlan
+    from cfhdask.cluster.waves import cluster_capacity
+
+    nl, nr = 33, 27
+    series, subjects = cohort(rng, nl, nr, (30, 44, 27, 38, 35, 29, 50),
+                              constant=[(2, 5)] + [(s, nl + 1) for s in range(7)])
+    plan = GroupPlan.make(ArrayReader(series), len(series), ranges(0, nl, a_block),
+                          ranges(nl, nl + nr, b_block), batch=2, chain=chain, split_every=2)
+    cap = cluster_capacity(local_client)
+    strips, active = _strips(plan, cap.memory * fraction, 94, cap.threads)
+    assert len(strips) == (len(plan.a_ranges) if fraction < 1e-6 else 1)
+    assert active == (min(4, len(plan.lanes)) if a_block > nl else 1)
+    lazy = dask.compute(_group(series, nl, nr, a_block, b_block, 2, split_every=2,
+                               chain=chain), scheduler="sync")[0]
+    streamed = run_group_sum(plan, local_client, t_batch=94, memory_fraction=fraction)
+    assert set(streamed) == set(lazy)
+    for k in lazy:
+        np.testing.assert_array_equal(streamed[k], lazy[k], err_msg=k)
+    _check_group(streamed, subjects)
