@@ -132,6 +132,11 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
+def _key_url(url: str, *parts: str) -> str:
+    """The URL of a key of the store at ``url`` (for messages)."""
+    return "/".join([str(url).rstrip("/"), *parts])
+
+
 def _remove_node(store, path: str) -> None:
     """Delete a Zarr node, its metadata first: readers stop seeing it before a chunk goes."""
     if not path.strip("/"):
@@ -280,7 +285,7 @@ class CohortStore:
         if missing:
             raise CfhdaskInputError(
                 f"store {url}: root attributes {', '.join(missing)} missing from "
-                f"{_join(str(url), META)}: a store still being created, or whose creation was "
+                f"{_key_url(url, META)}: a store still being created, or whose creation was "
                 "interrupted")
         self.grid_shape: tuple[int, int, int] = tuple(int(s) for s in attrs["grid_shape"])
         self.affine: np.ndarray = np.asarray(attrs["affine"], dtype=np.float64)
@@ -424,7 +429,7 @@ class CohortStore:
         if version is None:
             raise CfhdaskInputError(f"store {url}: not a cfhdask cohort store, or one still "
                                     "being created (no cfhdask_store_version attribute in "
-                                    f"{_join(str(url), META)})")
+                                    f"{_key_url(url, META)})")
         if version not in READ_VERSIONS:
             raise StoreVersionError(
                 f"store {url}: layout version {version!r} (written by cfhdask "
@@ -437,7 +442,7 @@ class CohortStore:
                 f"{STORE_VERSION} in place (its per-subject CFH maps become cfh_subject; "
                 "nothing is recomputed)")
         if SUBJECTS not in root:
-            raise CfhdaskInputError(f"store {url}: {_join(str(url), SUBJECTS, META)} is missing "
+            raise CfhdaskInputError(f"store {url}: {_key_url(url, SUBJECTS, META)} is missing "
                                     "(the group of the subjects): not a complete cohort store")
         if version != STORE_VERSION:
             log.info("store %s: layout version %s, read-only (its per-subject CFH is read as "
