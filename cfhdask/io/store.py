@@ -50,6 +50,7 @@ arrays in place and computes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import json
@@ -151,6 +152,14 @@ def _children(store, path: str) -> list[str]:
         return [k async for k in store.list_dir(path)]
 
     return _zarr_sync(names())
+
+
+@contextlib.contextmanager
+def _quiet_listing():
+    """Zarr warns about folders without metadata (nodes being written): expected here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".* not recognized as a component")
+        yield
 
 
 def _unpublished_array(store, path: str, shape, chunks, dtype, dims, fill=None) -> zarr.Array:
@@ -551,8 +560,7 @@ class CohortStore:
     def _all_subject_groups(self) -> dict[str, zarr.Group]:
         if SUBJECTS not in self._root:
             return {}
-        with warnings.catch_warnings():  # subjects being written have no metadata yet
-            warnings.filterwarnings("ignore", message=".* not recognized as a component")
+        with _quiet_listing():
             return dict(self._root[SUBJECTS].groups())
 
     def _unpublished_subjects(self) -> list[str]:
@@ -997,8 +1005,9 @@ class CohortStore:
         metric whose completion flag is not set (maps being written, or left
         by an interrupted run): a reader never sees a half-written subject.
         """
-        tree = xr.open_datatree(self.url, engine="zarr", consolidated=False, zarr_format=3,
-                                storage_options=self.storage_options or None)
+        with _quiet_listing():
+            tree = xr.open_datatree(self.url, engine="zarr", consolidated=False,
+                                    zarr_format=3, storage_options=self.storage_options or None)
         if SUBJECTS not in tree.children:
             return tree
         groups = self._all_subject_groups()
