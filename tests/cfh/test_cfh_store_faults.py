@@ -5,7 +5,6 @@ finished subject, bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from cfhstore import bold, make_store
-from faulthelpers import attached_cluster, wait_until
+from faulthelpers import attached_cluster, immutable, wait_until
 
 from cfhdask.cfh.compute import compute_cfh
 from cfhdask.errors import CfhdaskInputError
@@ -38,21 +37,10 @@ def _one_line(proc) -> str:
     return lines[0]
 
 
-@contextlib.contextmanager
-def _immutable(path):
-    """``path`` and everything below it unwritable, even by root (chattr +i)."""
-    if subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True).returncode:
-        pytest.skip("chattr +i is not available here")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
-
-
 @pytest.mark.parametrize("command", ["cfh", "vmhc", "autonomy"])
 def test_unwritable_store_is_one_line_before_compute(tmp_path, rng, command):
     st = make_store(tmp_path / "c.zarr", rng)
-    with _immutable(st.url):
+    with immutable(st.url):
         line = _one_line(_cli(command, st.url, "--n-workers", "1", tmp_path=tmp_path))
         assert f"store {st.url}: cannot be written" in line, line
         assert "Embedded LocalCluster" not in line
@@ -62,7 +50,7 @@ def test_unwritable_store_is_one_line_before_compute(tmp_path, rng, command):
 
 def test_unwritable_store_api_error_names_the_store(tmp_path, rng):
     st = make_store(tmp_path / "c.zarr", rng)
-    with _immutable(st.url), pytest.raises(CfhdaskInputError,
+    with immutable(st.url), pytest.raises(CfhdaskInputError,
                                            match=r"^store .*c\.zarr: cannot be written"):
         compute_cfh(st.url, counterpart="subject", show_progress=False)
 
