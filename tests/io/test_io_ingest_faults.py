@@ -68,7 +68,7 @@ def _n_complete(url: str) -> int:
     """Complete subjects in a store being written (0 while it is being created)."""
     try:
         return len(CohortStore.open(url).subjects())
-    except (CfhdaskInputError, KeyError):  # root attributes not all written yet
+    except CfhdaskInputError:  # being created: a one-line error, never a KeyError
         return 0
 
 
