@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from cfhstore import bold, make_store
+from cfhstore import make_store
 from faulthelpers import attached_cluster, immutable, wait_until
 
 from cfhdask.cfh.compute import compute_cfh
@@ -63,18 +63,13 @@ def test_store_without_subjects_group_is_one_line(tmp_path, rng):
 
 
 # ----------------------------------------------------------------------------- kill -9
-GRID = (13, 6, 4)  # 144 voxels a hemisphere: about a second of blocks per subject
-AFFINE = np.array([[-2.0, 0, 0, 12], [0, 2, 0, -4], [0, 0, 2, -2], [0, 0, 0, 1]])
 N_SUBJECTS = 12
 METRIC = "cfh_subject"
 
 
 def _cohort(path: Path, rng) -> CohortStore:
-    st = CohortStore.create(str(path), grid_shape=GRID, affine=AFFINE,
-                            mask=np.ones(GRID, bool), mask_info={"source": "test"},
-                            voxel_chunk=40)
-    for i in range(N_SUBJECTS):
-        st.write_subject(f"sub-{i + 1:02d}", bold(rng, st.n_voxels, 120), {"tr": 2.0})
+    st = make_store(path, rng, lengths=(200,) * N_SUBJECTS, constant=((),) * N_SUBJECTS)
+    assert st.voxel_chunk < st.n_voxels  # several chunks an array
     return st
 
 
