@@ -68,6 +68,20 @@ class LogEvent(logging.Handler):
         self._logger.setLevel(self._old_level)
 
 
+@contextlib.contextmanager
+def immutable(path) -> Iterator[None]:
+    """``path`` and everything below it unwritable, even by root (chattr +i); the test is
+    skipped where chattr +i is not available."""
+    import pytest
+
+    if subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -67,12 +67,15 @@ def run_map(args: argparse.Namespace, compute: Callable, kwargs: dict,
     ``describe(ds)`` returns the command's own summary lines.
     """
     from cfhdask.cluster import dask_client
+    from cfhdask.io.store import open_store
 
     t0 = time.perf_counter()
     kwargs = dict(kwargs, subjects=args.subjects, export=args.export,
                   overwrite=args.overwrite, show_progress=not args.no_progress,
                   storage_options=parse_storage_options(args.storage_options))
     ckw = cluster_kwargs(args)
+    # a missing, incomplete or unwritable store stops here, before any cluster starts
+    open_store(args.store, mode="r+", storage_options=kwargs["storage_options"])
     if set(ckw) - {"scheduler", "scheduler_file"}:  # more than where the scheduler is
         with dask_client(**ckw) as client:
             ds = compute(args.store, client=client, **kwargs)

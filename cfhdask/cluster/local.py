@@ -63,7 +63,12 @@ def start_local_cluster(
     dashboard_address: str | None = "default",
     config: ClusterSettings | None = None,
 ) -> LocalCluster:
-    """Start an embedded LocalCluster on localhost, sized to the machine."""
+    """Start an embedded LocalCluster on localhost, sized to the machine.
+
+    Its worker processes ignore SIGINT (:mod:`cfhdask.cluster.nosigint`): a
+    Ctrl-C in the terminal interrupts the client only, which cancels its work
+    and closes the cluster.
+    """
     cl = config or settings().cluster
     n_workers, threads, blas = local_layout(n_workers, threads_per_worker, cl)
     if processes is None:
@@ -71,6 +76,9 @@ def start_local_cluster(
     if dashboard_address == "default":
         dashboard_address = cl.dashboard_address
     env = blas_env(blas)
+    # worker processes ignore the terminal's Ctrl-C: the client handles it and closes them
+    preload = [*dask.config.get("distributed.worker.preload", []),
+               *(["cfhdask.cluster.nosigint"] if processes else [])]
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
         cluster = LocalCluster(
             n_workers=n_workers,
@@ -80,6 +88,7 @@ def start_local_cluster(
             dashboard_address=dashboard_address,
             memory_limit=cl.memory_limit,
             silence_logs=logging.WARNING,
+            preload=preload,
         )
     log.info(
         "Embedded LocalCluster: %d workers x %d threads, BLAS threads %d; dashboard %s",

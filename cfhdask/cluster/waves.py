@@ -19,7 +19,6 @@ rerun by Dask elsewhere (its inputs are in the store, never scattered).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,35 +124,18 @@ def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
         Name of the units in log messages.
 
     On any exception (``KeyboardInterrupt`` included) the units in flight are
-    cancelled and the exception re-raised.
+    cancelled and the exception re-raised (the loop is
+    :func:`cfhdask.inflight.run_in_flight`).
     """
-    from distributed import as_completed
+    from cfhdask.inflight import run_in_flight
 
-    todo = deque(units)
-    running: dict[Any, Any] = {}
-    queue = as_completed()
-    said: int | None = None
+    said: list[int] = []
 
-    def refill() -> None:
-        nonlocal said
-        limit = in_flight_limit(cluster_capacity(client), unit_bytes)
-        if limit != said:
-            log.info("%s: up to %d in flight (%d left to submit)", what, limit, len(todo))
-            said = limit
-        while todo and len(running) < limit:
-            unit = todo.popleft()
-            fut = submit(unit)
-            running[fut] = unit
-            queue.add(fut)
+    def limit() -> int:
+        bound = in_flight_limit(cluster_capacity(client), unit_bytes)
+        if not said or said[-1] != bound:
+            log.info("%s: up to %d in flight (%d in all)", what, bound, len(units))
+            said.append(bound)
+        return bound
 
-    try:
-        refill()
-        for fut in queue:
-            unit = running.pop(fut)
-            finished(unit, fut)
-            fut.release()
-            refill()
-    except BaseException:
-        if running:
-            client.cancel(list(running))
-        raise
+    run_in_flight(client, units, submit, finished, limit)

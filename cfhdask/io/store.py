@@ -18,11 +18,29 @@ Layout (version 2; see the README, section *The cohort store*)::
         ai                                              autonomy index
 
 Voxels are ordered left hemisphere, right hemisphere, midline (C order inside
-each block), so each hemisphere is a contiguous slice.  Subject groups become
-visible to readers only once their completion flag has been written; a failed
-write removes the group.  Each metric's arrays become visible once its flag
-is set.  Arrays are written chunk-aligned (one Dask block per Zarr chunk) so
-parallel writers never share a chunk.
+each block), so each hemisphere is a contiguous slice.  Arrays are written
+chunk-aligned (one Dask block per Zarr chunk) so parallel writers never share
+a chunk.
+
+Nothing half-written is readable, by cfhdask or by any Zarr reader
+(``xr.open_datatree(STORE, engine="zarr")`` included).  A Zarr v3 node exists
+for readers once its ``zarr.json`` exists, so every node's metadata document
+is written **last** (one atomic object write, local or object store):
+
+* an array's chunks are written first (by the workers, in parallel), its
+  ``zarr.json`` once they all are: an array is seen complete or not at all;
+* a new subject's group document, holding its attributes and
+  ``ingest_complete``, is written after its ``bold`` array: the subject
+  appears complete, in one write;
+* a metric's arrays appear one after the other, each complete, and its
+  ``<metric>_complete`` flag after them (:meth:`CohortStore.datatree` shows a
+  metric only with its flag);
+* a node is removed metadata first, then its chunks.
+
+A write interrupted at any point (kill -9 of a worker or of the client) leaves
+at most chunks without metadata, which no reader lists; the next writer
+(:meth:`CohortStore.cleanup_incomplete`, or a rewrite of that node) removes
+them.  Finished subjects and maps are never touched.
 
 Version-1 stores (before the group counterpart) open read-only: their
 per-subject CFH is read as ``cfh_subject``.  Writing to one needs
@@ -32,10 +50,13 @@ arrays in place and computes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import json
 import logging
+import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -45,14 +66,22 @@ import numpy as np
 import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.storage import LocalStore, MemoryStore, StorePath
 
 from cfhdask._version import __version__
-from cfhdask.errors import CfhdaskInputError, StoreVersionError
+from cfhdask.errors import CfhdaskError, CfhdaskInputError, StoreVersionError
 from cfhdask.grid import voxel_table
 from cfhdask.io.arrays import store_array
 from cfhdask.io.atomic import to_jsonable
-from cfhdask.io.urls import url_to_fs
+from cfhdask.io.urls import check_writable
 from cfhdask.settings import settings
+
+try:  # zarr's stores are asynchronous: zarr's own bridge to call them from here
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync as _zarr_sync
+except ImportError as exc:  # pragma: no cover - only with an untested zarr
+    raise CfhdaskError(f"cfhdask needs zarr.core.sync and zarr.core.buffer (zarr 3), missing "
+                       f"in zarr {zarr.__version__}") from exc
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +123,87 @@ _V1_FLAGS = {"cfh_subject": "cfh_complete"}
 _V1_PARAMS = {"cfh_subject": "cfh_params"}
 #: What :meth:`CohortStore.subjects` accepts: "ingested" or a metric.
 Stage = str
+#: The metadata document of a Zarr v3 node: written last, removed first.
+META = "zarr.json"
+#: Root attributes every cohort store has (written last when a store is created).
+ROOT_ATTRS = ("grid_shape", "affine", "n_left", "n_right", "n_midline")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def _key_url(url: str, *parts: str) -> str:
+    """The URL of a key of the store at ``url`` (for messages)."""
+    return "/".join([str(url).rstrip("/"), *parts])
+
+
+def _remove_node(store, path: str) -> None:
+    """Delete a Zarr node, its metadata first: readers stop seeing it before a chunk goes."""
+    if not path.strip("/"):
+        raise ValueError("refusing to remove the root of a store")
+    _zarr_sync(store.delete(_join(path, META)))
+    _zarr_sync(store.delete_dir(path))
+
+
+def _children(store, path: str) -> list[str]:
+    """Names directly under ``path`` in a Zarr store (nodes, and folders without metadata)."""
+    async def names() -> list[str]:
+        return [k async for k in store.list_dir(path)]
+
+    return _zarr_sync(names())
+
+
+@contextlib.contextmanager
+def _quiet_listing():
+    """Zarr warns about folders without metadata (nodes being written): expected here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".* not recognized as a component")
+        yield
+
+
+def _unpublished_array(store, path: str, shape, chunks, dtype, dims, fill=None) -> zarr.Array:
+    """An array whose chunks can be written (and pickled to workers) while its metadata
+    is not: no reader sees it until :func:`_publish`."""
+    meta = zarr.create_array(MemoryStore(), shape=tuple(shape), chunks=tuple(chunks),
+                             dtype=dtype, dimension_names=list(dims), fill_value=fill,
+                             compressors=_compressors(dtype)).metadata
+    return zarr.Array(zarr.AsyncArray(meta, StorePath(store, path)))
+
+
+def _publish(arr: zarr.Array) -> None:
+    """Write an array's ``zarr.json`` (after its chunks): readers see it from now on."""
+    arr.update_attributes({})
+
+
+def _write_array(group: zarr.Group, name: str, values, *, chunks=None,
+                 dims: Sequence[str] = ("voxel",), fill=None) -> None:
+    """Replace ``group[name]`` by ``values``, whole: the old node goes metadata first, the
+    new one's metadata is written after its chunks."""
+    values = np.asarray(values)
+    path = _join(group.path, name)
+    _remove_node(group.store, path)
+    arr = _unpublished_array(group.store, path, values.shape, chunks or values.shape,
+                             values.dtype, dims, fill)
+    arr[...] = values
+    _publish(arr)
+
+
+def _move_node(store, src: str, dst: str) -> None:
+    """Move a node to a free ``dst``: one rename on a local store; elsewhere its chunks are
+    copied first and its metadata documents last (arrays before their group)."""
+    if isinstance(store, LocalStore):
+        os.rename(store.root / src, store.root / dst)
+        return
+
+    async def keys() -> list[str]:
+        return [k async for k in store.list_prefix(src + "/")]
+
+    order = sorted(_zarr_sync(keys()), key=lambda k: (k.endswith(META), -k.count("/")))
+    for key in order:
+        buf = _zarr_sync(store.get(key, prototype=default_buffer_prototype()))
+        _zarr_sync(store.set(dst + key[len(src):], buf))
+    _remove_node(store, src)
 
 
 def metric_of(var: str) -> str:
@@ -180,6 +290,12 @@ class CohortStore:
         self.storage_options = dict(storage_options or {})
         self._root = group
         attrs = dict(group.attrs)
+        missing = [k for k in ROOT_ATTRS if k not in attrs]
+        if missing:
+            raise CfhdaskInputError(
+                f"store {url}: root attributes {', '.join(missing)} missing from "
+                f"{_key_url(url, META)}: a store still being created, or whose creation was "
+                "interrupted")
         self.grid_shape: tuple[int, int, int] = tuple(int(s) for s in attrs["grid_shape"])
         self.affine: np.ndarray = np.asarray(attrs["affine"], dtype=np.float64)
         self.n_left = int(attrs["n_left"])
@@ -192,10 +308,13 @@ class CohortStore:
         self._ijk: np.ndarray | None = None
         self._xyz: np.ndarray | None = None
         self._hemisphere: np.ndarray | None = None
+        #: Subjects begun here, not yet published: group name -> (attributes, bold array).
+        self._pending: dict[str, tuple[dict, zarr.Array]] = {}
 
     def __reduce__(self):
-        """Pickled as its URL, mode and options: a worker reopens the store itself."""
-        return (open_store, (self.url, "r+" if self.writable else "r", self.storage_options))
+        """Pickled as its URL, mode and options: a worker reopens the store itself
+        (without writing a probe: the client checked that the store can be written)."""
+        return (_reopen, (self.url, "r+" if self.writable else "r", self.storage_options))
 
     # ------------------------------------------------------------------ open/create
     @classmethod
@@ -257,11 +376,8 @@ class CohortStore:
             ("xyz", table.xyz.astype(np.float32), ["voxel", "axis"]),
             ("hemisphere", table.hemisphere.astype(np.int8), ["voxel"]),
         ):
-            arr = root.create_array(name, shape=values.shape, dtype=values.dtype,
-                                    chunks=values.shape, dimension_names=dims,
-                                    compressors=_compressors(values.dtype))
-            arr[...] = values
-        root.require_group(SUBJECTS)
+            _write_array(root, name, values, dims=dims)
+        root.require_group(SUBJECTS)  # the root attributes, last, make it a cohort store
         info = dict(mask_info)
         info["n_voxels"] = int(table.n_voxels)
         root.attrs.update(to_jsonable({
@@ -283,7 +399,7 @@ class CohortStore:
 
     @classmethod
     def open(cls, url: str, mode: Literal["r", "r+"] = "r",
-             storage_options: dict | None = None) -> CohortStore:
+             storage_options: dict | None = None, *, probe: bool = True) -> CohortStore:
         """Open an existing cohort store.
 
         Parameters
@@ -294,11 +410,16 @@ class CohortStore:
             Read only, or read and write.
         storage_options : dict, optional
             fsspec options for remote URLs.
+        probe : bool
+            In ``"r+"`` mode, write and remove a probe file first, so that a
+            store that cannot be written is an error before any compute.
 
         Raises
         ------
         CfhdaskInputError
-            No cohort store at ``url``.
+            No (complete) cohort store at ``url``, or, in ``"r+"`` mode, one
+            that cannot be written (permissions, read-only or full file
+            system, denied bucket access).
         StoreVersionError
             The store was written by an incompatible cfhdask version.
         """
@@ -315,8 +436,9 @@ class CohortStore:
         attrs = dict(root.attrs)
         version = attrs.get("cfhdask_store_version")
         if version is None:
-            raise CfhdaskInputError(f"store {url}: not a cfhdask cohort store "
-                                    "(no cfhdask_store_version attribute)")
+            raise CfhdaskInputError(f"store {url}: not a cfhdask cohort store, or one still "
+                                    "being created (no cfhdask_store_version attribute in "
+                                    f"{_key_url(url, META)})")
         if version not in READ_VERSIONS:
             raise StoreVersionError(
                 f"store {url}: layout version {version!r} (written by cfhdask "
@@ -328,10 +450,16 @@ class CohortStore:
                 f"{__version__}; run `cfhdask migrate {url}` to upgrade it to version "
                 f"{STORE_VERSION} in place (its per-subject CFH maps become cfh_subject; "
                 "nothing is recomputed)")
+        if SUBJECTS not in root:
+            raise CfhdaskInputError(f"store {url}: {_key_url(url, SUBJECTS, META)} is missing "
+                                    "(the group of the subjects): not a complete cohort store")
         if version != STORE_VERSION:
             log.info("store %s: layout version %s, read-only (its per-subject CFH is read as "
                      "cfh_subject)", url, version)
-        return cls(url, root, storage_options)
+        store = cls(url, root, storage_options)
+        if mode == "r+" and probe:
+            check_writable(str(url), storage_options, what="store")
+        return store
 
     # ------------------------------------------------------------------ voxel table
     @property
@@ -432,7 +560,20 @@ class CohortStore:
     def _all_subject_groups(self) -> dict[str, zarr.Group]:
         if SUBJECTS not in self._root:
             return {}
-        return dict(self._root[SUBJECTS].groups())
+        with _quiet_listing():
+            return dict(self._root[SUBJECTS].groups())
+
+    def _unpublished_subjects(self) -> list[str]:
+        """Subject folders without group metadata: writes not finished (invisible)."""
+        if SUBJECTS not in self._root:
+            return []
+        grp = self._root[SUBJECTS]
+        names = {n for n in _children(grp.store, grp.path)
+                 if n != META and not n.endswith(".partial")}
+        return sorted(names - set(self._all_subject_groups()))
+
+    def _subject_path(self, name: str) -> str:
+        return _join(self._subjects_group().path, name)
 
     def _flag(self, metric: str) -> str:
         if self.layout_version == 1:
@@ -485,9 +626,12 @@ class CohortStore:
         return msg + f" (run `{METRIC_COMMANDS.get(metric, 'cfhdask cfh STORE').replace('STORE', self.url)}`)"
 
     def incomplete_subjects(self) -> list[str]:
-        """Subject groups whose ingest never finished (invisible to readers)."""
-        return sorted(name for name, grp in self._all_subject_groups().items()
-                      if grp.attrs.get(INGEST_FLAG) is not True)
+        """Subjects whose ingest never finished (invisible to readers): folders of
+        chunks without group metadata, and groups without ``ingest_complete``
+        (as earlier cfhdask versions left an interrupted ingest)."""
+        unflagged = [name for name, grp in self._all_subject_groups().items()
+                     if grp.attrs.get(INGEST_FLAG) is not True]
+        return sorted({*unflagged, *self._unpublished_subjects()})
 
     def _group(self, subject: str, stage: Stage = "ingested") -> zarr.Group:
         self._check_stage(stage)
@@ -520,40 +664,43 @@ class CohortStore:
         return STAGED_PREFIX + subject
 
     def begin_subject(self, subject: str, n_time: int, attrs: dict) -> zarr.Array:
-        """Create an (incomplete) subject group and its empty ``bold`` array.
+        """Start writing a subject: its ``bold`` array, unpublished (no reader sees it).
 
-        A complete subject of that name is kept: the replacement is written to
-        a staged group and swapped in by :meth:`finish_subject` only once it is
-        complete, so readers see the old subject until then (and keep it if
-        the replacement fails, :meth:`abort_subject`).  An incomplete group of
-        that name is removed first.  The group stays invisible until
-        :meth:`finish_subject`.  Use :meth:`write_subject` unless you schedule
-        the writes yourself (as ingest does).
+        Nothing of the subject is visible until :meth:`finish_subject`, called
+        on this same object, writes the ``bold`` array's metadata and then the
+        subject's group document (its attributes and ``ingest_complete``, in
+        one write).  A complete subject of that name is kept: the replacement
+        is written to a staged group and swapped in by :meth:`finish_subject`
+        only once it is complete, so readers see the old subject until then
+        (and keep it if the replacement fails, :meth:`abort_subject`).  What an
+        interrupted write of that name left is removed first.  Use
+        :meth:`write_subject` unless you schedule the writes yourself (as
+        ingest does).
 
         Returns
         -------
         zarr.Array
-            The ``bold`` array (n_voxels, n_time), chunks (voxel_chunk, n_time).
+            The ``bold`` array (n_voxels, n_time), chunks (voxel_chunk, n_time),
+            picklable: workers write its chunks.
         """
         self._require_writable()
         subjects = self._subjects_group()
         name = subject
         if subject in subjects and subjects[subject].attrs.get(INGEST_FLAG) is True:
             name = self._staged(subject)
-        if name in subjects:
-            del subjects[name]
-        grp = subjects.create_group(name)
+        _remove_node(subjects.store, self._subject_path(name))
         attrs = dict(attrs)
         attrs.pop(INGEST_FLAG, None)
         for metric in METRICS:
             attrs.pop(f"{metric}_complete", None)
         attrs.setdefault("subject", subject)
         attrs.setdefault("ingested", now_iso())
-        grp.attrs.update(to_jsonable(attrs))
-        return grp.create_array(
-            "bold", shape=(self.n_voxels, int(n_time)), dtype=np.float32,
-            chunks=(self.voxel_chunk, int(n_time)), dimension_names=["voxel", "time"],
-            compressors=_compressors(np.float32), fill_value=np.float32("nan"))
+        bold = _unpublished_array(
+            subjects.store, _join(self._subject_path(name), "bold"),
+            (self.n_voxels, int(n_time)), (self.voxel_chunk, int(n_time)), np.float32,
+            ("voxel", "time"), np.float32("nan"))
+        self._pending[name] = (attrs, bold)
+        return bold
 
     def bold_store_graph(self, bold, target: zarr.Array):
         """A lazy write of ``bold`` into ``target``, chunk-aligned.
@@ -572,35 +719,33 @@ class CohortStore:
         return da.store(arr, target, lock=False, compute=False)
 
     def finish_subject(self, subject: str, extra_attrs: dict | None = None) -> None:
-        """Mark a subject written by :meth:`begin_subject` as complete.
+        """Publish a subject whose chunks were written after :meth:`begin_subject`.
 
-        A staged replacement is flagged complete, then swapped for the old
-        subject (old group deleted, staged group renamed, completion flag set).
+        The ``bold`` metadata is written, then the group document with the
+        attributes and ``ingest_complete`` (one write: the subject appears
+        complete).  A staged replacement is published under its staged name
+        (flagged ``staged_complete``), then swapped for the old subject.
         """
         subjects = self._subjects_group()
         staged = self._staged(subject)
-        if staged in subjects:
-            grp = subjects[staged]
-            if extra_attrs:
-                grp.attrs.update(to_jsonable(extra_attrs))
-            grp.attrs.update({STAGED_FLAG: True})
+        name = staged if staged in self._pending else subject
+        if name not in self._pending:
+            raise ValueError(f"store {self.url}: subject {subject!r} was not begun by "
+                             "begin_subject on this store object")
+        attrs, bold = self._pending.pop(name)
+        _publish(bold)
+        flag = STAGED_FLAG if name == staged else INGEST_FLAG
+        subjects.create_group(name, attributes=to_jsonable(
+            {**attrs, **dict(extra_attrs or {}), flag: True}))
+        if name == staged:
             self._swap_in(subject)
-            return
-        grp = subjects[subject]
-        if extra_attrs:
-            grp.attrs.update(to_jsonable(extra_attrs))
-        grp.attrs.update({INGEST_FLAG: True})
 
     def _swap_in(self, subject: str) -> None:
         """Replace ``subject`` by its complete staged group (also after an interruption)."""
-        fs, root = url_to_fs(self.url, self.storage_options, what="store")
-        base = f"{root.rstrip('/')}/{SUBJECTS}"
         subjects = self._subjects_group()
-        if subject in subjects:
-            del subjects[subject]
-        fs.mv(f"{base}/{self._staged(subject)}", f"{base}/{subject}", recursive=True)
-        if hasattr(fs, "invalidate_cache"):
-            fs.invalidate_cache()
+        _remove_node(subjects.store, self._subject_path(subject))
+        _move_node(subjects.store, self._subject_path(self._staged(subject)),
+                   self._subject_path(subject))
         grp = self._subjects_group()[subject]
         grp.attrs.update({INGEST_FLAG: True})
         log.info("Replaced subject %s in %s", subject, self.url)
@@ -612,10 +757,12 @@ class CohortStore:
             return
         subjects = self._root[SUBJECTS]
         staged = self._staged(subject)
-        if staged in subjects:
-            del subjects[staged]
-        elif subject in subjects and subjects[subject].attrs.get(INGEST_FLAG) is not True:
-            del subjects[subject]
+        self._pending.pop(staged, None)
+        self._pending.pop(subject, None)
+        if not (staged in subjects and subjects[staged].attrs.get(STAGED_FLAG) is True):
+            _remove_node(subjects.store, self._subject_path(staged))
+        if not (subject in subjects and subjects[subject].attrs.get(INGEST_FLAG) is True):
+            _remove_node(subjects.store, self._subject_path(subject))
 
     def write_subject(self, subject: str, bold, attrs: dict) -> None:
         """Write one subject's time series, then mark it complete.
@@ -644,8 +791,8 @@ class CohortStore:
     def remove_subject(self, subject: str) -> None:
         """Delete a subject group (complete or not); no error if absent."""
         self._require_writable()
-        if SUBJECTS in self._root and subject in self._root[SUBJECTS]:
-            del self._root[SUBJECTS][subject]
+        if SUBJECTS in self._root:
+            _remove_node(self._root.store, self._subject_path(subject))
 
     def cleanup_incomplete(self) -> list[str]:
         """Remove interrupted subjects and interrupted CFH results.
@@ -657,19 +804,21 @@ class CohortStore:
         """
         self._require_writable()
         removed = []
+        for name in self._unpublished_subjects():
+            _remove_node(self._root.store, self._subject_path(name))
+            removed.append(name)
         for name, grp in self._all_subject_groups().items():
             if name.startswith(STAGED_PREFIX) and grp.attrs.get(STAGED_FLAG) is True:
                 self._swap_in(name.removeprefix(STAGED_PREFIX))  # interrupted swap
                 continue
             if grp.attrs.get(INGEST_FLAG) is not True:
-                del self._root[SUBJECTS][name]
+                _remove_node(grp.store, grp.path)
                 removed.append(name)
             else:
                 for metric, names in METRICS.items():
                     if grp.attrs.get(self._flag(metric)) is not True:
-                        for var in names:
-                            if var in grp:
-                                del grp[var]
+                        for var in names:  # published, or chunks without metadata
+                            _remove_node(grp.store, _join(grp.path, self._array_name(var)))
         if removed:
             log.warning("Removed %d interrupted subject(s) from %s: %s",
                         len(removed), self.url, ", ".join(sorted(removed)))
@@ -731,16 +880,15 @@ class CohortStore:
         try:
             if flag in grp.attrs:
                 grp.attrs.update({flag: False})
-            graphs = []
+            graphs, targets = [], []
             for name in names:
                 v = values[name]
-                if name in grp:
-                    del grp[name]
                 dtype = _dtype(name)
-                target = grp.create_array(
-                    name, shape=(self.n_voxels,), dtype=dtype, chunks=(self.voxel_chunk,),
-                    dimension_names=["voxel"], compressors=_compressors(dtype),
-                    fill_value=_fill(name))
+                path = _join(grp.path, name)
+                _remove_node(grp.store, path)
+                target = _unpublished_array(grp.store, path, (self.n_voxels,),
+                                            (self.voxel_chunk,), dtype, ("voxel",), _fill(name))
+                targets.append(target)
                 if isinstance(v, da.Array):
                     graphs.append(da.store(v.astype(dtype).rechunk(target.chunks), target,
                                            lock=False, compute=False))
@@ -748,12 +896,12 @@ class CohortStore:
                     target[...] = np.asarray(v, dtype=dtype)
             if graphs:
                 dask.compute(*graphs)
-            grp.attrs.update(to_jsonable(dict(attrs)))
-            grp.attrs.update({flag: True})
+            for target in targets:  # every chunk is written: the arrays appear, whole
+                _publish(target)
+            grp.attrs.update(to_jsonable({**dict(attrs), flag: True}))
         except BaseException:
             for name in names:
-                if name in grp:
-                    del grp[name]
+                _remove_node(grp.store, _join(grp.path, name))
             if flag in grp.attrs:
                 grp.attrs.update({flag: False})
             raise
@@ -767,8 +915,7 @@ class CohortStore:
             if flag in grp.attrs:
                 grp.attrs.update({flag: False})
             for name in METRICS[metric]:
-                if name in grp:
-                    del grp[name]
+                _remove_node(grp.store, _join(grp.path, name))
 
     def cfh_maps(self, subjects: Sequence[str] | None = None, var: str = "cfh") -> xr.DataArray:
         """Per-subject maps of any metric, stacked lazily.
@@ -841,12 +988,7 @@ class CohortStore:
             v = np.asarray(v, dtype=dtype)
             if v.shape != (self.n_voxels,):
                 raise ValueError(f"{name} has shape {v.shape}, expected ({self.n_voxels},)")
-            if name in grp:
-                del grp[name]
-            arr = grp.create_array(name, shape=v.shape, dtype=dtype, chunks=v.shape,
-                                   dimension_names=["voxel"], compressors=_compressors(dtype),
-                                   fill_value=_fill("counterpart" if dtype == np.int32 else ""))
-            arr[...] = v
+            _write_array(grp, name, v, fill=_fill("counterpart" if dtype == np.int32 else ""))
         grp.attrs.update(to_jsonable({**dict(attrs), "written": now_iso()}))
         grp.attrs.update({"complete": True})
 
@@ -863,8 +1005,9 @@ class CohortStore:
         metric whose completion flag is not set (maps being written, or left
         by an interrupted run): a reader never sees a half-written subject.
         """
-        tree = xr.open_datatree(self.url, engine="zarr", consolidated=False, zarr_format=3,
-                                storage_options=self.storage_options or None)
+        with _quiet_listing():
+            tree = xr.open_datatree(self.url, engine="zarr", consolidated=False,
+                                    zarr_format=3, storage_options=self.storage_options or None)
         if SUBJECTS not in tree.children:
             return tree
         groups = self._all_subject_groups()
@@ -949,6 +1092,11 @@ def open_store(url: str, mode: Literal["r", "r+"] = "r",
     return CohortStore.open(url, mode=mode, storage_options=storage_options)
 
 
+def _reopen(url: str, mode: Literal["r", "r+"], storage_options: dict) -> CohortStore:
+    """A pickled store, reopened on a worker (no write probe)."""
+    return CohortStore.open(url, mode=mode, storage_options=storage_options, probe=False)
+
+
 @functools.lru_cache(maxsize=1024)
 def _bold_array(url: str, options: str, subject: str) -> zarr.Array:
     root = zarr.open_group(store=url, mode="r", zarr_format=3,
@@ -981,12 +1129,7 @@ class SeriesReader:
 
 def _copy_array(grp: zarr.Group, src: str, dst: str) -> None:
     old = grp[src]
-    if dst in grp:
-        del grp[dst]
-    new = grp.create_array(dst, shape=old.shape, dtype=old.dtype, chunks=old.chunks,
-                           dimension_names=["voxel"], compressors=_compressors(old.dtype),
-                           fill_value=old.fill_value)
-    new[...] = old[...]
+    _write_array(grp, dst, old[...], chunks=old.chunks, fill=old.fill_value)
 
 
 def migrate_store(url: str, storage_options: dict | None = None) -> list[str]:
@@ -1029,8 +1172,7 @@ def migrate_store(url: str, storage_options: dict | None = None) -> list[str]:
                                           "cfh_subject_complete": True}))
             moved.append(name)
         for old in _V1_ARRAYS.values():
-            if old in grp:
-                del grp[old]
+            _remove_node(grp.store, _join(grp.path, old))
         for key in ("cfh_complete", "cfh_params"):
             if key in grp.attrs:
                 del grp.attrs[key]

@@ -35,13 +35,12 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
 import numpy as np
-from distributed import Client, KilledWorker, as_completed
+from distributed import Client, KilledWorker
 
 from cfhdask.errors import CfhdaskError
 from cfhdask.stats.clusters import VoxelGraph
@@ -211,40 +210,25 @@ def _round(client: Client, fn: Callable, shared: Sequence[Any], items: Sequence[
            consume: Callable[[int, Any], None], done: np.ndarray, tally: _Tally, *,
            key: str, result_nbytes: int) -> bool:
     """Scatter ``shared``, run every unfinished item; True when the scattered data were lost."""
-    todo = deque(int(i) for i in np.flatnonzero(~done))
-    shared_f = _scatter(client, shared, tally.what)
-    running: dict[Any, int] = {}
-    queue = as_completed()
+    from cfhdask.inflight import run_in_flight
 
-    def refill() -> None:
-        limit = max_in_flight(_threads(client), result_nbytes)
-        while todo and len(running) < limit:
-            i = todo.popleft()
-            fut = client.submit(fn, *shared_f, *items[i], pure=False, key=f"{key}-{i}")
-            running[fut] = i
-            queue.add(fut)
+    shared_f = _scatter(client, shared, tally.what)
+
+    def submit(i: int):
+        return client.submit(fn, *shared_f, *items[i], pure=False, key=f"{key}-{i}")
+
+    def finished(i: int, fut) -> None:
+        if fut.status == "error":
+            _raise_task_error(fut.exception(), tally.what, int(done.sum()), len(items))
+        consume(i, fut.result())  # CancelledError: finished, then lost before the gather
+        done[i] = True
+        tally.add(i)
 
     try:
-        refill()
-        for fut in queue:
-            i = running.pop(fut)
-            if _lost(fut):
-                return True
-            if fut.status == "error":
-                _raise_task_error(fut.exception(), tally.what, int(done.sum()), len(items))
-            try:
-                res = fut.result()
-            except CancelledError:  # finished, then lost with its worker before the gather
-                return True
-            fut.release()
-            consume(i, res)
-            done[i] = True
-            tally.add(i)
-            refill()
-        return False
+        return bool(run_in_flight(client, [int(i) for i in np.flatnonzero(~done)], submit,
+                                  finished, lambda: max_in_flight(_threads(client), result_nbytes),
+                                  lost=_lost))
     finally:
-        if running:
-            client.cancel(list(running))
         if shared_f:
             client.cancel(shared_f)
 

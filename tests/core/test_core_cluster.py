@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import dask
 import pytest
 from distributed import Client, LocalCluster
@@ -38,6 +40,34 @@ def test_embedded_cluster_pins_blas_threads_in_workers():
         cores = cl.available_cores()
         for threads in per_worker.values():
             assert max(threads) <= max(1, cores // 2)
+
+
+def _sigint_handler() -> str:
+    import signal
+
+    return str(signal.getsignal(signal.SIGINT))
+
+
+def test_embedded_workers_leave_ctrl_c_to_the_client():
+    """The terminal's SIGINT reaches the whole process group: workers, restarted ones
+    included, ignore it; the client keeps Python's KeyboardInterrupt."""
+    import os
+    import signal
+
+    with cl.dask_client(n_workers=1, threads_per_worker=1) as client:
+        (pid, handler), = client.run(lambda: (os.getpid(), _sigint_handler())).values()
+        assert handler == str(signal.SIG_IGN)
+        os.kill(pid, signal.SIGKILL)  # the nanny starts a new worker process
+        deadline, now = time.monotonic() + 60, [(pid, "")]
+        while now[0][0] == pid and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                now = list(client.run(lambda: (os.getpid(), _sigint_handler())).values())
+            except Exception:  # the killed worker, until the scheduler drops it
+                continue
+            now = now or [(pid, "")]
+        assert now[0][0] != pid and now[0][1] == str(signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_attach_by_address_and_scheduler_file(tmp_path):

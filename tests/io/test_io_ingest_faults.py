@@ -6,7 +6,6 @@ attached ``dask scheduler`` + ``dask worker`` cluster for the killed client.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import threading
 
 import numpy as np
 import pytest
-from faulthelpers import LogEvent, attached_cluster, kill_workers, wait_until
+from faulthelpers import LogEvent, attached_cluster, immutable, kill_workers, wait_until
 from iohelpers import tree_digest
 
 from cfhdask.errors import CfhdaskInputError
@@ -69,7 +68,7 @@ def _n_complete(url: str) -> int:
     """Complete subjects in a store being written (0 while it is being created)."""
     try:
         return len(CohortStore.open(url).subjects())
-    except (CfhdaskInputError, KeyError):  # root attributes not all written yet
+    except CfhdaskInputError:  # being created: a one-line error, never a KeyError
         return 0
 
 
@@ -110,22 +109,11 @@ def test_killed_client_rerun_keeps_finished_subjects(cohort, mask_file, tmp_path
     assert all(now[k] == v for k, v in digest.items())  # finished work untouched
 
 
-@contextlib.contextmanager
-def _immutable(path):
-    """Make ``path`` and everything below it unwritable, even by root (chattr +i)."""
-    if subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True).returncode:
-        pytest.skip("chattr +i is not available here")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
-
-
 def test_unwritable_store_is_one_line_before_compute(cohort, mask_file, tmp_path):
     out = tmp_path / "run.zarr"
     ingest(cohort[:1], str(out), mask=mask_file)
     before = tree_digest(out)
-    with _immutable(out):
+    with immutable(out):
         with LogEvent("cfhdask", "Ingested ") as ev, \
                 pytest.raises(CfhdaskInputError, match=r"^--out .*run\.zarr: cannot be written"):
             ingest(cohort[1:3], str(out))

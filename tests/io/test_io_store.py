@@ -165,17 +165,26 @@ def test_overwrite_keeps_the_old_subject_until_the_new_one_is_complete(user_mask
     assert sorted(zarr.open_group(url, mode="r")["subjects"].group_keys()) == ["sub-01"]
 
 
-def test_interrupted_swap_is_finished_by_cleanup(user_mask, rng, tmp_path):
+def test_interrupted_swap_is_finished_by_cleanup(user_mask, rng, tmp_path, monkeypatch):
     """Killed between deleting the old subject and renaming its complete replacement:
     the next writer finishes the swap, the replacement is not lost."""
+    import cfhdask.io.store as storemod
+
     url = str(tmp_path / "s.zarr")
     store = _create(user_mask, url)
     store.write_subject("sub-01", np.zeros((store.n_voxels, 12), np.float32), {})
     target = store.begin_subject("sub-01", 12, {"source": "new"})
     target[...] = np.ones((store.n_voxels, 12), np.float32)
-    grp = zarr.open_group(url, mode="r+")["subjects"]
-    grp[STAGED_PREFIX + "sub-01"].attrs.update({STAGED_FLAG: True})
-    del grp["sub-01"]  # the kill came here
+
+    def killed(*args):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(storemod, "_move_node", killed)  # the kill came here
+        with pytest.raises(RuntimeError, match="killed"):
+            store.finish_subject("sub-01")
+    grp = zarr.open_group(url, mode="r")["subjects"]
+    assert grp[STAGED_PREFIX + "sub-01"].attrs[STAGED_FLAG] is True
     again = CohortStore.open(url, mode="r+")
     assert again.subjects() == []  # nothing half-written is visible meanwhile
     again.cleanup_incomplete()
@@ -187,13 +196,16 @@ def test_incomplete_subject_invisible_then_cleaned(user_mask, rng, tmp_path):
     url = str(tmp_path / "s.zarr")
     store = _create(user_mask, url)
     store.write_subject("sub-01", np.ones((store.n_voxels, 12), np.float32), {})
-    store.begin_subject("sub-02", 12, {"source": "x"})  # interrupted: never finished
+    target = store.begin_subject("sub-02", 12, {"source": "x"})
+    target[:3] = np.ones((3, 12), np.float32)  # interrupted: some chunks, never finished
     assert store.subjects() == ["sub-01"] and store.incomplete_subjects() == ["sub-02"]
     with pytest.raises(CfhdaskInputError, match="sub-02"):
         store.bold("sub-02")
     assert list(store.datatree()["subjects"].children) == ["sub-01"]
+    raw = xr.open_datatree(url, engine="zarr", consolidated=False, zarr_format=3)
+    assert list(raw["subjects"].children) == ["sub-01"]  # any Zarr reader
     assert store.cleanup_incomplete() == ["sub-02"]
-    assert "sub-02" not in zarr.open_group(url, mode="r")["subjects"]
+    assert not (tmp_path / "s.zarr" / "subjects" / "sub-02").exists()
 
 
 def test_cfh_write_and_lazy_maps(user_mask, rng):

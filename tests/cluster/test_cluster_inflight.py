@@ -1,0 +1,74 @@
+"""The one refill loop of cohort work (waves of units, permutation batches) on a real cluster."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cfhdask.inflight import run_in_flight
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False,  # in-process comms
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.01 * (x % 3))
+    return x * x
+
+
+def test_bounded_refilled_and_every_item_once(client):
+    state = {"in_flight": 0, "peak": 0, "asked": 0}
+    results = {}
+
+    def submit(x):
+        state["in_flight"] += 1
+        state["peak"] = max(state["peak"], state["in_flight"])
+        return client.submit(_slow_square, x, pure=False)
+
+    def finished(x, fut):
+        state["in_flight"] -= 1
+        assert x not in results
+        results[x] = fut.result()
+
+    def limit():  # a cluster that grows: 1, 2, 3 ... in flight
+        state["asked"] += 1
+        return min(3, state["asked"])
+
+    assert run_in_flight(client, range(20), submit, finished, limit) == []
+    assert results == {x: x * x for x in range(20)}
+    assert state["peak"] == 3 and state["asked"] >= 20  # asked again at every refill
+
+
+def test_lost_hook_stops_and_returns_the_unfinished_in_order(client):
+    seen = []
+
+    def finished(x, fut):
+        seen.append(x)
+
+    left = run_in_flight(client, list(range(10)), lambda x: client.submit(_slow_square, x,
+                                                                          pure=False),
+                         finished, lambda: 1, lost=lambda fut: fut.result() == 16)
+    assert seen == [0, 1, 2, 3] and left == [4, 5, 6, 7, 8, 9]
+
+
+def test_a_failure_cancels_what_is_in_flight(client):
+    futures = []
+
+    def submit(x):
+        futures.append(client.submit(time.sleep, 0.5 if x else 0, pure=False))
+        return futures[-1]
+
+    def finished(x, fut):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        run_in_flight(client, range(4), submit, finished, lambda: 4)
+    time.sleep(0.2)
+    assert [f.status for f in futures[1:]] == ["cancelled"] * 3
