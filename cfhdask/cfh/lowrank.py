@@ -71,12 +71,17 @@ __all__ = [
     "SubjectPlan",
     "bound_slack",
     "choose_rank",
+    "count_valid",
     "gram",
     "lowrank_block_maxcorr",
     "lowrank_maxcorr",
+    "pilot_candidates",
+    "plan_pilot",
+    "plan_rank",
     "plan_subject",
     "project",
     "residual_exceed_counts",
+    "sample_rows",
     "temporal_basis",
 ]
 
@@ -589,50 +594,92 @@ def plan_subject(
     -------
     SubjectPlan
     """
-    n_t = left.shape[1]
     g = gram(left, right) if g is None else g
     _, vectors = temporal_basis(g)
-    sl, sr = _sample(left.shape[0], rank_sample), _sample(right.shape[0], rank_sample)
+    sl, sr = sample_rows(left.shape[0], rank_sample), sample_rows(right.shape[0], rank_sample)
     counts = residual_exceed_counts(left[sl], vectors, tol) + residual_exceed_counts(
         right[sr], vectors, tol)
-    n_valid = _count_valid(None if left_valid is None else to_numpy(left_valid)[sl], sl.size) \
-        + _count_valid(None if right_valid is None else to_numpy(right_valid)[sr], sr.size)
+    n_valid = count_valid(None if left_valid is None else to_numpy(left_valid)[sl], sl.size) \
+        + count_valid(None if right_valid is None else to_numpy(right_valid)[sr], sr.size)
+    plan = plan_rank(counts, n_valid, vectors, tol=tol, quantile=quantile,
+                     max_rank_fraction=max_rank_fraction)
+    if plan.strategy != "lowrank":
+        return plan
+    rows = sample_rows(left.shape[0], pilot_rows)
+    lv = None if left_valid is None else to_numpy(left_valid)[rows]
+    fl = project(left[rows], vectors, plan.rank)
+    fr = project(right, vectors, plan.rank)
+    return plan_pilot(plan, pilot_candidates(fl, fr, lv, right_valid),
+                      max_candidates_per_row=max_candidates_per_row)
+
+
+def plan_rank(counts: Any, n_valid: int, vectors: Any, *, tol: float = RESIDUAL_TOL,
+              quantile: float = RESIDUAL_QUANTILE,
+              max_rank_fraction: float | None = MAX_RANK_FRACTION) -> SubjectPlan:
+    """The first half of :func:`plan_subject`: the rank, and full rank when it is too large.
+
+    Parameters
+    ----------
+    counts : int array (T + 1,)
+        :func:`residual_exceed_counts` summed over the sampled voxels.
+    n_valid : int
+        Valid voxels among them.
+    vectors : (T, T) float64
+        The basis (:func:`temporal_basis`).
+    tol, quantile : float
+        As :func:`plan_subject` (``tol`` only names the tolerance in the reason).
+    max_rank_fraction : float or None
+        None: low rank whatever the rank (the ``lowrank`` kernel).
+
+    Returns
+    -------
+    SubjectPlan
+        ``lowrank`` (pilot not yet run: NaN) or ``full``.
+    """
+    n_t = int(vectors.shape[0])
     rank = choose_rank(counts, n_valid, quantile=quantile)
-    if rank > max_rank_fraction * n_t:
+    if max_rank_fraction is not None and rank > max_rank_fraction * n_t:
         return SubjectPlan("full", rank, None, float("nan"),
                            f"rank {rank} of T={n_t} for residual {tol} exceeds "
                            f"{max_rank_fraction:g} T")
-    n_l = left.shape[0]
-    rows = _sample(n_l, pilot_rows)
-    lv = None if left_valid is None else to_numpy(left_valid)[rows]
-    fl = project(left[rows], vectors, rank)
-    fr = project(right, vectors, rank)
-    pilot = _pilot_row_candidates(left[rows], right, fl, fr, lv, right_valid)
+    return SubjectPlan("lowrank", rank, vectors, float("nan"), f"rank {rank} of T={n_t}")
+
+
+def plan_pilot(plan: SubjectPlan, pilot: float, *,
+               max_candidates_per_row: float = MAX_CANDIDATES_PER_ROW) -> SubjectPlan:
+    """The second half of :func:`plan_subject`: full rank when the pilot keeps too many candidates.
+
+    ``pilot`` is :func:`pilot_candidates` of the pilot rows against the other hemisphere.
+    """
+    if plan.strategy != "lowrank":
+        return plan
     if not pilot <= max_candidates_per_row:
-        return SubjectPlan("full", rank, None, pilot,
-                           f"rank {rank} of T={n_t}: the bound keeps {pilot:.1f} "
-                           f"candidates per row (> {max_candidates_per_row:g})")
-    return SubjectPlan("lowrank", rank, vectors, pilot,
-                       f"rank {rank} of T={n_t}, {pilot:.2f} candidates per pilot row")
+        return SubjectPlan("full", plan.rank, None, pilot,
+                           f"{plan.reason}: the bound keeps {pilot:.1f} candidates per row "
+                           f"(> {max_candidates_per_row:g})")
+    return plan._replace(pilot_candidates=pilot,
+                         reason=f"{plan.reason}, {pilot:.2f} candidates per pilot row")
 
 
-def _sample(n: int, size: int) -> np.ndarray:
+def sample_rows(n: int, size: int) -> np.ndarray:
     """At most ``size`` indices of ``range(n)``, evenly spaced (deterministic)."""
     return np.unique(np.linspace(0, n - 1, min(size, n)).astype(np.int64))
 
 
-def _count_valid(valid: Any, n: int) -> int:
+def count_valid(valid: Any, n: int) -> int:
+    """Valid entries of a mask (``n`` when there is none)."""
     return n if valid is None else int(np.asarray(to_numpy(valid), dtype=bool).sum())
 
 
-def _pilot_row_candidates(a, b, fa, fb, a_valid, b_valid) -> float:
-    """Mean number of candidates per valid row that the row bound alone keeps.
+def pilot_candidates(fa: LowRankFactors, fb: LowRankFactors, a_valid: Any = None,
+                     b_valid: Any = None) -> float:
+    """Mean number of candidates per valid row of ``fa`` that the row bound alone keeps.
 
-    The rows against all of ``b`` with the compiled strip pass (CuPy arrays: on
+    The rows against all of ``fb`` with the compiled strip pass (CuPy arrays: on
     the host).
     """
-    ia = _valid_index(a_valid, a.shape[0])
-    ib = _valid_index(b_valid, b.shape[0])
+    ia = _valid_index(a_valid, fa.coef.shape[0])
+    ib = _valid_index(b_valid, fb.coef.shape[0])
     ca = np.ascontiguousarray(to_numpy(fa.coef if ia is None else fa.coef[ia]))
     cb = np.ascontiguousarray(to_numpy(fb.coef if ib is None else fb.coef[ib]))
     ea = np.ascontiguousarray(to_numpy(fa.resid if ia is None else fa.resid[ia]))
