@@ -33,9 +33,9 @@ import xarray as xr
 
 from cfhdask._version import __version__
 from cfhdask.backend import cupy_available
-from cfhdask.cfh.graph import cfh_graph, paired_graph, standardize_graph
+from cfhdask.cfh.graph import paired_graph, standardize_graph
 from cfhdask.cfh.kernels import CONSTANT_RTOL, R_CLIP, fisher_z
-from cfhdask.cfh.lowrank_graph import lowrank_cfh_graph
+from cfhdask.cfh.lowrank_graph import cfh_kernel_graph
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.settings import resolve
 
@@ -329,8 +329,8 @@ def subject_graph(store, subject: str, *, block: int, split_every: int,
     Parameters
     ----------
     kernel : {"full", "auto", "lowrank"}
-        ``full``: :func:`cfhdask.cfh.graph.cfh_graph`; otherwise the exact
-        low-rank kernel (:func:`cfhdask.cfh.lowrank_graph.lowrank_cfh_graph`).
+        :func:`cfhdask.cfh.lowrank_graph.cfh_kernel_graph`: ``full`` is
+        :func:`cfhdask.cfh.graph.cfh_graph`, the others the exact low-rank kernel.
 
     Returns
     -------
@@ -341,11 +341,8 @@ def subject_graph(store, subject: str, *, block: int, split_every: int,
         (what ran: a dict in a one-element object array).
     """
     zl, vl, zr, vr = subject_series(store, subject, block, backend)
-    if kernel == "full":
-        out = cfh_graph(zl, zr, vl, vr, block=block, split_every=split_every)
-    else:
-        out = lowrank_cfh_graph(zl, zr, vl, vr, kernel=kernel, block=block,
-                                split_every=split_every)
+    out = cfh_kernel_graph(zl, zr, vl, vr, kernel=kernel, block=block,
+                           split_every=split_every)
     out.update(left_valid=vl, right_valid=vr)
     return out
 

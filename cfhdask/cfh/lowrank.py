@@ -177,17 +177,21 @@ def _chunks(n: int, size: int = CHUNK_ROWS):
         yield start, min(start + size, n)
 
 
-def gram(*series: Any) -> Any:
-    """The float64 T x T Gram matrix ``sum_v z_v z_v^T`` of one or more (n, T) arrays.
+def gram(*series: Any, dtype: Any = np.float64) -> Any:
+    """The T x T Gram matrix ``sum_v z_v z_v^T`` of one or more (n, T) arrays, as float64.
 
-    Accumulated in chunks of :data:`CHUNK_ROWS` voxels converted to float64.
+    Accumulated in float64 over chunks of :data:`CHUNK_ROWS` voxels, each chunk's
+    product computed in ``dtype``: float64 (default), or float32 (half the cost; the
+    basis only sets the speed of the low-rank kernel, never its result: the
+    eigenvectors of any symmetric matrix are orthonormal in float64 and the
+    residual norms of :func:`project` are bounds for whatever basis they get).
     """
     xp = array_module(*series)
     n_t = series[0].shape[1]
     g = xp.zeros((n_t, n_t), dtype=xp.float64)
     for z in series:
         for s, e in _chunks(z.shape[0]):
-            c = xp.asarray(z[s:e], dtype=xp.float64)
+            c = xp.asarray(z[s:e], dtype=dtype)
             g += c.T @ c
     return g
 

@@ -1,11 +1,11 @@
 """The exact low-rank CFH kernel on Dask: per subject, a plan, then the usual block graph.
 
-:func:`lowrank_cfh_graph` gives the same outputs as
+:func:`cfh_kernel_graph` gives the same outputs as
 :func:`cfhdask.cfh.graph.cfh_graph` (and the same maxima), computed by
 :func:`cfhdask.cfh.lowrank.lowrank_block_maxcorr` where the subject's data allow:
 
-1. the T x T Gram matrix of every standardised block of both hemispheres,
-   tree-summed (float64);
+1. the T x T Gram matrix of every standardised block of both hemispheres
+   (float32 products, float64 sums), tree-summed;
 2. one task: its eigen-decomposition (:func:`~cfhdask.cfh.lowrank.temporal_basis`);
 3. per block, the residual counts of evenly spaced sample rows
    (:func:`~cfhdask.cfh.lowrank.residual_exceed_counts`), then one small task
@@ -44,6 +44,7 @@ from cfhdask.cfh.graph import (
     _tree,
     _with_blas_limit,
     block_graph,
+    cfh_graph,
     cfh_outputs,
 )
 from cfhdask.cfh.lowrank import (
@@ -69,7 +70,7 @@ from cfhdask.cfh.lowrank import (
 from cfhdask.cfh.reductions import MaxArgmax, sum_parts
 from cfhdask.errors import CfhdaskInputError
 
-__all__ = ["KERNELS", "lowrank_cfh_graph"]
+__all__ = ["KERNELS", "cfh_kernel_graph"]
 
 #: Values of the ``cfh.kernel`` setting.
 KERNELS = ("auto", "lowrank", "full")
@@ -77,7 +78,7 @@ KERNELS = ("auto", "lowrank", "full")
 
 # ----------------------------------------------------------------------------- plan tasks
 def _gram_task(z, blas_threads):
-    return _with_blas_limit(blas_threads, gram, z)
+    return _with_blas_limit(blas_threads, lambda: gram(z, dtype=np.float32))
 
 
 def _counts_task(z, valid, rows: np.ndarray, vectors_pair, tol: float, blas_threads):
@@ -185,7 +186,7 @@ def _local_rows(global_rows: np.ndarray, chunks: Sequence[int]) -> list[np.ndarr
     return out
 
 
-def lowrank_cfh_graph(
+def cfh_kernel_graph(
     left: Any,
     right: Any,
     left_valid: Any = None,
@@ -197,14 +198,15 @@ def lowrank_cfh_graph(
     blas_threads: int | None = None,
     plan_options: dict | None = None,
 ) -> dict[str, Any]:
-    """Lazy CFH of two hemispheres by the exact low-rank kernel (see the module docstring).
+    """Lazy CFH of two hemispheres by one kernel: the exact low-rank one (module docstring).
 
     Parameters
     ----------
     left, right, left_valid, right_valid, block, split_every, blas_threads
         As :func:`cfhdask.cfh.graph.cfh_graph`.
-    kernel : {"auto", "lowrank"}
-        ``auto``: full rank when the rank exceeds
+    kernel : {"auto", "lowrank", "full"}
+        ``full``: :func:`cfhdask.cfh.graph.cfh_graph` itself (no ``kernel``
+        output).  ``auto``: full rank when the rank exceeds
         :data:`~cfhdask.cfh.lowrank.MAX_RANK_FRACTION` of T or the pilot
         keeps more than :data:`~cfhdask.cfh.lowrank.MAX_CANDIDATES_PER_ROW`
         candidates per row; ``lowrank``: low rank at the chosen rank whatever it
@@ -216,15 +218,18 @@ def lowrank_cfh_graph(
     Returns
     -------
     dict
-        The lazy arrays of :func:`cfhdask.cfh.graph.cfh_graph`, and ``kernel``:
+        The lazy arrays of :func:`cfhdask.cfh.graph.cfh_graph`, and (low rank) ``kernel``:
         a one-element object array holding a dict: ``kernel`` (asked), ``kernel_used``
         (``lowrank`` or ``full``), ``rank``, ``n_candidates``,
         ``candidates_per_voxel``, ``full_rank_blocks``, ``n_blocks``,
         ``pilot_candidates``, ``reason``.
     """
-    if kernel not in ("auto", "lowrank"):
-        raise CfhdaskInputError(f"cfh kernel: lowrank_cfh_graph runs 'auto' or 'lowrank', got "
+    if kernel not in KERNELS:
+        raise CfhdaskInputError(f"cfh kernel must be one of {', '.join(KERNELS)}, got "
                                 f"{kernel!r}")
+    if kernel == "full":
+        return cfh_graph(left, right, left_valid, right_valid, block=block,
+                         split_every=split_every, blas_threads=blas_threads)
     opts = {"tol": RESIDUAL_TOL, "quantile": RESIDUAL_QUANTILE,
             "max_rank_fraction": MAX_RANK_FRACTION,
             "max_candidates_per_row": MAX_CANDIDATES_PER_ROW, "rank_sample": RANK_SAMPLE,

@@ -165,3 +165,12 @@ def test_bad_arguments(bandpassed):
         lr.lowrank_maxcorr(zl, zl, mode="on")
     with pytest.raises(ValueError, match="basis"):
         lr.project(zl, np.eye(T)[:, :5], 8)
+
+
+def test_float32_gram_is_close_and_its_basis_orthonormal(bandpassed):
+    zl, _ = standardize(bandpassed[0])
+    g64, g32 = lr.gram(zl), lr.gram(zl, dtype=np.float32)
+    assert g32.dtype == np.float64
+    np.testing.assert_allclose(g32, g64, atol=1e-4 * np.abs(g64).max())
+    _, v = lr.temporal_basis(g32)
+    np.testing.assert_allclose(v.T @ v, np.eye(T), atol=1e-12)

@@ -9,8 +9,8 @@ from cfhref import CountingScheduler, assert_matches, bandpassed_pairs, referenc
 from cfhstore import AFFINE
 
 from cfhdask.cfh.compute import compute_cfh
-from cfhdask.cfh.graph import cfh_graph, standardize_graph
-from cfhdask.cfh.lowrank_graph import lowrank_cfh_graph
+from cfhdask.cfh.graph import standardize_graph
+from cfhdask.cfh.lowrank_graph import cfh_kernel_graph
 from cfhdask.cli import main
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.io.store import CohortStore, open_store
@@ -40,9 +40,7 @@ def unfiltered():
 def _graph(left, right, kernel, **kw):
     zl, vl = standardize_graph(left, block=BLOCK)
     zr, vr = standardize_graph(right, block=BLOCK)
-    if kernel == "full":
-        return cfh_graph(zl, zr, vl, vr, block=BLOCK, split_every=3)
-    return lowrank_cfh_graph(zl, zr, vl, vr, kernel=kernel, block=BLOCK, split_every=3, **kw)
+    return cfh_kernel_graph(zl, zr, vl, vr, kernel=kernel, block=BLOCK, split_every=3, **kw)
 
 
 def _check(left, right, res):
