@@ -14,11 +14,11 @@ float32 product ``c = alpha_A alpha_B^T`` in strips that stay in cache while
 they are reduced (``e``, ``f``: residual norms of rows and columns; ``s``: the
 slack below):
 
-* vectorised reductions: the row maxima ``m_i`` of ``c`` and, per group of
-  :data:`GROUP_ROWS` rows, the column maxima and the group's largest ``e``;
-  a row's maximum correlation is at least ``m_i - e_i max(f) - s``, a column's
-  at least ``gmax - e_g f_j - s`` (running over the strips);
-* a compiled loop (numba) appends the row candidates, ``c_ij >= m_i - 2 e_i
+* one compiled pass (numba) over each row of the strip while it is in L1:
+  the row maximum ``m_i`` and, per group of :data:`GROUP_ROWS` rows, the
+  column maxima and the group's largest ``e``; a row's maximum correlation is
+  at least ``m_i - e_i max(f) - s``, a column's at least ``gmax - e_g f_j - s``
+  (running over the strips); and the row candidates, ``c_ij >= m_i - 2 e_i
   max(f) - 2 s``, testing 64 columns at once;
 * after the last strip, a column's candidates are searched only in the groups
   whose upper bound ``gmax + e_g f_j`` reaches the column's lower bound.
@@ -111,9 +111,10 @@ RANK_SAMPLE = 8192
 #: Rows of the left hemisphere in the pilot strip of :func:`plan_subject`.
 PILOT_ROWS = 256
 
-#: Rows of one strip of the low-rank product (the strip stays in cache while
-#: it is reduced).
-STRIP_ROWS = 256
+#: Rows of one strip of the low-rank product (written by the GEMM, then read
+#: once, row by row, by the fused bound pass :func:`_strip_pass`; 512 rows of a
+#: 4096-column block were the fastest measured here: an 8 MiB strip in L3).
+STRIP_ROWS = 512
 
 #: Rows of a strip sharing one record of the columns' upper bounds; a column's
 #: candidates are searched only in the groups whose record reaches its bound.
@@ -345,6 +346,54 @@ def _row_candidates(c, thr, row0, cand_i, cand_j, n_cand):  # pragma: no cover -
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _strip_pass(c, e, f, two_fmax, slack2, group, row0, gmax, ge, col_lo, cand_i, cand_j,
+                n_cand):  # pragma: no cover - compiled
+    """All the bound passes of one strip, fused: one read of each row from memory.
+
+    For each row ``i`` (in L1 while it is used): its maximum ``m_i``, the
+    column maxima of its group (``gmax[g]``, raw), then its candidates
+    ``c_ij >= m_i - 2 e_i max(f) - 2 s`` appended from ``n_cand`` (as
+    :func:`_row_candidates`).  After each group, ``ge[g]`` (its largest ``e``)
+    and the columns' lower bounds ``col_lo_j = max(col_lo_j, gmax[g, j] - ge[g] f_j)``.
+    The float32 arithmetic is that of the vectorised passes it replaces.
+    Returns the new candidate count (which may exceed the capacity).
+    """
+    m, nb = c.shape
+    cap = cand_i.size
+    n_groups = (m + group - 1) // group
+    for g in range(n_groups):
+        gm = gmax[g]
+        for j in range(nb):
+            gm[j] = -np.inf
+        emax = np.float32(0.0)
+        for i in range(g * group, min((g + 1) * group, m)):
+            row = c[i]
+            mx = np.float32(-np.inf)
+            for j in range(nb):
+                v = row[j]
+                mx = max(mx, v)
+                gm[j] = max(gm[j], v)
+            t = mx - two_fmax * e[i] - slack2
+            emax = max(emax, e[i])
+            for j0 in range(0, nb, _LANE):
+                j1 = min(j0 + _LANE, nb)
+                hit = False
+                for j in range(j0, j1):
+                    hit |= row[j] >= t
+                if hit:
+                    for j in range(j0, j1):
+                        if row[j] >= t:
+                            if n_cand < cap:
+                                cand_i[n_cand] = row0 + i
+                                cand_j[n_cand] = j
+                            n_cand += 1
+        ge[g] = emax
+        for j in range(nb):
+            col_lo[j] = max(col_lo[j], gm[j] - emax * f[j])
+    return n_cand
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _dot64(x, y):  # pragma: no cover - compiled
     """Float64 dot product of two float32 rows (one fixed summation order)."""
     acc = 0.0
@@ -522,18 +571,15 @@ def lowrank_block_maxcorr(
         strip = max(group, int(strip_rows) // group * group)
         buf = np.empty((min(strip, ma), mb), dtype=np.float32)
         cbt = cb.T
-        fmax = float(eb.max())
+        two_fmax = np.float32(2.0 * float(eb.max()))
         n_cand = 0
         for r0 in range(0, ma, strip):
             r1 = min(r0 + strip, ma)
             c = np.matmul(ca[r0:r1], cbt, out=buf[: r1 - r0])
-            thr, gmax, ge = _strip_bounds(c, ea[r0:r1], fmax, slack2, group)
-            g0 = r0 // group
-            group_max[g0:g0 + gmax.shape[0]] = gmax
-            group_e[g0:g0 + gmax.shape[0]] = ge
-            gmax -= ge[:, None] * eb
-            np.maximum(col_lo, gmax.max(axis=0), out=col_lo)
-            n_cand = _row_candidates(c, thr, r0, cand_i, cand_j, n_cand)
+            g0, g1 = r0 // group, -(-r1 // group)
+            n_cand = _strip_pass(c, ea[r0:r1], eb, two_fmax, slack2, group, r0,
+                                 group_max[g0:g1], group_e[g0:g1], col_lo, cand_i, cand_j,
+                                 n_cand)
             if n_cand > cap:
                 block = block_maxcorr(a, b, a_valid, b_valid, a_offset, b_offset)
                 return LowRankBlock(block, n_cand, True)
