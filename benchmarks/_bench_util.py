@@ -1,5 +1,6 @@
 """Shared helpers of the benchmark scripts: peak memory and CPU time of a process tree,
-median timings, the nilearn denoising peer."""
+median timings, the float32 GEMM floor, a simulated demo subject, the nilearn denoising
+peer."""
 
 from __future__ import annotations
 
@@ -124,3 +125,58 @@ def nilearn_denoise(bold: str, ijk: np.ndarray, confounds: np.ndarray, *, drop: 
                        low_pass=low_pass, t_r=tr)
     t3 = time.perf_counter()
     return out, {"load": t1 - t0, "smooth": t2 - t1, "clean": t3 - t2, "denoise": t3 - t0}
+
+
+def gemm_floor(left: np.ndarray, right: np.ndarray, max_bytes: float = 1 << 26) -> None:
+    """``left @ right.T`` in float32, in row pieces of at most ``max_bytes`` output (64 MiB: the
+    fastest piece size here; a 1 GiB output buffer made BLAS 2x slower)."""
+    rows = max(1, int(max_bytes // (4 * right.shape[0])))
+    out = np.empty((min(rows, left.shape[0]), right.shape[0]), dtype=np.float32)
+    rt = right.T
+    for s in range(0, left.shape[0], rows):
+        e = min(s + rows, left.shape[0])
+        np.matmul(left[s:e], rt, out=out[: e - s])
+
+
+DROP = 10
+GM_THRESHOLD = 0.2
+
+
+def demo_subject(grid, n_volumes: int, tr: float, *, seed: int = 0, denoise: bool = True,
+                 fwhm: float | None = 4.0, band_filter: str = "butterworth"):
+    """Standardised (left, right) series and validity of one simulated subject.
+
+    ``denoise=False``: the raw simulated series (volumes dropped only).
+    """
+    from cfhdask.cfh.kernels import standardize
+    from cfhdask.prep.confounds import friston24
+    from cfhdask.prep.denoise import smooth_gather
+    from cfhdask.prep.pipeline import apply_operator, series_operator
+    from cfhdask.sim.anatomy import build_anatomy
+    from cfhdask.sim.cohort import subject_rng
+    from cfhdask.sim.signals import simulate_subject_series
+    from cfhdask.sim.writers import tissue_signals
+
+    anat = build_anatomy(grid)
+    sub = simulate_subject_series(anat, subject_rng(seed, "control", 0), "control",
+                                  n_volumes=n_volumes, tr=tr)
+    data, motion = sub.data[DROP:], sub.motion[DROP:]
+    keep = (anat.gm > GM_THRESHOLD) & (anat.hemisphere != 0)
+    if denoise:
+        confounds = np.hstack([friston24(motion), tissue_signals(anat, data).to_numpy()])
+        if fwhm:
+            volumes = np.moveaxis(anat.to_volume(data), 0, -1)
+            series = smooth_gather(volumes, anat.affine, fwhm, anat.ijk[keep])
+            del volumes
+        else:
+            series = data[:, keep].T
+        op = series_operator(confounds, n_time=data.shape[0], steps=["regress", "filter"],
+                             detrend_first=True, detrend=True, tr=tr, high_pass=0.01,
+                             low_pass=0.1, filter=band_filter)
+        series = apply_operator(series, op)
+    else:
+        series = np.ascontiguousarray(data[:, keep].T)
+    hemi = anat.hemisphere[keep]
+    zl, lv = standardize(series[hemi < 0])
+    zr, rv = standardize(series[hemi > 0])
+    return zl, zr, lv, rv

@@ -34,52 +34,10 @@ import argparse
 import time
 
 import numpy as np
-from bench_cfh import gemm_floor  # benchmarks/ is sys.path[0]
+from _bench_util import demo_subject, gemm_floor  # benchmarks/ is sys.path[0]
 from threadpoolctl import threadpool_limits
 
-from cfhdask.cfh.kernels import standardize
 from cfhdask.cfh.lowrank import lowrank_maxcorr
-from cfhdask.prep.confounds import friston24
-from cfhdask.prep.denoise import smooth_gather
-from cfhdask.prep.pipeline import apply_operator, series_operator
-from cfhdask.sim.anatomy import build_anatomy
-from cfhdask.sim.cohort import subject_rng
-from cfhdask.sim.signals import simulate_subject_series
-from cfhdask.sim.writers import tissue_signals
-
-DROP = 10
-GM_THRESHOLD = 0.2
-
-
-def demo_subject(grid, n_volumes: int, tr: float, *, seed: int = 0, denoise: bool = True,
-                 fwhm: float | None = 4.0, band_filter: str = "butterworth"):
-    """Standardised (left, right) series and validity of one simulated subject.
-
-    ``denoise=False``: the raw simulated series (volumes dropped only).
-    """
-    anat = build_anatomy(grid)
-    sub = simulate_subject_series(anat, subject_rng(seed, "control", 0), "control",
-                                  n_volumes=n_volumes, tr=tr)
-    data, motion = sub.data[DROP:], sub.motion[DROP:]
-    keep = (anat.gm > GM_THRESHOLD) & (anat.hemisphere != 0)
-    if denoise:
-        confounds = np.hstack([friston24(motion), tissue_signals(anat, data).to_numpy()])
-        if fwhm:
-            volumes = np.moveaxis(anat.to_volume(data), 0, -1)
-            series = smooth_gather(volumes, anat.affine, fwhm, anat.ijk[keep])
-            del volumes
-        else:
-            series = data[:, keep].T
-        op = series_operator(confounds, n_time=data.shape[0], steps=["regress", "filter"],
-                             detrend_first=True, detrend=True, tr=tr, high_pass=0.01,
-                             low_pass=0.1, filter=band_filter)
-        series = apply_operator(series, op)
-    else:
-        series = np.ascontiguousarray(data[:, keep].T)
-    hemi = anat.hemisphere[keep]
-    zl, lv = standardize(series[hemi < 0])
-    zr, rv = standardize(series[hemi > 0])
-    return zl, zr, lv, rv
 
 
 def _diff(res, ref) -> tuple[float, int]:

@@ -35,8 +35,7 @@ import time
 
 import distributed
 import numpy as np
-from _bench_util import CpuTime, PeakMemory, median_time  # benchmarks/ is sys.path[0]
-from bench_cfh import gemm_floor
+from _bench_util import CpuTime, PeakMemory, gemm_floor, median_time  # benchmarks/ is sys.path[0]
 from threadpoolctl import threadpool_limits
 
 from cfhdask.cfh.compute import compute_cfh

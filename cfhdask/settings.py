@@ -375,6 +375,12 @@ class CFHSettings(Section):
     backend: Literal["numpy", "cupy"] = Field(
         "numpy", description="Array backend of the kernels (cupy needs CuPy and a GPU on the "
                              "workers).")
+    kernel: Literal["auto", "lowrank", "full"] = Field(
+        "auto", description="CFH kernel of --counterpart subject: lowrank (exact: a GEMM at "
+                            "the series' effective rank, a rigorous bound, the candidates "
+                            "recomputed), full (the full-rank GEMM) or auto (low rank per "
+                            "subject when its data allow, else full rank); the same maxima "
+                            "either way.")
 
 
 class AutonomySettings(Section):

@@ -20,28 +20,20 @@ the same blocks.  The per-subject loop is that of :mod:`cfhdask.cfh.compute`.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from cfhdask._version import __version__
 from cfhdask.cfh.compute import (
     client_for,
-    engine_settings,
-    export_after,
-    open_writable,
-    require_hemispheres,
-    run_subjects,
-    select_subjects,
-    series_bytes,
+    start_maps,
     subject_series,
     summary_line,
 )
 from cfhdask.cfh.graph import autonomy_graph
-from cfhdask.cfh.kernels import CONSTANT_RTOL, autonomy_index
+from cfhdask.cfh.kernels import autonomy_index
 from cfhdask.settings import resolve
 
 log = logging.getLogger(__name__)
@@ -107,22 +99,20 @@ def compute_autonomy(
         ``ai`` with dims (subject, voxel); attrs ``threshold``, ``computed``,
         ``skipped``, ``seconds``.
     """
-    t0 = time.perf_counter()
     threshold = resolve("autonomy", {"threshold": threshold}, style="cli").threshold
-    cfg = engine_settings(dict(block=block, split_every=split_every, backend=backend))
-    store = open_writable(store, storage_options)
-    require_hemispheres(store, "the autonomy index")
-    wanted, todo, skipped = select_subjects(store, subjects, "ai", overwrite)
-    other = [s for s in skipped if store.metric_params(s, "ai").get("threshold") != threshold]
+    job = start_maps(store, "ai", dict(block=block, split_every=split_every, backend=backend),
+                     subjects=subjects, overwrite=overwrite, storage_options=storage_options,
+                     what="the autonomy index")
+    store, cfg = job.store, job.cfg
+    other = [s for s in job.skipped
+             if store.metric_params(s, "ai").get("threshold") != threshold]
     if other:
         log.warning("Recomputing the autonomy index of %d subject(s) computed with another "
                     "threshold (now %g)", len(other), threshold)
-        todo = [s for s in wanted if s in set(todo) | set(other)]
-        skipped = [s for s in skipped if s not in other]
-    params = {"threshold": threshold, "block": cfg.block, "split_every": cfg.split_every,
-              "backend": cfg.backend, "constant_rtol": CONSTANT_RTOL,
-              "denominators": "valid voxels: own hemisphere without the voxel, other "
-                              "hemisphere", "cfhdask_version": __version__}
+        job.add_todo(other)
+    params = job.params(threshold=threshold, split_every=cfg.split_every,
+                        denominators="valid voxels: own hemisphere without the voxel, other "
+                                     "hemisphere")
 
     def submit(subject):
         zl, vl, zr, vr = subject_series(store, subject, cfg.block, cfg.backend)
@@ -140,13 +130,7 @@ def compute_autonomy(
         return summary_line(ai, n_const).replace("mean z", "mean AI")
 
     with client_for(client, scheduler, scheduler_file) as c:
-        run_subjects(todo, c, submit, write, show_progress=show_progress,
-                     what="Autonomy index", subject_bytes=series_bytes(store, todo))
-    if todo:
-        store.append_history("autonomy", {**params, "subjects": todo, "overwrite": overwrite})
-    export_after(store, export, wanted, "ai")
-    ds = xr.Dataset({"ai": store.cfh_maps(wanted, var="ai")})
-    ds.attrs.update(metric="ai", threshold=threshold, computed=list(todo),
-                    skipped=list(skipped), seconds=round(time.perf_counter() - t0, 3),
-                    store=store.url)
-    return ds
+        job.run(c, submit, write, what="Autonomy index", show_progress=show_progress)
+    ds = xr.Dataset({"ai": store.cfh_maps(job.wanted, var="ai")})
+    ds.attrs.update(threshold=threshold)
+    return job.finish(ds, "autonomy", params, overwrite=overwrite, export=export)

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,15 +33,16 @@ import xarray as xr
 
 from cfhdask._version import __version__
 from cfhdask.backend import cupy_available
-from cfhdask.cfh.graph import cfh_graph, paired_graph, standardize_graph
+from cfhdask.cfh.graph import paired_graph, standardize_graph
 from cfhdask.cfh.kernels import CONSTANT_RTOL, R_CLIP, fisher_z
+from cfhdask.cfh.lowrank_graph import cfh_kernel_graph
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.settings import resolve
 
 log = logging.getLogger(__name__)
 
-__all__ = ["assemble_maps", "compute_cfh", "run_subjects", "series_bytes", "subject_graph",
-           "subject_units"]
+__all__ = ["MapRun", "assemble_maps", "compute_cfh", "kernel_facts", "run_subjects",
+           "series_bytes", "start_maps", "subject_graph", "subject_units"]
 
 
 # ----------------------------------------------------------------------------- shared
@@ -251,22 +253,115 @@ def export_after(store, export: str | None, subjects: list[str], metric: str) ->
     log.info("Exported NIfTI maps of %d subject(s) to %s", len(subjects), export)
 
 
+@dataclass
+class MapRun:
+    """One per-subject map computation of a store: what CFH, VMHC and the autonomy index share.
+
+    Made by :func:`start_maps` (settings resolved and checked, store opened,
+    subjects chosen); :meth:`run` computes and writes the subjects to do on a
+    cluster, :meth:`finish` records the history, exports and fills the
+    dataset's common attributes.
+    """
+
+    store: Any
+    cfg: Any
+    metric: str
+    wanted: list[str]
+    todo: list[str]
+    skipped: list[str]
+    t0: float = field(default_factory=time.perf_counter)
+
+    def params(self, **extra: Any) -> dict:
+        """The provenance every map records: the engine, the constants, the version."""
+        return {**extra, "block": self.cfg.block, "backend": self.cfg.backend,
+                "constant_rtol": CONSTANT_RTOL, "cfhdask_version": __version__}
+
+    def add_todo(self, subjects: Sequence[str]) -> None:
+        """Recompute ``subjects`` too (in the order of the wanted subjects, others last)."""
+        extra = [s for s in subjects if s not in self.todo]
+        if not extra:
+            return
+        order = {s: k for k, s in enumerate(self.wanted)}
+        todo = [*self.todo, *extra]
+        self.todo = sorted(todo, key=lambda s: (order.get(s, len(order)), todo.index(s)))
+        self.skipped = [s for s in self.skipped if s not in self.todo]
+
+    def run(self, client: Any, submit: Callable[[str], dict], write: Callable[[str, dict], str],
+            *, what: str, show_progress: bool = True) -> None:
+        """:func:`run_subjects` of the subjects to do."""
+        run_subjects(self.todo, client, submit, write, show_progress=show_progress, what=what,
+                     subject_bytes=series_bytes(self.store, self.todo))
+
+    def finish(self, ds: xr.Dataset, command: str, params: dict, *, overwrite: bool,
+               export: str | None) -> xr.Dataset:
+        """History (when anything ran), ``--export``, and the attributes every map dataset has."""
+        if self.todo:
+            self.store.append_history(command, {**params, "subjects": self.todo,
+                                                "overwrite": overwrite})
+        export_after(self.store, export, self.wanted, self.metric)
+        ds.attrs.update(metric=self.metric, computed=list(self.todo),
+                        skipped=list(self.skipped),
+                        seconds=round(time.perf_counter() - self.t0, 3), store=self.store.url)
+        return ds
+
+
+def start_maps(store: Any, metric: str | None, engine: dict, *, subjects: Sequence[str] | None,
+               overwrite: bool, storage_options: dict | None, what: str) -> MapRun:
+    """Resolve the engine settings, open the store, check it and choose the subjects.
+
+    ``metric`` None: the CFH metric of the resolved ``cfh.counterpart``
+    (``cfh`` or ``cfh_subject``); ``what`` names the computation in errors.
+    """
+    t0 = time.perf_counter()
+    cfg = engine_settings(engine)
+    metric = metric or ("cfh" if cfg.counterpart == "group" else "cfh_subject")
+    store = open_writable(store, storage_options)
+    require_hemispheres(store, what)
+    wanted, todo, skipped = select_subjects(store, subjects, metric, overwrite)
+    return MapRun(store, cfg, metric, wanted, todo, skipped, t0)
+
+
 # ----------------------------------------------------------------------------- subject mode
 def subject_graph(store, subject: str, *, block: int, split_every: int,
-                  backend: str = "numpy") -> dict[str, Any]:
+                  backend: str = "numpy", kernel: str = "full") -> dict[str, Any]:
     """Lazy per-subject CFH outputs of one subject (hemisphere-local indices) and validity.
+
+    Parameters
+    ----------
+    kernel : {"full", "auto", "lowrank"}
+        :func:`cfhdask.cfh.lowrank_graph.cfh_kernel_graph`: ``full`` is
+        :func:`cfhdask.cfh.graph.cfh_graph`, the others the exact low-rank kernel.
 
     Returns
     -------
     dict of dask arrays
         ``left_rmax``, ``left_arg`` (index into the right hemisphere),
         ``right_rmax``, ``right_arg`` (index into the left hemisphere),
-        ``left_valid``, ``right_valid``.
+        ``left_valid``, ``right_valid``; with a low-rank kernel also ``kernel``
+        (what ran: a dict in a one-element object array).
     """
     zl, vl, zr, vr = subject_series(store, subject, block, backend)
-    out = cfh_graph(zl, zr, vl, vr, block=block, split_every=split_every)
+    out = cfh_kernel_graph(zl, zr, vl, vr, kernel=kernel, block=block,
+                           split_every=split_every)
     out.update(left_valid=vl, right_valid=vr)
     return out
+
+
+def kernel_facts(kernel: str, info: dict | None) -> tuple[dict, str]:
+    """Store attributes and a log phrase of the kernel one subject ran with."""
+    if info is None:
+        return {"kernel": kernel, "kernel_used": "full"}, "kernel full"
+    facts = {k: info[k] for k in ("kernel", "kernel_used", "rank", "n_candidates",
+                                  "candidates_per_voxel", "full_rank_blocks", "n_blocks",
+                                  "pilot_candidates", "reason")}
+    if info["kernel_used"] == "lowrank":
+        phrase = (f"kernel lowrank (k={info['rank']}, {info['n_candidates']} candidates, "
+                  f"{info['candidates_per_voxel']:.2f} per voxel"
+                  + (f", {info['full_rank_blocks']} full-rank block(s)"
+                     if info["full_rank_blocks"] else "") + ")")
+    else:
+        phrase = f"kernel full ({kernel}: {info['reason']})"
+    return facts, phrase
 
 
 def assemble_maps(store, res: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -293,24 +388,36 @@ def _write_cfh(store, subject, metric, z, counterpart, r, params, n_const) -> st
     return summary_line(z, n_const)
 
 
-def _subject_mode(store, todo, client, params, show_progress) -> None:
+def _subject_mode(job: MapRun, client, params, show_progress) -> None:
+    store = job.store
+    kernel = params["kernel"]
+    if kernel != "full" and params["backend"] != "numpy":
+        log.info("cfh kernel %s: the low-rank block kernel runs on the CPU; the %s backend "
+                 "runs the full-rank kernel", kernel, params["backend"])
+        kernel = "full"
+
     def submit(subject):
         return subject_graph(store, subject, block=params["block"],
-                             split_every=params["split_every"], backend=params["backend"])
+                             split_every=params["split_every"], backend=params["backend"],
+                             kernel=kernel)
 
     def write(subject, res):
         n_const = int((~res["left_valid"]).sum() + (~res["right_valid"]).sum())
         maps = assemble_maps(store, res)
-        return _write_cfh(store, subject, "cfh_subject", maps["cfh"], maps["counterpart"],
-                          maps["r"], params, n_const)
+        info = res.get("kernel")
+        facts, phrase = kernel_facts(params["kernel"], None if info is None else info[0])
+        line = _write_cfh(store, subject, "cfh_subject", maps["cfh"], maps["counterpart"],
+                          maps["r"], {**params, **facts}, n_const)
+        return f"{line}, {phrase}"
 
-    run_subjects(todo, client, submit, write, show_progress=show_progress,
-                 what="CFH (per-subject maximum)", subject_bytes=series_bytes(store, todo))
+    job.run(client, submit, write, what="CFH (per-subject maximum)",
+            show_progress=show_progress)
 
 
 # ----------------------------------------------------------------------------- group mode
-def _group_values(store, todo, client, params, counterpart, show_progress) -> None:
+def _group_values(job: MapRun, client, params, counterpart, show_progress) -> None:
     """Each subject's r with the group counterpart: one O(voxels x T) pass per subject."""
+    store = job.store
     partner = np.asarray(counterpart["index"], dtype=np.int64)
 
     def submit(subject):
@@ -321,8 +428,7 @@ def _group_values(store, todo, client, params, counterpart, show_progress) -> No
         return _write_cfh(store, subject, "cfh", maps["z"], maps["partner"], maps["r"],
                           params, int((~res["valid"]).sum()))
 
-    run_subjects(todo, client, submit, write, show_progress=show_progress,
-                 what="CFH (group counterpart)", subject_bytes=series_bytes(store, todo))
+    job.run(client, submit, write, what="CFH (group counterpart)", show_progress=show_progress)
 
 
 def compute_cfh(
@@ -343,6 +449,7 @@ def compute_cfh(
     backend: str | None = None,
     show_progress: bool = True,
     storage_options: dict | None = None,
+    kernel: str | None = None,
 ) -> xr.Dataset:
     """Compute and store the CFH maps of every subject that lacks them.
 
@@ -391,6 +498,13 @@ def compute_cfh(
     storage_options : dict, optional
         fsspec options (credentials, endpoint) of a remote store given as a
         URL; the workers read and write the store with them.
+    kernel : {"auto", "lowrank", "full"}, optional
+        Subject mode: the CFH kernel (config ``cfh.kernel``, default ``auto``):
+        the exact low-rank kernel (:mod:`cfhdask.cfh.lowrank_graph`), chosen per
+        subject when its data allow (``auto``) or always (``lowrank``), or the
+        full-rank GEMM (``full``); the same maxima either way.  What ran
+        (``kernel_used``, ``rank``, ``n_candidates``...) is in each subject's
+        ``cfh_subject_params``.
 
     Returns
     -------
@@ -404,47 +518,37 @@ def compute_cfh(
     """
     from cfhdask.cfh.group import ensure_group_counterpart
 
-    t0 = time.perf_counter()
     ref = None if reference_subjects is None else (
         [reference_subjects] if isinstance(reference_subjects, str) else
         list(reference_subjects))
-    cfg = engine_settings(dict(counterpart=counterpart, reference_subjects=ref, block=block,
-                               split_every=split_every, subject_batch=subject_batch,
-                               backend=backend))
-    metric = "cfh" if cfg.counterpart == "group" else "cfh_subject"
-    store = open_writable(store, storage_options)
-    wanted, todo, skipped = select_subjects(store, subjects, metric, overwrite)
-    require_hemispheres(store)
-    params = {"counterpart": cfg.counterpart, "block": cfg.block,
-              "split_every": cfg.split_every, "backend": cfg.backend, "fisher_clip": R_CLIP,
-              "constant_rtol": CONSTANT_RTOL, "cfhdask_version": __version__}
-    n_constant: dict[str, int] = {}
+    job = start_maps(store, None, dict(counterpart=counterpart, reference_subjects=ref,
+                                       block=block, split_every=split_every,
+                                       subject_batch=subject_batch, backend=backend,
+                                       kernel=kernel),
+                     subjects=subjects, overwrite=overwrite, storage_options=storage_options,
+                     what="CFH")
+    cfg, store, metric = job.cfg, job.store, job.metric
+    params = job.params(counterpart=cfg.counterpart, split_every=cfg.split_every,
+                        fisher_clip=R_CLIP)
     group = None
     with client_for(client, scheduler, scheduler_file) as c:
         if cfg.counterpart == "group":
             group, stale = ensure_group_counterpart(
                 store, cfg, participants=participants, client=c, overwrite=overwrite,
                 show_progress=show_progress, storage_options=storage_options)
-            if stale:
-                todo = list(dict.fromkeys([*todo, *stale]))
-                skipped = [s for s in skipped if s not in todo]
+            job.add_todo(stale)
             params.update(counterpart_fingerprint=group["fingerprint"],
                           subject_batch=cfg.subject_batch)
-            _group_values(store, todo, c, params, group, show_progress)
+            _group_values(job, c, params, group, show_progress)
         else:
-            _subject_mode(store, todo, c, params, show_progress)
-    for s in todo:
-        n_constant[s] = int(store.subject_attrs(s).get("n_constant", 0))
-    if todo:
-        store.append_history("cfh", {**params, "subjects": todo, "overwrite": overwrite})
-    export_after(store, export, wanted, metric)
-    ds = xr.Dataset({"cfh": store.cfh_maps(wanted, var=metric),
-                     "r": store.cfh_maps(wanted, var=f"{metric}_r"),
-                     "counterpart": store.cfh_maps(wanted, var=f"{metric}_counterpart")})
+            params.update(kernel=cfg.kernel)
+            _subject_mode(job, c, params, show_progress)
+    n_constant = {s: int(store.subject_attrs(s).get("n_constant", 0)) for s in job.todo}
+    ds = xr.Dataset({"cfh": store.cfh_maps(job.wanted, var=metric),
+                     "r": store.cfh_maps(job.wanted, var=f"{metric}_r"),
+                     "counterpart": store.cfh_maps(job.wanted, var=f"{metric}_counterpart")})
     if group is not None:
         ds["group_counterpart"] = ("voxel", group["index"])
         ds.attrs.update(reference=group["reference"], fingerprint=group["fingerprint"])
-    ds.attrs.update(metric=metric, counterpart=cfg.counterpart, computed=list(todo),
-                    skipped=list(skipped), n_constant=n_constant,
-                    seconds=round(time.perf_counter() - t0, 3), store=store.url)
-    return ds
+    ds.attrs.update(counterpart=cfg.counterpart, n_constant=n_constant)
+    return job.finish(ds, "cfh", params, overwrite=overwrite, export=export)

@@ -129,6 +129,7 @@ class _Graph:
             HighLevelGraph({}, {})
         self.layers = dict(hlg.layers)
         self.deps = {k: set(v) for k, v in hlg.dependencies.items()}
+        self.block_keys: list = []
 
     def add(self, name: str, layer: dict, deps: set) -> None:
         self.layers[name] = layer
@@ -222,6 +223,9 @@ def block_graph(
     symmetric: bool = False,
     blas_threads: int | None = None,
     name: str = "blocks",
+    block_task: Callable | None = None,
+    block_extra: Callable[[int, int], tuple] | None = None,
+    extra_layers: set | None = None,
 ) -> tuple[_Graph, list, list, str, str]:
     """The fused block graph of ``a @ b.T`` through one reduction (internal builder).
 
@@ -239,16 +243,28 @@ def block_graph(
     blas_threads : int, optional
     name : str
         Prefix of the task names.
+    block_task : callable, optional
+        Another producer of a block's ``(rows, cols, ...)`` partial result (default
+        the fused GEMM): called as ``block_task(reduction, a_i, b_j, a_valid_i,
+        b_valid_j, a_offset, b_offset, diagonal, blas_threads, *block_extra(i, j))``;
+        items after ``cols`` are left to the caller (``graph.block_keys``).
+    block_extra : callable (i, j) -> tuple, optional
+        Extra arguments (e.g. TaskRefs) of block (i, j)'s ``block_task``.
+    extra_layers : set, optional
+        The layers those extra arguments come from.
 
     Returns
     -------
     (graph, row_roots, col_roots, row_layer, col_layer)
         Finalised tree roots per block of ``a`` and of ``b`` (with
         ``symmetric`` the row and column roots both cover ``a``'s blocks and are
-        combined by the caller; see :func:`autonomy_graph`).
+        combined by the caller; see :func:`autonomy_graph`).  ``graph.block_keys``
+        lists the block tasks.
     """
+    task = block_task or _fused_task
     tok = tokenize(a, b, a_valid, b_valid, type(reduction).__name__, vars(reduction),
-                   split_every, symmetric, blas_threads)
+                   split_every, symmetric, blas_threads, task.__name__,
+                   sorted(extra_layers or ()))
     bname, rname, cname = f"{name}-block-{tok}", f"{name}-rows-{tok}", f"{name}-cols-{tok}"
     g = _Graph(a, b, a_valid, b_valid)
     nbi, nbj = len(a.chunks[0]), len(b.chunks[0])
@@ -260,15 +276,17 @@ def block_graph(
         for j in range(i if symmetric else 0, nbj):
             key = (bname, i, j)
             diagonal = symmetric and i == j
-            blocks[key] = Task(key, _fused_task, reduction, TaskRef((a.name, i, 0)),
+            extra = block_extra(i, j) if block_extra is not None else ()
+            blocks[key] = Task(key, task, reduction, TaskRef((a.name, i, 0)),
                                TaskRef((b.name, j, 0)), TaskRef((a_valid.name, i)),
                                TaskRef((b_valid.name, j)), offa[i], offb[j], diagonal,
-                               blas_threads)
+                               blas_threads, *extra)
             row_leaves[i].append(TaskRef(key))
             if not diagonal:
                 col_leaves[j].append(TaskRef(key))
     g.add(bname, blocks, _layers_of(a) | _layers_of(b) | _layers_of(a_valid)
-          | _layers_of(b_valid))
+          | _layers_of(b_valid) | set(extra_layers or ()))
+    g.block_keys = list(blocks)
     rows: dict = {}
     cols: dict = {}
     row_roots = [_tree(rows, rname, i, row_leaves[i], reduction.combine, split_every,
@@ -335,12 +353,19 @@ def cfh_graph(
     g, rows, cols, rname, cname = block_graph(left, right, lv, rv, red,
                                               split_every=split_every,
                                               blas_threads=blas_threads, name="cfh")
+    return cfh_outputs(g, red, rows, cols, rname, cname, left.chunks[0], right.chunks[0])
+
+
+def cfh_outputs(g: _Graph, red: MaxArgmax, rows: list, cols: list, rname: str, cname: str,
+                left_chunks: Sequence[int], right_chunks: Sequence[int]
+                ) -> dict[str, da.Array]:
+    """The four lazy CFH outputs of a max/argmax block graph (see :func:`cfh_graph`)."""
     tok = rname.rsplit("-", 1)[-1]
     fl = _final_layer(g, f"cfh-left-final-{tok}", rows, red, rname)
     fr = _final_layer(g, f"cfh-right-final-{tok}", cols, red, cname)
     out = {}
-    for label, src, roots, chunks in (("left", fl, rows, left.chunks[0]),
-                                      ("right", fr, cols, right.chunks[0])):
+    for label, src, roots, chunks in (("left", fl, rows, left_chunks),
+                                      ("right", fr, cols, right_chunks)):
         keys = [(src, k) for k in range(len(roots))]
         out[f"{label}_rmax"] = g.array(f"cfh-{label}-rmax-{tok}", keys, 0, chunks,
                                        np.float32, src)

@@ -14,11 +14,11 @@ float32 product ``c = alpha_A alpha_B^T`` in strips that stay in cache while
 they are reduced (``e``, ``f``: residual norms of rows and columns; ``s``: the
 slack below):
 
-* vectorised reductions: the row maxima ``m_i`` of ``c`` and, per group of
-  :data:`GROUP_ROWS` rows, the column maxima and the group's largest ``e``;
-  a row's maximum correlation is at least ``m_i - e_i max(f) - s``, a column's
-  at least ``gmax - e_g f_j - s`` (running over the strips);
-* a compiled loop (numba) appends the row candidates, ``c_ij >= m_i - 2 e_i
+* one compiled pass (numba) over each row of the strip while it is in L1:
+  the row maximum ``m_i`` and, per group of :data:`GROUP_ROWS` rows, the
+  column maxima and the group's largest ``e``; a row's maximum correlation is
+  at least ``m_i - e_i max(f) - s``, a column's at least ``gmax - e_g f_j - s``
+  (running over the strips); and the row candidates, ``c_ij >= m_i - 2 e_i
   max(f) - 2 s``, testing 64 columns at once;
 * after the last strip, a column's candidates are searched only in the groups
   whose upper bound ``gmax + e_g f_j`` reaches the column's lower bound.
@@ -71,12 +71,17 @@ __all__ = [
     "SubjectPlan",
     "bound_slack",
     "choose_rank",
+    "count_valid",
     "gram",
     "lowrank_block_maxcorr",
     "lowrank_maxcorr",
+    "pilot_candidates",
+    "plan_pilot",
+    "plan_rank",
     "plan_subject",
     "project",
     "residual_exceed_counts",
+    "sample_rows",
     "temporal_basis",
 ]
 
@@ -106,9 +111,10 @@ RANK_SAMPLE = 8192
 #: Rows of the left hemisphere in the pilot strip of :func:`plan_subject`.
 PILOT_ROWS = 256
 
-#: Rows of one strip of the low-rank product (the strip stays in cache while
-#: it is reduced).
-STRIP_ROWS = 256
+#: Rows of one strip of the low-rank product (written by the GEMM, then read
+#: once, row by row, by the fused bound pass :func:`_strip_pass`; 512 rows of a
+#: 4096-column block were the fastest measured here: an 8 MiB strip in L3).
+STRIP_ROWS = 512
 
 #: Rows of a strip sharing one record of the columns' upper bounds; a column's
 #: candidates are searched only in the groups whose record reaches its bound.
@@ -172,17 +178,21 @@ def _chunks(n: int, size: int = CHUNK_ROWS):
         yield start, min(start + size, n)
 
 
-def gram(*series: Any) -> Any:
-    """The float64 T x T Gram matrix ``sum_v z_v z_v^T`` of one or more (n, T) arrays.
+def gram(*series: Any, dtype: Any = np.float64) -> Any:
+    """The T x T Gram matrix ``sum_v z_v z_v^T`` of one or more (n, T) arrays, as float64.
 
-    Accumulated in chunks of :data:`CHUNK_ROWS` voxels converted to float64.
+    Accumulated in float64 over chunks of :data:`CHUNK_ROWS` voxels, each chunk's
+    product computed in ``dtype``: float64 (default), or float32 (half the cost; the
+    basis only sets the speed of the low-rank kernel, never its result: the
+    eigenvectors of any symmetric matrix are orthonormal in float64 and the
+    residual norms of :func:`project` are bounds for whatever basis they get).
     """
     xp = array_module(*series)
     n_t = series[0].shape[1]
     g = xp.zeros((n_t, n_t), dtype=xp.float64)
     for z in series:
         for s, e in _chunks(z.shape[0]):
-            c = xp.asarray(z[s:e], dtype=xp.float64)
+            c = xp.asarray(z[s:e], dtype=dtype)
             g += c.T @ c
     return g
 
@@ -332,6 +342,54 @@ def _row_candidates(c, thr, row0, cand_i, cand_j, n_cand):  # pragma: no cover -
                             cand_i[n_cand] = row0 + i
                             cand_j[n_cand] = j
                         n_cand += 1
+    return n_cand
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _strip_pass(c, e, f, two_fmax, slack2, group, row0, gmax, ge, col_lo, cand_i, cand_j,
+                n_cand):  # pragma: no cover - compiled
+    """All the bound passes of one strip, fused: one read of each row from memory.
+
+    For each row ``i`` (in L1 while it is used): its maximum ``m_i``, the
+    column maxima of its group (``gmax[g]``, raw), then its candidates
+    ``c_ij >= m_i - 2 e_i max(f) - 2 s`` appended from ``n_cand`` (as
+    :func:`_row_candidates`).  After each group, ``ge[g]`` (its largest ``e``)
+    and the columns' lower bounds ``col_lo_j = max(col_lo_j, gmax[g, j] - ge[g] f_j)``.
+    The float32 arithmetic is that of the vectorised passes it replaces.
+    Returns the new candidate count (which may exceed the capacity).
+    """
+    m, nb = c.shape
+    cap = cand_i.size
+    n_groups = (m + group - 1) // group
+    for g in range(n_groups):
+        gm = gmax[g]
+        for j in range(nb):
+            gm[j] = -np.inf
+        emax = np.float32(0.0)
+        for i in range(g * group, min((g + 1) * group, m)):
+            row = c[i]
+            mx = np.float32(-np.inf)
+            for j in range(nb):
+                v = row[j]
+                mx = max(mx, v)
+                gm[j] = max(gm[j], v)
+            t = mx - two_fmax * e[i] - slack2
+            emax = max(emax, e[i])
+            for j0 in range(0, nb, _LANE):
+                j1 = min(j0 + _LANE, nb)
+                hit = False
+                for j in range(j0, j1):
+                    hit |= row[j] >= t
+                if hit:
+                    for j in range(j0, j1):
+                        if row[j] >= t:
+                            if n_cand < cap:
+                                cand_i[n_cand] = row0 + i
+                                cand_j[n_cand] = j
+                            n_cand += 1
+        ge[g] = emax
+        for j in range(nb):
+            col_lo[j] = max(col_lo[j], gm[j] - emax * f[j])
     return n_cand
 
 
@@ -513,18 +571,15 @@ def lowrank_block_maxcorr(
         strip = max(group, int(strip_rows) // group * group)
         buf = np.empty((min(strip, ma), mb), dtype=np.float32)
         cbt = cb.T
-        fmax = float(eb.max())
+        two_fmax = np.float32(2.0 * float(eb.max()))
         n_cand = 0
         for r0 in range(0, ma, strip):
             r1 = min(r0 + strip, ma)
             c = np.matmul(ca[r0:r1], cbt, out=buf[: r1 - r0])
-            thr, gmax, ge = _strip_bounds(c, ea[r0:r1], fmax, slack2, group)
-            g0 = r0 // group
-            group_max[g0:g0 + gmax.shape[0]] = gmax
-            group_e[g0:g0 + gmax.shape[0]] = ge
-            gmax -= ge[:, None] * eb
-            np.maximum(col_lo, gmax.max(axis=0), out=col_lo)
-            n_cand = _row_candidates(c, thr, r0, cand_i, cand_j, n_cand)
+            g0, g1 = r0 // group, -(-r1 // group)
+            n_cand = _strip_pass(c, ea[r0:r1], eb, two_fmax, slack2, group, r0,
+                                 group_max[g0:g1], group_e[g0:g1], col_lo, cand_i, cand_j,
+                                 n_cand)
             if n_cand > cap:
                 block = block_maxcorr(a, b, a_valid, b_valid, a_offset, b_offset)
                 return LowRankBlock(block, n_cand, True)
@@ -589,50 +644,92 @@ def plan_subject(
     -------
     SubjectPlan
     """
-    n_t = left.shape[1]
     g = gram(left, right) if g is None else g
     _, vectors = temporal_basis(g)
-    sl, sr = _sample(left.shape[0], rank_sample), _sample(right.shape[0], rank_sample)
+    sl, sr = sample_rows(left.shape[0], rank_sample), sample_rows(right.shape[0], rank_sample)
     counts = residual_exceed_counts(left[sl], vectors, tol) + residual_exceed_counts(
         right[sr], vectors, tol)
-    n_valid = _count_valid(None if left_valid is None else to_numpy(left_valid)[sl], sl.size) \
-        + _count_valid(None if right_valid is None else to_numpy(right_valid)[sr], sr.size)
+    n_valid = count_valid(None if left_valid is None else to_numpy(left_valid)[sl], sl.size) \
+        + count_valid(None if right_valid is None else to_numpy(right_valid)[sr], sr.size)
+    plan = plan_rank(counts, n_valid, vectors, tol=tol, quantile=quantile,
+                     max_rank_fraction=max_rank_fraction)
+    if plan.strategy != "lowrank":
+        return plan
+    rows = sample_rows(left.shape[0], pilot_rows)
+    lv = None if left_valid is None else to_numpy(left_valid)[rows]
+    fl = project(left[rows], vectors, plan.rank)
+    fr = project(right, vectors, plan.rank)
+    return plan_pilot(plan, pilot_candidates(fl, fr, lv, right_valid),
+                      max_candidates_per_row=max_candidates_per_row)
+
+
+def plan_rank(counts: Any, n_valid: int, vectors: Any, *, tol: float = RESIDUAL_TOL,
+              quantile: float = RESIDUAL_QUANTILE,
+              max_rank_fraction: float | None = MAX_RANK_FRACTION) -> SubjectPlan:
+    """The first half of :func:`plan_subject`: the rank, and full rank when it is too large.
+
+    Parameters
+    ----------
+    counts : int array (T + 1,)
+        :func:`residual_exceed_counts` summed over the sampled voxels.
+    n_valid : int
+        Valid voxels among them.
+    vectors : (T, T) float64
+        The basis (:func:`temporal_basis`).
+    tol, quantile : float
+        As :func:`plan_subject` (``tol`` only names the tolerance in the reason).
+    max_rank_fraction : float or None
+        None: low rank whatever the rank (the ``lowrank`` kernel).
+
+    Returns
+    -------
+    SubjectPlan
+        ``lowrank`` (pilot not yet run: NaN) or ``full``.
+    """
+    n_t = int(vectors.shape[0])
     rank = choose_rank(counts, n_valid, quantile=quantile)
-    if rank > max_rank_fraction * n_t:
+    if max_rank_fraction is not None and rank > max_rank_fraction * n_t:
         return SubjectPlan("full", rank, None, float("nan"),
                            f"rank {rank} of T={n_t} for residual {tol} exceeds "
                            f"{max_rank_fraction:g} T")
-    n_l = left.shape[0]
-    rows = _sample(n_l, pilot_rows)
-    lv = None if left_valid is None else to_numpy(left_valid)[rows]
-    fl = project(left[rows], vectors, rank)
-    fr = project(right, vectors, rank)
-    pilot = _pilot_row_candidates(left[rows], right, fl, fr, lv, right_valid)
+    return SubjectPlan("lowrank", rank, vectors, float("nan"), f"rank {rank} of T={n_t}")
+
+
+def plan_pilot(plan: SubjectPlan, pilot: float, *,
+               max_candidates_per_row: float = MAX_CANDIDATES_PER_ROW) -> SubjectPlan:
+    """The second half of :func:`plan_subject`: full rank when the pilot keeps too many candidates.
+
+    ``pilot`` is :func:`pilot_candidates` of the pilot rows against the other hemisphere.
+    """
+    if plan.strategy != "lowrank":
+        return plan
     if not pilot <= max_candidates_per_row:
-        return SubjectPlan("full", rank, None, pilot,
-                           f"rank {rank} of T={n_t}: the bound keeps {pilot:.1f} "
-                           f"candidates per row (> {max_candidates_per_row:g})")
-    return SubjectPlan("lowrank", rank, vectors, pilot,
-                       f"rank {rank} of T={n_t}, {pilot:.2f} candidates per pilot row")
+        return SubjectPlan("full", plan.rank, None, pilot,
+                           f"{plan.reason}: the bound keeps {pilot:.1f} candidates per row "
+                           f"(> {max_candidates_per_row:g})")
+    return plan._replace(pilot_candidates=pilot,
+                         reason=f"{plan.reason}, {pilot:.2f} candidates per pilot row")
 
 
-def _sample(n: int, size: int) -> np.ndarray:
+def sample_rows(n: int, size: int) -> np.ndarray:
     """At most ``size`` indices of ``range(n)``, evenly spaced (deterministic)."""
     return np.unique(np.linspace(0, n - 1, min(size, n)).astype(np.int64))
 
 
-def _count_valid(valid: Any, n: int) -> int:
+def count_valid(valid: Any, n: int) -> int:
+    """Valid entries of a mask (``n`` when there is none)."""
     return n if valid is None else int(np.asarray(to_numpy(valid), dtype=bool).sum())
 
 
-def _pilot_row_candidates(a, b, fa, fb, a_valid, b_valid) -> float:
-    """Mean number of candidates per valid row that the row bound alone keeps.
+def pilot_candidates(fa: LowRankFactors, fb: LowRankFactors, a_valid: Any = None,
+                     b_valid: Any = None) -> float:
+    """Mean number of candidates per valid row of ``fa`` that the row bound alone keeps.
 
-    The rows against all of ``b`` with the compiled strip pass (CuPy arrays: on
+    The rows against all of ``fb`` with the compiled strip pass (CuPy arrays: on
     the host).
     """
-    ia = _valid_index(a_valid, a.shape[0])
-    ib = _valid_index(b_valid, b.shape[0])
+    ia = _valid_index(a_valid, fa.coef.shape[0])
+    ib = _valid_index(b_valid, fb.coef.shape[0])
     ca = np.ascontiguousarray(to_numpy(fa.coef if ia is None else fa.coef[ia]))
     cb = np.ascontiguousarray(to_numpy(fb.coef if ib is None else fb.coef[ib]))
     ea = np.ascontiguousarray(to_numpy(fa.resid if ia is None else fa.resid[ia]))

@@ -16,28 +16,20 @@ the per-subject loop, skipping and writing are those of :mod:`cfhdask.cfh.comput
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from cfhdask._version import __version__
 from cfhdask.cfh.compute import (
     client_for,
-    engine_settings,
-    export_after,
-    open_writable,
     paired_maps,
     paired_values,
-    require_hemispheres,
-    run_subjects,
-    select_subjects,
-    series_bytes,
+    start_maps,
     summary_line,
 )
-from cfhdask.cfh.kernels import CONSTANT_RTOL, R_CLIP
+from cfhdask.cfh.kernels import R_CLIP
 from cfhdask.cfh.mirror import mirror_voxels
 from cfhdask.errors import CfhdaskInputError
 
@@ -107,20 +99,17 @@ def compute_vmhc(
         (voxel) the mirror's store index (-1: none).  Attrs ``mirror_exact``,
         ``max_offset_mm``, ``n_pairs``, ``computed``, ``skipped``, ``seconds``.
     """
-    t0 = time.perf_counter()
-    cfg = engine_settings(dict(block=block, backend=backend))
-    store = open_writable(store, storage_options)
-    require_hemispheres(store, "VMHC")
+    job = start_maps(store, "vmhc", dict(block=block, backend=backend), subjects=subjects,
+                     overwrite=overwrite, storage_options=storage_options, what="VMHC")
+    store = job.store
     mirror = store_mirror(store)
-    wanted, todo, skipped = select_subjects(store, subjects, "vmhc", overwrite)
     partner = mirror.index
-    params = {"mirror": "exact" if mirror.exact else "nearest",
-              "max_offset_mm": round(mirror.max_offset_mm, 4), "n_pairs": mirror.n_pairs,
-              "block": cfg.block, "backend": cfg.backend, "fisher_clip": R_CLIP,
-              "constant_rtol": CONSTANT_RTOL, "cfhdask_version": __version__}
+    params = job.params(mirror="exact" if mirror.exact else "nearest",
+                        max_offset_mm=round(mirror.max_offset_mm, 4), n_pairs=mirror.n_pairs,
+                        fisher_clip=R_CLIP)
 
     def submit(subject):
-        return paired_values(store, subject, partner, cfg.block, cfg.backend)
+        return paired_values(store, subject, partner, job.cfg.block, job.cfg.backend)
 
     def write(subject, res):
         n_const = int((~res["valid"]).sum())
@@ -131,16 +120,10 @@ def compute_vmhc(
         return summary_line(maps["z"], n_const)
 
     with client_for(client, scheduler, scheduler_file) as c:
-        run_subjects(todo, c, submit, write, show_progress=show_progress, what="VMHC",
-                     subject_bytes=series_bytes(store, todo))
-    if todo:
-        store.append_history("vmhc", {**params, "subjects": todo, "overwrite": overwrite})
-    export_after(store, export, wanted, "vmhc")
-    ds = xr.Dataset({"vmhc": store.cfh_maps(wanted, var="vmhc"),
-                     "r": store.cfh_maps(wanted, var="vmhc_r")})
+        job.run(c, submit, write, what="VMHC", show_progress=show_progress)
+    ds = xr.Dataset({"vmhc": store.cfh_maps(job.wanted, var="vmhc"),
+                     "r": store.cfh_maps(job.wanted, var="vmhc_r")})
     ds["mirror"] = ("voxel", np.asarray(partner, dtype=np.int32))
-    ds.attrs.update(metric="vmhc", mirror_exact=mirror.exact,
-                    max_offset_mm=mirror.max_offset_mm, n_pairs=mirror.n_pairs,
-                    computed=list(todo), skipped=list(skipped),
-                    seconds=round(time.perf_counter() - t0, 3), store=store.url)
-    return ds
+    ds.attrs.update(mirror_exact=mirror.exact, max_offset_mm=mirror.max_offset_mm,
+                    n_pairs=mirror.n_pairs)
+    return job.finish(ds, "vmhc", params, overwrite=overwrite, export=export)

@@ -23,7 +23,7 @@ from cfhdask.cli.options import (
 
 #: Options of ``cfhdask cfh`` -> fields of the ``cfh`` settings.
 CFH_FIELDS = ("counterpart", "reference_subjects", "subject_batch", "block", "split_every",
-              "backend")
+              "backend", "kernel")
 
 
 def add_map_options(p: argparse.ArgumentParser, export_help: str, *,
@@ -124,6 +124,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--participants", metavar="FILE", default=None,
                    help="participants table for a --reference-subjects filter")
     add_setting(g, "--subject-batch", "cfh", type=int, metavar="N")
+    add_setting(g, "--kernel", "cfh", choices=["auto", "lowrank", "full"])
     p.set_defaults(func=run)
     return p
 

@@ -29,8 +29,8 @@ from cfhdask.stats.clusters import MAXIMA_DISTANCE_MM, N_MAXIMA
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SOFTWARE", "contrast_label", "gather_provenance", "methods_paragraphs",
-           "plural_group"]
+__all__ = ["SOFTWARE", "contrast_label", "gather_provenance", "kernel_facts",
+           "methods_paragraphs", "plural_group"]
 
 SCHEMES = {
     "draper-stoneman": "the Draper\u2013Stoneman scheme (group labels permuted with the "
@@ -180,6 +180,8 @@ def metric_facts(store, stats: Mapping[str, Any]) -> dict[str, Any]:
     if metric in ("cfh", "cfh_subject"):
         out["counterpart"] = mp.get("counterpart") or \
             ("subject" if metric == "cfh_subject" else "group")
+    if metric == "cfh_subject" and mp.get("kernel"):
+        out["cfh_kernel"] = kernel_facts(store, stats, mp)
     if mp.get("backend"):
         out["cfh_backend"] = mp["backend"]
     if metric == "ai" and mp.get("threshold") is not None:
@@ -192,6 +194,36 @@ def metric_facts(store, stats: Mapping[str, Any]) -> dict[str, Any]:
         out["counterpart_reference"] = {k: v for k, v in dict(group.get("reference") or {})
                                         .items() if k != "subjects"}
     return out
+
+
+def kernel_facts(store, stats: Mapping[str, Any], mp: Mapping[str, Any]) -> dict[str, Any]:
+    """Which CFH kernel ran (per-subject maxima): the setting, how many maps used low rank,
+    and their ranks (every analysed subject's parameters when the store is given)."""
+    params = [mp]
+    if store is not None:
+        done = set(store.subjects("cfh_subject"))
+        names = [s for s in (_maps_of(stats) or []) if s in done] or sorted(done)
+        params = [store.metric_params(s, "cfh_subject") for s in names] or [mp]
+    ranks = [int(p["rank"]) for p in params if p.get("kernel_used") == "lowrank"
+             and p.get("rank") is not None]
+    return {"kernel": mp.get("kernel"), "n_maps": len(params), "n_lowrank": len(ranks),
+            "rank_min": min(ranks) if ranks else None, "rank_max": max(ranks) if ranks else None}
+
+
+def _kernel_text(k: Mapping[str, Any] | None) -> str:
+    """One sentence on the low-rank kernel, when it ran for any map."""
+    if not k or not k.get("n_lowrank"):
+        return ""
+    lo, hi = k.get("rank_min"), k.get("rank_max")
+    rank = f"rank {lo}" if lo == hi else f"rank {lo}–{hi}"
+    some = ("every map" if k["n_lowrank"] == k.get("n_maps")
+            else f"{k['n_lowrank']} of {k.get('n_maps')} maps (the others with the full "
+                 "product)")
+    return (" The maxima were found exactly, without the full product, for "
+            f"{some}: a product on the leading eigenvectors of each map's temporal Gram "
+            f"matrix ({rank}), the remainder bounded by the Cauchy–Schwarz inequality, "
+            "and every pair the bound could not exclude recomputed in double precision "
+            "(cfhdask's low-rank kernel).")
 
 
 def _store_facts(store, subjects: Sequence[str] | None, metric: str = "cfh"
@@ -459,7 +491,8 @@ def _metric_text(f: Mapping[str, Any]) -> str:
         body = ("The contralateral voxel with the maximal correlation was the voxel's "
                 "functionally homotopic counterpart, found separately in each participant, "
                 "and the voxel's CFH value was that maximal correlation")
-    return head + body + ", converted to Fisher's z (z = atanh r)."
+    return (head + body + ", converted to Fisher's z (z = atanh r)."
+            + _kernel_text(f.get("cfh_kernel")))
 
 
 def _maps(f: Mapping[str, Any]) -> str:

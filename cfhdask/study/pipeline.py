@@ -507,7 +507,8 @@ def _compute_metric(cfg: StudyConfig, store, metric: str, client) -> None:
 
         compute_cfh(store, counterpart="group" if metric == "cfh" else "subject",
                     reference_subjects=c.reference_subjects, participants=cfg.participants,
-                    split_every=c.split_every, subject_batch=c.subject_batch, **engine)
+                    split_every=c.split_every, subject_batch=c.subject_batch,
+                    kernel=c.kernel, **engine)
     elif metric == "vmhc":
         from cfhdask.cfh.vmhc import compute_vmhc
 

@@ -175,3 +175,23 @@ class CountingScheduler:
 
         self.calls += 1
         return dask.get(dsk, keys, **kwargs)
+
+
+def bandpassed_pairs(rng, n_left: int, n_right: int, n_time: int = 200, tr: float = 2.0,
+                     n_pairs: int = 60):
+    """Homotopic pairs sharing band-limited signals plus white noise, band-passed 0.01-0.1 Hz.
+
+    Returns raw (left, right) float64 series (offset 100): after the band-pass they span
+    far fewer dimensions than ``n_time``, as denoised fMRI does.
+    """
+    from cfhdask.prep.denoise import clean_series
+    from cfhdask.sim.signals import band_limited
+
+    shared = band_limited(rng, n_time, n_pairs, tr).T
+
+    def side(n):
+        pair = rng.integers(0, n_pairs, n)
+        x = shared[pair] * rng.uniform(0.3, 0.9, (n, 1)) + rng.standard_normal((n, n_time))
+        return clean_series(x, tr=tr, high_pass=0.01, low_pass=0.1) + 100.0
+
+    return side(n_left), side(n_right)

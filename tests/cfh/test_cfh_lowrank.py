@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cfhref import assert_matches, reference_cfh
+from cfhref import assert_matches, bandpassed_pairs, reference_cfh
 
 from cfhdask.cfh import lowrank as lr
 from cfhdask.cfh.kernels import standardize
-from cfhdask.prep.denoise import clean_series
-from cfhdask.sim.signals import band_limited
 
 T = 200
 TR = 2.0
 
 
-def _bandpassed(rng, n_left: int, n_right: int, n_pairs: int = 60):
-    """Homotopic pairs sharing band-limited signals, plus white noise, band-passed 0.01-0.1 Hz."""
-    shared = band_limited(rng, T, n_pairs, TR).T
-    def side(n):
-        pair = rng.integers(0, n_pairs, n)
-        x = shared[pair] * rng.uniform(0.3, 0.9, (n, 1)) + rng.standard_normal((n, T))
-        return clean_series(x, tr=TR, high_pass=0.01, low_pass=0.1) + 100.0
-    return side(n_left), side(n_right)
+def _bandpassed(rng, n_left: int, n_right: int):
+    return bandpassed_pairs(rng, n_left, n_right, T, TR)
 
 
 def _check(left, right, res):
@@ -173,3 +165,12 @@ def test_bad_arguments(bandpassed):
         lr.lowrank_maxcorr(zl, zl, mode="on")
     with pytest.raises(ValueError, match="basis"):
         lr.project(zl, np.eye(T)[:, :5], 8)
+
+
+def test_float32_gram_is_close_and_its_basis_orthonormal(bandpassed):
+    zl, _ = standardize(bandpassed[0])
+    g64, g32 = lr.gram(zl), lr.gram(zl, dtype=np.float32)
+    assert g32.dtype == np.float64
+    np.testing.assert_allclose(g32, g64, atol=1e-4 * np.abs(g64).max())
+    _, v = lr.temporal_basis(g32)
+    np.testing.assert_allclose(v.T @ v, np.eye(T), atol=1e-12)
