@@ -10,9 +10,9 @@ A graph has three parts:
 
    * *fused* (:func:`block_graph`): the block is the GEMM of two standardised
      series blocks of one subject, made strip by strip inside the reduction;
-   * *summed over subjects* (:func:`group_sum_graph`): one dense GEMM per
-     batch of subjects over their concatenated standardised time axes, the
-     batches summed in short chains and the chains tree-summed
+   * *summed over subjects* (:func:`cfhdask.cfh.groupsum.group_sum_graph`):
+     one dense GEMM per batch of subjects over their concatenated
+     standardised time axes, the batches summed in short chains and the chains tree-summed
      (:class:`~cfhdask.cfh.reductions.BlockSum`), then the summed block
      reduced.  Each batch's series are read and standardised once, by one
      task per voxel block, and released when the batch's GEMMs are done.
@@ -31,8 +31,8 @@ rows, self-pairs excluded.
 
 Uses: :func:`cfh_graph` (CFH, max/argmax of left x right), :func:`autonomy_graph`
 (thresholded counts of left x left, right x right and left x right) and
-:func:`group_sum_graph` (the group counterpart).  :func:`paired_graph` is the
-O(voxels x T) pass of a voxel with one partner (its group counterpart or its
+:func:`cfhdask.cfh.groupsum.group_sum_graph` (the group counterpart).
+:func:`paired_graph` is the O(voxels x T) pass of a voxel with one partner (its group counterpart or its
 mirror).  Building a graph computes nothing; graphs do no I/O themselves (the
 group graph calls a reader it is given).
 """
@@ -475,7 +475,7 @@ def paired_graph(read: Callable[[int, int, int], np.ndarray], subject: int, star
     Parameters
     ----------
     read : callable ``read(subject, start, stop) -> ndarray``
-        As for :func:`group_sum_graph`.
+        As for :func:`cfhdask.cfh.groupsum.group_sum_graph`.
     subject : int
         Which subject of the reader.
     start, stop : int

@@ -1111,7 +1111,7 @@ class SeriesReader:
     voxels ``start:stop`` of subject ``subjects[k]``.  Workers open each
     subject's array once per process and decompress only the chunks a read
     touches.  Used by graphs that must not keep a subject's data between tasks
-    (:func:`cfhdask.cfh.graph.group_sum_graph`).
+    (:func:`cfhdask.cfh.groupsum.group_sum_graph`).
     """
 
     def __init__(self, url: str, subjects: Sequence[str], storage_options: dict | None = None):
