@@ -307,28 +307,12 @@ def group_sum_graph(
 
     Parameters
     ----------
-    read : callable ``read(subject, start, stop) -> ndarray (stop - start, T_s)``
-        Raw series of voxels ``start:stop`` of subject number ``subject``
-        (picklable; runs on the workers).
-    n_subjects : int
-        Subjects ``0 .. n_subjects - 1`` are summed.
-    a_ranges, b_ranges : sequences of (start, stop)
-        Contiguous voxel blocks of the two sides (e.g. the left and right
-        hemispheres cut along the store's chunks), in the reader's indices;
-        output indices are relative to the first block of each side.
-    batch : int
-        Subjects per GEMM.
+    read, n_subjects, a_ranges, b_ranges, batch, blas_threads, backend, token
+        As for :class:`GroupPlan`.
     chain : int, optional
-        Batches summed one after another before the lanes are tree-summed
-        (config ``cfh.subject-chain``).
+        Default config ``cfh.subject-chain``.
     split_every : int, optional
-        Fan-in of the tree reductions across blocks (config ``cfh.split-every``).
-    blas_threads : int, optional
-    backend : {"numpy", "cupy"}
-        Where the batch GEMMs and the reductions run.
-    token : optional
-        Identifies the data behind ``read`` (e.g. the store and its subjects) in
-        task names.
+        Default config ``cfh.split-every``.
 
     Returns
     -------
