@@ -15,9 +15,10 @@ process alone (not its workers) while :func:`group_inference` runs:
 Printed: the client's peak RSS above its RSS just before the call, per mode,
 their ratio (same run), and the size of one float64 copy of the maps.
 The store is a null cohort of ``bench_null_check.py`` (``--store`` folder,
-made there when missing).
+made there when missing), or with ``--synthetic N`` N subjects' smooth random
+maps on a box of the 3 mm grid written straight into a store (seconds).
 
-Usage: ``python benchmarks/bench_stats_client_memory.py --store /tmp/cohort3mm``.
+Usage: ``python benchmarks/bench_stats_client_memory.py --store DIR [--synthetic 60]``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,35 @@ def _child(mode: str, store_url: str, participants: str, n_perm: int) -> dict:
             "n_voxels": store.n_voxels}
 
 
+def synthetic_store(root: Path, n: int) -> None:
+    """``n`` subjects' smooth random maps on a 40 x 48 x 36 box of the 3 mm grid."""
+    import numpy as np
+    import pandas as pd
+    from scipy import ndimage
+
+    from cfhdask.grid import MNI_3MM_AFFINE, MNI_3MM_SHAPE
+    from cfhdask.io.store import CohortStore
+
+    rng = np.random.default_rng(0)
+    box = (40, 48, 36)
+    mask = np.zeros(MNI_3MM_SHAPE, bool)
+    mask[10:10 + box[0], 12:12 + box[1], 12:12 + box[2]] = True
+    store = CohortStore.create(str(root / "null.zarr"), grid_shape=MNI_3MM_SHAPE,
+                               affine=MNI_3MM_AFFINE, mask=mask,
+                               mask_info={"source": "synthetic"})
+    ids = [f"sub-C{i + 1:02d}" for i in range(n)]
+    for sub in ids:
+        vol = ndimage.gaussian_filter(rng.standard_normal(MNI_3MM_SHAPE), 1.0)
+        cfh = (vol[tuple(store.ijk.T)] * 3).astype(np.float32)
+        store.write_subject(sub, rng.normal(size=(store.n_voxels, 2)).astype(np.float32),
+                            {"tr": 2.0})
+        store.write_cfh(sub, cfh, np.full(store.n_voxels, -1, np.int32), np.tanh(cfh), {})
+    (root / "sim").mkdir(exist_ok=True)
+    pd.DataFrame({"participant_id": ids, "group": "control", "age": rng.normal(40, 10, n),
+                  "sex": rng.choice(["F", "M"], n)}).to_csv(root / "sim" / "participants.tsv",
+                                                           sep="\t", index=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, required=True,
@@ -85,13 +115,18 @@ def main() -> None:
     ap.add_argument("--grid", default="3mm")
     ap.add_argument("--n-controls", type=int, default=30)
     ap.add_argument("--n-perm", type=int, default=200)
+    ap.add_argument("--synthetic", type=int, default=0, metavar="N",
+                    help="make the store from N subjects' random maps instead of a cohort")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     zarr_dir, participants = a.store / "null.zarr", a.store / "sim" / "participants.tsv"
     if a.child:
         print(json.dumps(_child(a.child, str(zarr_dir), str(participants), a.n_perm)))
         return
-    if not zarr_dir.exists():
+    if not zarr_dir.exists() and a.synthetic:
+        a.store.mkdir(parents=True, exist_ok=True)
+        synthetic_store(a.store, a.synthetic)
+    elif not zarr_dir.exists():
         from distributed import Client, LocalCluster
 
         sys.path.insert(0, str(Path(__file__).parent))

@@ -46,8 +46,7 @@ MAXIMA_DISTANCE_MM = 8.0
 
 __all__ = [
     "CONNECTIVITIES", "MAXIMA_DISTANCE_MM", "N_MAXIMA", "VoxelGraph", "label_clusters",
-    "local_maxima", "max_cluster_size_mass", "max_cluster_sizes_masses", "neighbour_offsets",
-    "tfce", "tfce_step",
+    "local_maxima", "max_cluster_size_mass", "neighbour_offsets", "tfce", "tfce_step",
     "voxel_graph",
 ]
 
@@ -185,47 +184,6 @@ def max_cluster_size_mass(graph: VoxelGraph, stat: np.ndarray, threshold: float,
     weights = stat[idx] - threshold if excess is None else excess[idx]
     masses = np.bincount(comp, weights=weights)
     return int(sizes.max()), float(masses.max())
-
-
-def max_cluster_sizes_masses(graph: VoxelGraph, stats: np.ndarray, threshold: float,
-                             excess: np.ndarray | None = None
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`max_cluster_size_mass` of each map of ``stats`` (B, V), in one union-find.
-
-    The maps are copies of the graph side by side, so the hooking rounds of
-    all of them are shared (a few array calls per round, whatever ``B``).
-    Each cluster's mass sums the same values in the same order as the
-    one-map function, so the results are bitwise the same.
-
-    Returns
-    -------
-    (ndarray of int64 (B,), ndarray of float64 (B,))
-        Largest size and mass per map (0 where no voxel is above ``threshold``).
-    """
-    stats = np.atleast_2d(stats)
-    B, V = stats.shape
-    sizes, masses = np.zeros(B, dtype=np.int64), np.zeros(B)
-    act = stats > threshold
-    idx = np.flatnonzero(act)  # b * V + v, by map then voxel
-    if idx.size == 0:
-        return sizes, masses
-    b, v = np.divmod(idx, V)
-    pos = np.full(B * (V + 1), -1, dtype=np.intp)  # per map: V voxels and the sentinel
-    pos[b * (V + 1) + v] = np.arange(idx.size)
-    k = graph.forward.shape[1]
-    tgt = pos[(b * (V + 1))[:, None] + graph.forward[v]].ravel()
-    e = np.flatnonzero(tgt >= 0)
-    comp = _components(idx.size, e // k, tgt[e])
-    weights = (stats.ravel()[idx] - threshold if excess is None
-               else np.atleast_2d(excess).ravel()[idx])
-    csize = np.bincount(comp)
-    cmass = np.bincount(comp, weights=weights)
-    roots = np.flatnonzero(csize)
-    np.maximum.at(sizes, b[roots], csize[roots])
-    masses[:] = -np.inf
-    np.maximum.at(masses, b[roots], cmass[roots])
-    masses[~act.any(axis=1)] = 0.0
-    return sizes, masses
 
 
 def tfce_step(peak: float, steps: int) -> float:

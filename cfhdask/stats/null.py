@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cfhdask.backend import to_numpy
-from cfhdask.stats.clusters import VoxelGraph, max_cluster_sizes_masses, tfce_batch, tfce_step
+from cfhdask.stats.clusters import VoxelGraph, max_cluster_size_mass, tfce_batch, tfce_step
 from cfhdask.stats.glm import MICRO_BATCH, GLMPrep, exact_t, permuted_t, permuted_t_fast
 from cfhdask.stats.permute import PermutationSchedule
 
@@ -199,30 +199,19 @@ def map_maxima(graph: VoxelGraph, t: np.ndarray, settings: NullSettings,
                with_tfce: bool = True) -> np.ndarray:
     """Null maxima of one t-map: array (2 signs, 4 stats) as :data:`NULL_STATS`.
 
-    With ``with_tfce=False`` the TFCE column is left 0 (see :func:`tfce_maxima`).
+    With ``with_tfce=False`` the TFCE column is left 0 (see :func:`tfce_maps`).
     """
-    return maps_maxima(graph, np.asarray(t)[None], settings, with_tfce)[0]
-
-
-def maps_maxima(graph: VoxelGraph, ts: np.ndarray, settings: NullSettings,
-                with_tfce: bool = True) -> np.ndarray:
-    """:func:`map_maxima` of each t-map of ``ts`` (B, V): array (B, 2, 4).
-
-    The clusters of all maps of one sign are labelled in one union-find
-    (:func:`~cfhdask.stats.clusters.max_cluster_sizes_masses`), bitwise as
-    one map at a time.
-    """
-    ts = np.atleast_2d(ts)
-    out = np.zeros((ts.shape[0], len(SIGNS), len(NULL_STATS)))
-    z = settings.enhanced(ts) if settings.z_df is not None else None
+    out = np.zeros((len(SIGNS), len(NULL_STATS)))
+    z = settings.enhanced(t) if settings.z_df is not None else None
     for i, sign in enumerate(SIGNS):
-        s = sign * ts
-        out[:, i, 0] = s.max(axis=1)
-        out[:, i, 1], out[:, i, 2] = max_cluster_sizes_masses(
+        s = sign * t
+        e = s if z is None else sign * z
+        out[i, 0] = s.max()
+        out[i, 1], out[i, 2] = max_cluster_size_mass(
             graph, s, settings.t_threshold,
-            None if z is None else sign * z - settings.mass_threshold)
+            None if z is None else e - settings.mass_threshold)
     if with_tfce and settings.tfce_dh is not None:
-        out[:, :, 3] = tfce_maxima(graph, ts, settings)
+        out[:, 3] = tfce_maxima(graph, t[None], settings)[0]
     return out
 
 
@@ -260,6 +249,9 @@ def batch_null_maxima(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSch
         ks = range(k, min(mb1, stop))
         ts = np.stack([refine_decisions(prep, perms[kk - mb0], t32[kk - mb0], settings)
                        for kk in ks])
-        out[k - start:ks.stop - start] = maps_maxima(graph, ts, settings)
+        for j, kk in enumerate(ks):
+            out[kk - start] = map_maxima(graph, ts[j], settings, with_tfce=False)
+        if settings.tfce_dh is not None:
+            out[k - start:ks.stop - start, :, 3] = tfce_maxima(graph, ts, settings)
         k = mb1
     return out

@@ -10,7 +10,6 @@ from cfhdask.stats.clusters import (
     label_clusters,
     local_maxima,
     max_cluster_size_mass,
-    max_cluster_sizes_masses,
     neighbour_offsets,
     tfce,
     voxel_graph,
@@ -53,23 +52,6 @@ def test_cluster_sizes_equal_ndimage_label(rng, connectivity):
         size, mass = max_cluster_size_mass(g, s, thr)
         assert size == (ref_sizes.max() if n else 0)
         assert mass == pytest.approx(mass_ref)
-
-
-@pytest.mark.parametrize("connectivity", [6, 26])
-def test_batched_maxima_bitwise_as_one_map_at_a_time(rng, connectivity):
-    vol, mask = _field(rng)
-    g = voxel_graph(np.argwhere(mask), SHAPE, connectivity)
-    maps = np.stack([ndimage.gaussian_filter(rng.standard_normal(SHAPE), 1.2)[mask]
-                     for _ in range(7)])
-    maps /= maps.std(axis=1, keepdims=True)
-    maps[3] = -5.0  # a map without any supra-threshold voxel
-    excess = maps * 0.7 + 0.1
-    for exc in (None, excess):
-        sizes, masses = max_cluster_sizes_masses(g, maps, 1.5, exc)
-        for b in range(len(maps)):
-            ref = max_cluster_size_mass(g, maps[b], 1.5, None if exc is None else exc[b])
-            assert (sizes[b], masses[b]) == ref  # bitwise
-    assert sizes[3] == 0 and masses[3] == 0.0 and (sizes > 0).sum() >= 5
 
 
 def test_no_supra_threshold_voxel(rng):
