@@ -140,7 +140,7 @@ def main() -> None:
     for mode in ("client-reads", "workers-read"):
         out = subprocess.run([sys.executable, __file__, "--store", str(a.store), "--n-perm",
                               str(a.n_perm), "--child", mode], check=True,
-                             capture_output=True, text=True).stdout
+                             stdout=subprocess.PIPE, text=True).stdout
         res[mode] = json.loads(out.strip().splitlines()[-1])
     r = res["workers-read"]
     print(f"store: {r['n_maps']} maps x {r['n_voxels']} voxels; one float64 copy of the maps "
