@@ -12,15 +12,13 @@ from cfhdask.cli.options import (
     parse_storage_options,
 )
 from cfhdask.cli.stats import (
-    DESIGN_FIELDS,
     add_inference_options,
     add_output_options,
     add_study_options,
+    inference_options,
 )
 
-#: Options -> fields of the ``stats`` and ``null_check`` settings.
-STATS_FIELDS = ("scheme", "cluster_p", "connectivity", "tfce", "mass_tfce_on", "alpha",
-                "metric", "batch_size")
+#: Options -> fields of the ``null_check`` settings.
 NULL_CHECK_FIELDS = ("level", "n_splits", "n_perm", "seed", "uncorrected_p", "interval")
 
 
@@ -75,28 +73,23 @@ def run(args: argparse.Namespace) -> int:
     from cfhdask.settings import resolve
     from cfhdask.stats.nullcheck import null_check, plan_null_check
 
-    st = resolve("stats", overrides(args, STATS_FIELDS), style="cli")
+    opts = inference_options(args)
     nc = resolve("null_check", overrides(args, NULL_CHECK_FIELDS), style="cli")
-    des = resolve("design", overrides(args, DESIGN_FIELDS), style="cli")
     so = parse_storage_options(args.storage_options)
     store = open_store(args.store, storage_options=so)
     table = read_participants(args.participants, so)
     sessions = read_sessions(args.participants, so)
     # group, sizes and the number of distinct splits are checked here, before any cluster
     plan_null_check(store, table, group=args.group, level=nc.level, groups=args.groups,
-                    sizes=args.sizes, n_splits=nc.n_splits, seed=nc.seed, design=des,
-                    sessions=sessions, storage_options=so, source=args.participants)
+                    sizes=args.sizes, n_splits=nc.n_splits, seed=nc.seed, design=opts.design,
+                    sessions=sessions, storage_options=so, source=args.participants,
+                    metric=opts.stats.metric)
     with dask_client(**cluster_kwargs(args)) as client:
         res = null_check(
             store, table, group=args.group, level=nc.level, groups=args.groups,
             sizes=args.sizes, n_splits=nc.n_splits, n_perm=nc.n_perm, seed=nc.seed,
-            uncorrected_p=nc.uncorrected_p, interval=nc.interval,
-            covariates=des.covariates, categorical=des.categorical,
-            drop_missing=des.drop_missing, combine_runs=des.combine_runs,
-            scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
-            tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, metric=args.metric,
-            batch_size=st.batch_size, sessions=sessions, storage_options=so,
-            client=client, out_dir=args.out)
+            uncorrected_p=nc.uncorrected_p, interval=nc.interval, sessions=sessions,
+            storage_options=so, client=client, out_dir=args.out, **opts.keywords())
     p = res.params
     print(f"null-check: {p['n_splits']} splits of the {p['n_participants']} participants of "
           f"group {p['level']!r} into {p['sizes'][0]} vs {p['sizes'][1]} "

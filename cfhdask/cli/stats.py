@@ -13,10 +13,17 @@ from cfhdask.cli.options import (
     parse_storage_options,
 )
 
-#: Options -> fields of the ``stats`` and ``design`` settings.
-STATS_FIELDS = ("n_perm", "scheme", "cluster_p", "connectivity", "tfce", "mass_tfce_on",
-                "alpha", "seed", "metric", "batch_size")
-DESIGN_FIELDS = ("covariates", "categorical", "drop_missing", "combine_runs")
+
+def inference_options(args: argparse.Namespace, *, own: dict | None = None):
+    """The inference options given on the command line, resolved against the settings.
+
+    Errors name the ``--flag``; ``own`` are more ``stats`` fields (``n_perm``, ``seed``).
+    Returns a :class:`cfhdask.stats.options.InferenceOptions`.
+    """
+    from cfhdask.stats.options import DESIGN_KEYS, STATS_KEYS, InferenceOptions
+
+    return InferenceOptions.resolve(overrides(args, STATS_KEYS + DESIGN_KEYS), style="cli",
+                                    stats=own)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -89,26 +96,20 @@ def run(args: argparse.Namespace) -> int:
 
     from cfhdask.cluster import dask_client
     from cfhdask.io.store import open_store
-    from cfhdask.settings import default_metric, resolve
     from cfhdask.stats.inference import group_inference, inference_design
 
-    st = resolve("stats", overrides(args, STATS_FIELDS), style="cli")
-    metric = args.metric or default_metric()
-    des = resolve("design", overrides(args, DESIGN_FIELDS), style="cli")
+    opts = inference_options(args, own=overrides(args, ("n_perm", "seed")))
+    st = opts.stats
     so = parse_storage_options(args.storage_options)
     store = open_store(args.store, storage_options=so)
     # every participant, session, group and covariate problem shows here, before any cluster
-    inference_design(store, args.participants, des, group=args.group, groups=args.groups,
-                     storage_options=so, metric=metric)
+    inference_design(store, args.participants, opts.design, group=args.group,
+                     groups=args.groups, storage_options=so, metric=st.metric)
     with dask_client(**cluster_kwargs(args)) as client:
         res = group_inference(
             store, args.participants, group=args.group, groups=args.groups,
-            covariates=des.covariates, categorical=des.categorical,
-            drop_missing=des.drop_missing, combine_runs=des.combine_runs,
-            storage_options=so, n_perm=st.n_perm, scheme=st.scheme,
-            cluster_p=st.cluster_p, connectivity=st.connectivity, tfce=st.tfce,
-            mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed, out_dir=args.out,
-            client=client, metric=metric, batch_size=st.batch_size)
+            storage_options=so, n_perm=st.n_perm, seed=st.seed, out_dir=args.out,
+            client=client, **opts.keywords())
     p = res.params
     several = sum(1 for m in p["maps"].values() if len(m) > 1)
     print(f"metric {p['metric']}: {len(p['subjects'])} participants {p['n_per_group']} from "

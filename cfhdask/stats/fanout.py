@@ -40,7 +40,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 import numpy as np
-from distributed import Client, KilledWorker
+from distributed import Client, Future, KilledWorker
 
 from cfhdask.errors import CfhdaskError
 from cfhdask.stats.clusters import VoxelGraph
@@ -107,7 +107,12 @@ def _threads(client: Client) -> int:
 
 
 def _scatter(client: Client, shared: Sequence[Any], what: str) -> list:
-    """Scatter ``shared`` to every worker (waiting for one when none is left)."""
+    """Scatter ``shared`` to every worker (waiting for one when none is left).
+
+    A :class:`~distributed.Future` in ``shared`` (data a task made in a
+    worker) is passed on as it is: Dask moves it between workers, and
+    recomputes it if its workers are lost.
+    """
     if not client.nthreads():
         log.warning("%s: no Dask worker; waiting up to %d s for one", what, WORKER_WAIT_S)
         try:
@@ -115,9 +120,9 @@ def _scatter(client: Client, shared: Sequence[Any], what: str) -> list:
         except TimeoutError:
             raise CfhdaskError(f"{what}: no Dask worker joined the cluster within "
                                f"{WORKER_WAIT_S} s") from None
-    if not shared:
-        return []
-    return list(client.scatter(list(shared), broadcast=True, hash=False))
+    data = [v for v in shared if not isinstance(v, Future)]
+    sent = iter(client.scatter(data, broadcast=True, hash=False) if data else ())
+    return [v if isinstance(v, Future) else next(sent) for v in shared]
 
 
 def _lost(fut) -> bool:
@@ -229,8 +234,9 @@ def _round(client: Client, fn: Callable, shared: Sequence[Any], items: Sequence[
                                   finished, lambda: max_in_flight(_threads(client), result_nbytes),
                                   lost=_lost))
     finally:
-        if shared_f:
-            client.cancel(shared_f)
+        scattered = [f for f, v in zip(shared_f, shared, strict=True) if f is not v]
+        if scattered:
+            client.cancel(scattered)
 
 
 def _raise_task_error(exc: BaseException, what: str, n_done: int, n: int) -> None:
@@ -246,7 +252,7 @@ def _batch(prep: GLMPrep, graph: VoxelGraph, schedule: PermutationSchedule,
     return batch_null_maxima(prep, graph, schedule, start, stop, settings)
 
 
-def null_maxima_dask(client: Client, prep: GLMPrep, graph: VoxelGraph,
+def null_maxima_dask(client: Client, prep: GLMPrep | Future, graph: VoxelGraph,
                      schedule: PermutationSchedule, settings: NullSettings,
                      batch_size: int | None = None,
                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -255,9 +261,10 @@ def null_maxima_dask(client: Client, prep: GLMPrep, graph: VoxelGraph,
     Parameters
     ----------
     client : distributed.Client
-    prep : GLMPrep
+    prep : GLMPrep or distributed.Future
         Residualised data (scattered once to every worker, with the graph,
-        the schedule and the settings).
+        the schedule and the settings), or the future of a task that made
+        them in a worker (they then never pass through this process).
     graph : VoxelGraph
     schedule : PermutationSchedule
     settings : NullSettings

@@ -22,7 +22,9 @@ With ``N`` permutations the rule ``p < alpha`` rejects when at most
 ``ceil(alpha N) - 1`` null maxima reach the observed one, so a continuous
 statistic under exchangeability has exact size ``(ceil(alpha N) - 1) / N``
 (:func:`rule_level`: 0.049 for N = 1000 and alpha = 0.05); ties (cluster
-sizes are integers, no cluster at all is common) make it smaller.
+sizes are integers, no cluster at all is common) make it smaller:
+:func:`tie_level` is the exact size for a given permutation distribution,
+ties and empty maps included (the level a method can attain on that data).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ import pandas as pd
 from scipy import stats as sstats
 
 from cfhdask.stats.null import NULL_STATS
+from cfhdask.stats.results import FWE_RTOL
 
-__all__ = ["INTERVALS", "METHODS", "binomial_interval", "fwer_table", "rule_level",
-           "split_p_values", "found_by_method"]
+__all__ = ["INTERVALS", "METHODS", "attainable_levels", "binomial_interval", "found_by_method",
+           "fwer_table", "rule_level", "split_p_values", "split_tie_levels", "tie_level"]
 
 #: Methods of the summary, in this order; the FWE ones map to :data:`NULL_STATS`.
 METHODS: tuple[str, ...] = ("voxel_fwe", "cluster_extent_fwe", "cluster_mass_fwe",
@@ -50,6 +53,76 @@ INTERVALS: tuple[str, ...] = ("clopper-pearson", "wilson")
 def rule_level(alpha: float, n_perm: int) -> float:
     """Exact size of ``p < alpha`` with ``n_perm`` permutations (continuous statistic)."""
     return (math.ceil(alpha * n_perm) - 1) / n_perm
+
+
+def tie_level(null: np.ndarray, alpha: float, n_perm: int | None = None, *,
+              positive: bool = True, rtol: float = FWE_RTOL) -> float:
+    """Exact size of ``p < alpha`` for a permutation distribution with ties and zeros.
+
+    Under exchangeability the observed statistic is one draw of its own
+    permutation distribution.  With ties (integer cluster sizes) some levels
+    cannot be hit, and a map without any cluster (value 0) finds nothing
+    whatever its p, so the size of the rule is below :func:`rule_level`.
+
+    Parameters
+    ----------
+    null : ndarray (N,) or (N, m)
+        Values of one statistic over the permutations; each column (e.g. the
+        two contrasts) is scored on its own and the levels are averaged.
+    alpha : float
+    n_perm : int, optional
+        ``None``: ``null`` is the whole permutation distribution (an exhaustive
+        schedule) and the result is the share of its values ``v > 0`` with
+        ``#{null >= v} / N < alpha``.  An int: the test uses the observed
+        statistic and ``n_perm - 1`` permutations drawn at random from the
+        distribution ``null`` stands for, so the level is
+        ``E_v[P(Binomial(n_perm - 1, S(v)) <= c - 1)]`` over ``v > 0`` with
+        ``S(v)`` the share of ``null >= v`` and ``c = ceil(alpha n_perm) - 1``
+        (for a continuous statistic this is :func:`rule_level`).
+    positive : bool
+        Only values above 0 can reject (cluster and TFCE statistics: no
+        cluster finds nothing); ``False`` for max t.
+    rtol : float
+        Ties within ``rtol * (1 + |v|)``, as :func:`~cfhdask.stats.results.fwe_p`.
+
+    Returns
+    -------
+    float
+    """
+    null = np.asarray(null, dtype=np.float64)
+    null = null.reshape(null.shape[0], -1)
+    levels = []
+    for col in null.T:
+        srt = np.sort(col)
+        share = (srt.size - np.searchsorted(srt, col - rtol * (1.0 + np.abs(col)),
+                                            side="left")) / srt.size
+        if n_perm is None:
+            reject = (share < alpha).astype(np.float64)
+        else:
+            c = math.ceil(alpha * n_perm) - 1
+            reject = sstats.binom.cdf(c - 1, n_perm - 1, share) if c >= 1 else \
+                np.zeros(col.size)
+        levels.append(float(np.mean(np.where(col > 0, reject, 0.0) if positive else reject)))
+    return float(np.mean(levels))
+
+
+def split_tie_levels(null: np.ndarray, alpha: float) -> np.ndarray:
+    """:func:`tie_level` of each contrast and statistic of one split: (2, 4).
+
+    ``null`` (N, 2, 4) is the split's whole null, identity included: given
+    that multiset of values, the observed one is any of them with equal
+    probability, so the level is the expected rate of a method on that split.
+    """
+    null = np.asarray(null, dtype=np.float64)
+    return np.array([[tie_level(null[:, i, j], alpha, positive=j > 0)
+                      for j in range(null.shape[2])] for i in range(null.shape[1])])
+
+
+def attainable_levels(levels: np.ndarray, tfce: bool) -> dict[str, float]:
+    """Per FWE method, the mean of :func:`split_tie_levels` (S, 2, 4) over splits and
+    contrasts: the FWER the method is expected to show on these data."""
+    return {m: float(np.mean(levels[:, :, NULL_STATS.index(stat)]))
+            for m, stat in _STAT_OF.items() if tfce or m != "tfce_fwe"}
 
 
 def binomial_interval(k: int, n: int, level: float = 0.95,
@@ -117,7 +190,8 @@ def found_by_method(p: np.ndarray, observed: np.ndarray, t_uncorrected: np.ndarr
 
 
 def fwer_table(positive: Mapping[str, np.ndarray], alpha: float, *, level: float = 0.95,
-               interval: str = "clopper-pearson") -> pd.DataFrame:
+               interval: str = "clopper-pearson",
+               attainable: Mapping[str, float] | None = None) -> pd.DataFrame:
     """The empirical FWER of each method with its binomial interval.
 
     Parameters
@@ -129,12 +203,16 @@ def fwer_table(positive: Mapping[str, np.ndarray], alpha: float, *, level: float
     level : float
         Confidence of the intervals.
     interval : {"clopper-pearson", "wilson"}
+    attainable : dict method -> float, optional
+        The level each method can attain on these data, ties and empty maps
+        included (:func:`tie_level` of each split's permutation distribution,
+        averaged): column ``attainable`` (NaN where not given).
 
     Returns
     -------
     DataFrame
         One row per method: ``method, n_splits, n_tests, n_positive, fwer,
-        ci_low, ci_high, nominal, verdict, fwer_first, ci_low_first,
+        ci_low, ci_high, nominal, attainable, verdict, fwer_first, ci_low_first,
         ci_high_first, rate_either``.  ``verdict`` is ``within`` (the interval
         holds ``alpha``), ``conservative`` (entirely below) or
         ``anti-conservative`` (entirely above).
@@ -151,6 +229,7 @@ def fwer_table(positive: Mapping[str, np.ndarray], alpha: float, *, level: float
                    "conservative" if hi < alpha else "within")
         rows.append({"method": m, "n_splits": s, "n_tests": n, "n_positive": k,
                      "fwer": k / n, "ci_low": lo, "ci_high": hi, "nominal": alpha,
+                     "attainable": float((attainable or {}).get(m, np.nan)),
                      "verdict": verdict, "fwer_first": k1 / s, "ci_low_first": lo1,
                      "ci_high_first": hi1, "rate_either": float(hit.any(axis=1).mean())})
     return pd.DataFrame(rows)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Unpack
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from scipy import stats as sstats
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.grid import hemisphere_of, ijk_to_xyz
 from cfhdask.io.participants import read_participants, read_sessions
-from cfhdask.settings import DesignSettings, default_metric, resolve
+from cfhdask.settings import DesignSettings, default_metric
 from cfhdask.stats.clusters import (
     N_MAXIMA,
     label_clusters,
@@ -49,13 +50,14 @@ from cfhdask.stats.null import (
     observed_t,
     tfce_steps,
 )
-from cfhdask.stats.permute import make_schedule
+from cfhdask.stats.options import InferenceKeywords, InferenceOptions
+from cfhdask.stats.permute import PermutationSchedule, make_schedule
 from cfhdask.stats.results import ContrastResult, GroupResult, fwe_p
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TFCE_E", "TFCE_H", "TFCE_STEPS", "analysis_mask", "group_inference",
-           "inference_design", "participant_maps", "tfce_steps"]
+__all__ = ["TFCE_E", "TFCE_H", "TFCE_STEPS", "GroupData", "analysis_mask", "group_data",
+           "group_inference", "inference_design", "participant_maps", "tfce_steps"]
 CLUSTER_COLUMNS = [
     "contrast", "cluster", "size_voxels", "size_mm3", "mass", "peak_t", "peak_x", "peak_y",
     "peak_z", "p_fwe", "mass_p_fwe",
@@ -284,23 +286,84 @@ def _cluster_table(name, s, labels, ijk, affine, null, t_thr, atlases, graph,
     return pd.DataFrame(rows, columns=CLUSTER_COLUMNS + _maxima_columns(atlases))
 
 
+@dataclass
+class GroupData:
+    """What an analysis needs of the participants' maps, built where the maps are read.
+
+    Attributes
+    ----------
+    keep : ndarray of bool (V,)
+        Analysis mask (:func:`analysis_mask`).
+    mask_info : dict
+        The ``mask`` entry of ``stats.json``.
+    t_obs : ndarray (V_analysed,)
+        Observed t-map (float64).
+    df : int
+    prep : GLMPrep or None
+        The residualised data; ``None`` in the client's copy of a Dask run
+        (:meth:`summary`): there the data stay in the workers' memory.
+    """
+
+    keep: np.ndarray
+    mask_info: dict
+    t_obs: np.ndarray
+    df: int
+    prep: GLMPrep | None = None
+
+    def summary(self) -> GroupData:
+        """This without the data: what a Dask run sends to the client."""
+        return GroupData(self.keep, self.mask_info, self.t_obs, self.df)
+
+
+def group_data(maps: np.ndarray, design: Design, used: Sequence[str], hemisphere: np.ndarray,
+               schedule: PermutationSchedule, scheme: str) -> GroupData:
+    """One row per participant, the analysis mask, the GLM and the observed t of ``maps``.
+
+    ``maps`` (n_maps, V) are the store maps of ``used``, in that order.
+    """
+    Y = participant_maps(design, used, np.asarray(maps, dtype=np.float64))
+    keep, prep, info = analysis_mask(Y, hemisphere, design.x, design.Z)
+    return GroupData(keep=keep, mask_info=info, t_obs=observed_t(prep, schedule, scheme),
+                     df=int(prep.df), prep=prep)
+
+
+def _prep_of(gd: GroupData) -> GLMPrep:
+    return gd.prep
+
+
+def _group_data_on(client, maps, design: Design, used: Sequence[str], hemisphere: np.ndarray,
+                   schedule: PermutationSchedule, scheme: str):
+    """:func:`group_data` on a Dask cluster: ``(summary, prep)``.
+
+    A store's maps (a lazy Dask array, one chunk per map and voxel chunk) are
+    read by the workers, and the GLM is prepared in a worker; the client
+    receives only the :meth:`GroupData.summary` (mask, observed t), and
+    ``prep`` is a future: the permutation batches take the data from worker
+    memory (and Dask recomputes them from the store if their worker is lost).
+    Array data, already in this process, are prepared here (``prep`` is then
+    the data, scattered by :func:`~cfhdask.stats.fanout.fan_out`).
+    """
+    if not hasattr(maps, "dask"):
+        gd = group_data(maps, design, used, hemisphere, schedule, scheme)
+        return gd.summary(), gd.prep
+    import dask
+
+    whole = client.compute(dask.delayed(group_data, pure=True)(
+        maps, design, list(used), hemisphere, schedule, scheme))
+    prep = client.submit(_prep_of, whole)
+    summary = client.submit(GroupData.summary, whole).result()
+    return summary, prep
+
+
 def group_inference(
     data: Any,
     participants: pd.DataFrame | str,
     *,
     group: str,
     groups: Sequence[str] | None = None,
-    covariates: Sequence[str] | None = None,
-    categorical: Sequence[str] | None = None,
     n_perm: int | None = None,
-    scheme: str | None = None,
-    cluster_p: float | None = None,
-    connectivity: int | None = None,
-    tfce: bool | None = None,
-    tfce_dh: float | None = None,
-    mass_tfce_on: str | None = None,
-    alpha: float | None = None,
     seed: int | None = None,
+    atlases: Sequence[str] | None = None,
     out_dir: str | None = None,
     client: Any = None,
     subjects: Sequence[str] | None = None,
@@ -308,14 +371,10 @@ def group_inference(
     grid_shape: Sequence[int] | None = None,
     affine: np.ndarray | None = None,
     hemisphere: np.ndarray | None = None,
-    metric: str | None = None,
-    drop_missing: bool | None = None,
-    combine_runs: str | None = None,
     sessions: pd.DataFrame | None = None,
     storage_options: dict | None = None,
-    batch_size: int | None = None,
-    atlases: Sequence[str] | None = None,
     compute: Literal["dask", "local"] = "dask",
+    **options: Unpack[InferenceKeywords],
 ) -> GroupResult:
     """Two-group comparison of participants' maps with covariates, by permutation.
 
@@ -331,107 +390,89 @@ def group_inference(
     group : str
         Group column.  ``groups`` picks the two groups (first > second is the
         first contrast); default the column's two values, sorted.
-    covariates : sequence of str
-        Nuisance covariates (numeric mean-centred, ``categorical`` dummy-coded).
     n_perm : int
         Permutations, identity included (default ``cfhdask.stats.n-perm``);
         fewer when all distinct permutations are fewer (exhaustive).  When no p
         can reach ``alpha`` a warning is logged and recorded in ``stats.json``.
-    scheme : {"freedman-lane", "draper-stoneman"}
-    cluster_p : float
-        Cluster-forming voxel p (one-sided), converted to t at ``df = n - rank(X)``.
-    connectivity : {6, 18, 26}
-    tfce : bool
-        Also TFCE (E = 0.5, H = 2) with FWE p.  Each contrast has its own step
-        ``dh`` = its observed peak / 100 (fixed for all permutations; the top
-        level at the peak is guaranteed), unless ``tfce_dh`` is given.
-    mass_tfce_on : {"t", "z"}
-        Compute cluster mass and TFCE on t, or on z (PALM's convention).
-    alpha : float
-        FWE level (for the too-few-permutations warning).
     seed : int
+    atlases : sequence of str or None
+        Atlases labelling the clusters (``aal``, ``harvard_oxford``).
     out_dir : str, optional
         Write the maps, ``clusters.tsv``, null distributions and ``stats.json`` there.
     client : distributed.Client, optional
         Dask client; default :func:`cfhdask.cluster.dask_client` (the current
         client or an embedded LocalCluster).  Ignored with ``compute="local"``.
-    drop_missing : bool
-        Drop participants missing from the table/data or with missing values.
-    combine_runs : str
-        How a participant's maps (sessions, runs) make its one row: ``"mean"``
-        or a session/run such as ``"ses-1"`` (see :func:`build_design`).
     sessions : DataFrame, optional
         Session-level variables, when ``participants`` is a DataFrame.
     storage_options : dict, optional
         fsspec options of a remote participants table (default: the store's).
-    batch_size : int, optional
-        Permutations per Dask task (default ``cfhdask.stats.batch-size``).
-    atlases : sequence of str or None
-        Atlases labelling the clusters (``aal``, ``harvard_oxford``).
-    metric : {"cfh", "cfh_subject", "vmhc", "ai"}, optional
-        The store's maps analysed (default ``stats.metric``; ``cfh`` is read as
-        ``cfh_subject`` when ``cfh.counterpart`` is ``subject``).  A metric the
-        store does not hold is an error naming ``--metric``.
     compute : {"dask", "local"}
         Fan permutations out on Dask, or run them in this process.
+    **options
+        :class:`~cfhdask.stats.options.InferenceKeywords` (``None``: the
+        ``stats`` and ``design`` settings): ``covariates`` (numeric
+        mean-centred, ``categorical`` dummy-coded), ``drop_missing``,
+        ``combine_runs`` (how a participant's maps make its one row: ``"mean"``
+        or a session/run such as ``"ses-1"``, see :func:`build_design`),
+        ``scheme`` (``"freedman-lane"`` or ``"draper-stoneman"``), ``cluster_p``
+        (one-sided cluster-forming voxel p, converted to t at ``df = n -
+        rank(X)``), ``connectivity`` (6, 18, 26), ``tfce`` (also TFCE, E = 0.5,
+        H = 2, with FWE p; each contrast's step ``dh`` is its observed peak /
+        100, fixed for all permutations, unless ``tfce_dh`` is given),
+        ``mass_tfce_on`` (``"t"``, or ``"z"`` as PALM), ``alpha`` (FWE level, for
+        the too-few-permutations warning), ``metric`` (``cfh``, ``cfh_subject``,
+        ``vmhc``, ``ai``: the store's maps analysed; ``cfh`` is read as
+        ``cfh_subject`` when ``cfh.counterpart`` is ``subject``; a metric the
+        store does not hold is an error naming ``--metric``), ``batch_size``
+        (permutations per Dask task).
 
     Returns
     -------
     GroupResult
     """
-    st = resolve("stats", dict(n_perm=n_perm, scheme=scheme, cluster_p=cluster_p,
-                               connectivity=connectivity, tfce=tfce, seed=seed,
-                               metric=metric or default_metric(), batch_size=batch_size,
-                               mass_tfce_on=mass_tfce_on, alpha=alpha,
-                               atlases=list(atlases) if atlases is not None else None))
+    opts = InferenceOptions.resolve(options, stats=dict(n_perm=n_perm, seed=seed,
+                                                        atlases=atlases))
+    st, des, tfce_dh = opts.stats, opts.design, opts.tfce_dh
     n_perm, scheme, cluster_p, connectivity = st.n_perm, st.scheme, st.cluster_p, st.connectivity
-    tfce, seed, metric = st.tfce, st.seed, st.metric
-    atlases = () if atlases is not None and not list(atlases) else st.atlases
-    if tfce_dh is not None and not tfce_dh > 0:
-        raise CfhdaskInputError(f"tfce_dh must be > 0, got {tfce_dh}")
-
-    des = resolve("design", dict(covariates=None if covariates is None else list(covariates),
-                                 categorical=None if categorical is None else list(categorical),
-                                 drop_missing=drop_missing, combine_runs=combine_runs))
+    tfce, seed, metric, batch_size = st.tfce, st.seed, st.metric, st.batch_size
+    atlases = st.atlases
     design, used = inference_design(data, participants, des, group=group, groups=groups,
                                     subjects=subjects, sessions=sessions,
                                     storage_options=storage_options, metric=metric)
     covariates = list(des.covariates)
     if hasattr(data, "cfh_maps"):
-        Y, ijk, grid_shape, affine, hemi = _load(data, used, ijk, grid_shape, affine,
-                                                 hemisphere, metric)
+        store = data
+        maps = store.cfh_maps(used, var=metric).data  # lazy: read by the workers
+        ijk, grid_shape = np.asarray(store.ijk), tuple(store.grid_shape)
+        affine, hemi = np.asarray(store.affine), np.asarray(store.hemisphere)
     else:
         names = _subject_names(data, subjects)
         Y, ijk, grid_shape, affine, hemi = _load(data, names, ijk, grid_shape, affine,
                                                  hemisphere, metric)
-        Y = Y[[names.index(s) for s in used]]
-    Y = participant_maps(design, used, Y)
+        maps = Y[[names.index(s) for s in used]]
     n_maps = {p: len(m) for p, m in design.maps.items() if len(m) > 1}
     if n_maps:
         log.info("%d participant(s) have several maps, combined by %s: %s", len(n_maps),
                  design.combine_runs, n_maps)
-
-    keep, prep, mask_info = analysis_mask(Y, hemi, design.x, design.Z)
-    ijk_m = ijk[keep]
-    df = prep.df
-    if df != design.df:  # pragma: no cover - guarded by build_design
-        raise CfhdaskInputError(f"design df {design.df} != GLM df {df}")
-    on_z = st.mass_tfce_on == "z"
     schedule = make_schedule(design.x, n_perm, seed, scheme)
     if schedule.exhaustive:
         log.info("Exhaustive: %d distinct permutations (asked %d)", schedule.n_perm, n_perm)
     warnings = [w for w in (_min_p_warning(schedule.n_perm, st.alpha),) if w]
     for w in warnings:
         log.warning("%s", w)
-    graph = voxel_graph(ijk_m, grid_shape, connectivity)
-    t_obs = observed_t(prep, schedule, scheme)
-    settings = null_settings(t_obs, df, scheme=scheme, cluster_p=cluster_p, tfce=tfce,
-                             tfce_dh=tfce_dh, mass_tfce_on=st.mass_tfce_on)
-    e_obs = settings.enhanced(t_obs)
-    t_thr, z_thr, dhs = settings.t_threshold, settings.z_threshold, settings.tfce_dh
+
+    def scored(gd: GroupData):
+        graph = voxel_graph(ijk[gd.keep], grid_shape, connectivity)
+        if gd.df != design.df:  # pragma: no cover - guarded by build_design
+            raise CfhdaskInputError(f"design df {design.df} != GLM df {gd.df}")
+        return graph, null_settings(gd.t_obs, gd.df, scheme=scheme, cluster_p=cluster_p,
+                                    tfce=tfce, tfce_dh=tfce_dh, mass_tfce_on=st.mass_tfce_on)
 
     if compute == "local":
-        null = null_maxima_local(prep, graph, schedule, settings, batch_size)
+        gd = group_data(np.asarray(maps), design, used, hemi, schedule, scheme)
+        graph, settings = scored(gd)
+        null = null_maxima_local(gd.prep, graph, schedule, settings, batch_size)
+        gd = gd.summary()
     else:
         if client is None:
             from cfhdask.cluster import dask_client
@@ -440,7 +481,14 @@ def group_inference(
         else:
             ctx = contextlib.nullcontext(client)
         with ctx as cl:
+            gd, prep = _group_data_on(cl, maps, design, used, hemi, schedule, scheme)
+            graph, settings = scored(gd)
             null = null_maxima_dask(cl, prep, graph, schedule, settings, batch_size)
+    keep, mask_info, t_obs, df = gd.keep, gd.mask_info, gd.t_obs, gd.df
+    ijk_m = ijk[keep]
+    on_z = st.mass_tfce_on == "z"
+    e_obs = settings.enhanced(t_obs)
+    t_thr, z_thr, dhs = settings.t_threshold, settings.z_threshold, settings.tfce_dh
 
     atlas_objs = {}
     for a in atlases or ():

@@ -35,18 +35,25 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import numpy as np
 import pandas as pd
 
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import ID_COLUMN, match_subjects
-from cfhdask.settings import DesignSettings, NullCheckSettings, default_metric, resolve
+from cfhdask.settings import DesignSettings, NullCheckSettings, resolve
 from cfhdask.stats.clusters import voxel_graph
 from cfhdask.stats.design import Design
 from cfhdask.stats.fanout import auto_batch_size, batch_bounds, fan_out
-from cfhdask.stats.fwer import found_by_method, fwer_table, rule_level, split_p_values
+from cfhdask.stats.fwer import (
+    attainable_levels,
+    found_by_method,
+    fwer_table,
+    rule_level,
+    split_p_values,
+    split_tie_levels,
+)
 from cfhdask.stats.inference import (
     _load,
     _min_p_warning,
@@ -56,6 +63,7 @@ from cfhdask.stats.inference import (
     participant_maps,
 )
 from cfhdask.stats.null import NULL_STATS, SIGNS
+from cfhdask.stats.options import InferenceKeywords, InferenceOptions
 from cfhdask.stats.splits import (
     SplitSpec,
     check_sizes,
@@ -254,19 +262,6 @@ def null_check(
     seed: int | None = None,
     uncorrected_p: float | None = None,
     interval: str | None = None,
-    covariates: Sequence[str] | None = None,
-    categorical: Sequence[str] | None = None,
-    drop_missing: bool | None = None,
-    combine_runs: str | None = None,
-    scheme: str | None = None,
-    cluster_p: float | None = None,
-    connectivity: int | None = None,
-    tfce: bool | None = None,
-    tfce_dh: float | None = None,
-    mass_tfce_on: str | None = None,
-    alpha: float | None = None,
-    metric: str | None = None,
-    batch_size: int | None = None,
     sessions: pd.DataFrame | None = None,
     storage_options: dict | None = None,
     subjects: Sequence[str] | None = None,
@@ -278,18 +273,15 @@ def null_check(
     out_dir: str | None = None,
     compute: Literal["dask", "local"] = "dask",
     progress: Callable[[int, int], None] | None = None,
+    **options: Unpack[InferenceKeywords],
 ) -> NullCheckResult:
     """Empirical FWER of the study's inference over random splits of one group.
 
     Parameters
     ----------
-    data, participants, group, groups, covariates, categorical, drop_missing,
-    combine_runs, scheme, cluster_p, connectivity, tfce, tfce_dh, mass_tfce_on,
-    alpha, metric, batch_size, sessions, storage_options, subjects, ijk,
+    data, participants, group, groups, sessions, storage_options, subjects, ijk,
     grid_shape, affine, hemisphere, client, compute
-        As :func:`cfhdask.stats.inference.group_inference` (``None``: the
-        ``stats`` and ``design`` settings); ``batch_size`` is per task, default
-        sized so that all splits together give at least 4 tasks per worker thread.
+        As :func:`cfhdask.stats.inference.group_inference`.
     level : str, optional
         The group split (default ``null_check.level``, else the second of ``groups``).
     sizes : (int, int), optional
@@ -300,21 +292,20 @@ def null_check(
         Write ``null_check.tsv``, ``null_check_splits.tsv``, ``null_check.json``.
     progress : callable, optional
         ``progress(done, total)`` permutations (all splits), as batches finish.
+    **options
+        The study's inference: :class:`~cfhdask.stats.options.InferenceKeywords`,
+        as :func:`~cfhdask.stats.inference.group_inference` (``None``: the
+        ``stats`` and ``design`` settings); ``batch_size`` is per task, default
+        sized so that all splits together give at least 4 tasks per worker thread.
 
     Returns
     -------
     NullCheckResult
     """
-    st = resolve("stats", dict(scheme=scheme, cluster_p=cluster_p, connectivity=connectivity,
-                               tfce=tfce, mass_tfce_on=mass_tfce_on, alpha=alpha,
-                               metric=metric or default_metric(), batch_size=batch_size))
+    opts = InferenceOptions.resolve(options)
+    st, des, tfce_dh = opts.stats, opts.design, opts.tfce_dh
     nc = resolve("null_check", dict(n_perm=n_perm, uncorrected_p=uncorrected_p,
                                     interval=interval))
-    des = resolve("design", dict(covariates=None if covariates is None else list(covariates),
-                                 categorical=None if categorical is None else list(categorical),
-                                 drop_missing=drop_missing, combine_runs=combine_runs))
-    if tfce_dh is not None and not tfce_dh > 0:
-        raise CfhdaskInputError(f"tfce_dh must be > 0, got {tfce_dh}")
     source = None
     if not isinstance(participants, pd.DataFrame):
         from cfhdask.io.participants import read_participants, read_sessions
@@ -340,11 +331,12 @@ def null_check(
                      tfce=bool(st.tfce), mass_tfce_on=st.mass_tfce_on, tfce_dh=tfce_dh,
                      uncorrected_p=nc.uncorrected_p)
     acc = _run_splits(plan, spec, Y, plan.design.Z, graph, client=client, compute=compute,
-                      batch_size=st.batch_size, progress=progress)
+                      batch_size=st.batch_size, progress=progress, alpha=st.alpha)
     p = split_p_values(acc["count"], acc["n_perm"])
     positive = found_by_method(p, acc["observed"], acc["t_uncorrected"], st.alpha,
                               bool(st.tfce))
-    summary = fwer_table(positive, st.alpha, interval=nc.interval)
+    summary = fwer_table(positive, st.alpha, interval=nc.interval,
+                         attainable=attainable_levels(acc["tie_level"], bool(st.tfce)))
     warnings = [w for w in (_min_p_warning(int(acc["n_perm"].min()), st.alpha),) if w]
     for w in warnings:
         log.warning("null-check: %s", w)
@@ -393,8 +385,10 @@ def _group_maps(data, plan: NullCheckPlan, subjects, ijk, grid_shape, affine, he
 
 
 def _run_splits(plan: NullCheckPlan, spec: SplitSpec, Y: np.ndarray, Z: np.ndarray, graph,
-                *, client, compute: str, batch_size: int | None, progress) -> dict:
-    """Fan the splits x permutations out; per split: counts, observed maxima, thresholds."""
+                *, client, compute: str, batch_size: int | None, progress,
+                alpha: float) -> dict:
+    """Fan the splits x permutations out; per split: counts, observed maxima, thresholds,
+    and the level attainable with its ties (its null is kept only until it is whole)."""
     splits = plan.splits
     n_splits = splits.shape[0]
     seeds = [split_perm_seed(plan.settings.seed, k) for k in range(n_splits)]
@@ -402,7 +396,10 @@ def _run_splits(plan: NullCheckPlan, spec: SplitSpec, Y: np.ndarray, Z: np.ndarr
     shape = (n_splits, len(SIGNS), len(NULL_STATS))
     acc = {"count": np.zeros(shape, dtype=np.int64), "observed": np.zeros(shape),
            "n_perm": n_perm, "df": np.zeros(n_splits, dtype=np.int64),
-           "t_threshold": np.zeros(n_splits), "t_uncorrected": np.zeros(n_splits)}
+           "t_threshold": np.zeros(n_splits), "t_uncorrected": np.zeros(n_splits),
+           "tie_level": np.zeros(shape)}
+    nulls: dict[int, np.ndarray] = {}
+    left = n_perm.copy()
 
     def run(cl) -> None:
         bsize = batch_size or auto_batch_size(
@@ -421,6 +418,12 @@ def _run_splits(plan: NullCheckPlan, spec: SplitSpec, Y: np.ndarray, Z: np.ndarr
             acc["observed"][k] = res.observed
             acc["df"][k], acc["t_threshold"][k] = res.df, res.t_threshold
             acc["t_uncorrected"][k] = res.t_uncorrected
+            null = nulls.setdefault(k, np.zeros((int(n_perm[k]), *shape[1:])))
+            start = items[i][2]
+            null[start:start + res.null.shape[0]] = res.null
+            left[k] -= res.null.shape[0]
+            if left[k] == 0:
+                acc["tie_level"][k] = split_tie_levels(nulls.pop(k), alpha)
 
         log.info("null-check: %d splits x %d permutations in %d task(s) of up to %d",
                  n_splits, spec.n_perm, len(items), bsize)
@@ -434,7 +437,7 @@ def _run_splits(plan: NullCheckPlan, spec: SplitSpec, Y: np.ndarray, Z: np.ndarr
             return
         fan_out(cl, split_null, [Y, Z, graph, spec], items, consume,
                 what="null-check permutations", sizes=[b - a for _, _, a, b in items],
-                result_nbytes=2048, progress=progress)
+                result_nbytes=2048 + 64 * bsize, progress=progress)
 
     if compute == "local":
         run(None)

@@ -34,8 +34,6 @@ from cfhdask.errors import CfhdaskInputError
 from cfhdask.stats.clusters import VoxelGraph
 from cfhdask.stats.glm import prepare_glm
 from cfhdask.stats.null import (
-    NULL_STATS,
-    SIGNS,
     batch_null_maxima,
     map_maxima,
     null_settings,
@@ -234,6 +232,9 @@ class SplitResult:
         Cluster-forming threshold (t).
     t_uncorrected : float
         t of the uncorrected voxel threshold (one-sided ``uncorrected_p``).
+    null : ndarray (stop - start, 2, 4)
+        The batch's null maxima (the client scores the ties of a whole split
+        with :func:`cfhdask.stats.fwer.tie_level`, then drops them).
     """
 
     count: np.ndarray
@@ -242,6 +243,7 @@ class SplitResult:
     df: int
     t_threshold: float
     t_uncorrected: float
+    null: np.ndarray
 
 
 def exceed_counts(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -282,12 +284,10 @@ def split_null(Y: np.ndarray, Z: np.ndarray, graph: VoxelGraph, spec: SplitSpec,
                              mass_tfce_on=spec.mass_tfce_on)
     observed = map_maxima(graph, t_obs, settings)
     stop = min(stop, schedule.n_perm)
-    if stop > start:
-        null = batch_null_maxima(prep, graph, schedule, start, stop, settings)
-        count = exceed_counts(null, observed)
-    else:
-        count = np.zeros((len(SIGNS), len(NULL_STATS)), dtype=np.int64)
+    null = batch_null_maxima(prep, graph, schedule, start, max(start, stop), settings)
+    count = exceed_counts(null, observed)
     return SplitResult(count=np.asarray(count, dtype=np.int64), observed=observed,
                        n_perm=int(schedule.n_perm), df=int(prep.df),
                        t_threshold=float(settings.t_threshold),
-                       t_uncorrected=float(sstats.t.isf(spec.uncorrected_p, prep.df)))
+                       t_uncorrected=float(sstats.t.isf(spec.uncorrected_p, prep.df)),
+                       null=null)

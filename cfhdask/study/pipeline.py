@@ -556,12 +556,9 @@ def _stats(cfg: StudyConfig, store, store_fp: str, metric: str, plan: StudyPlan,
 
         group_inference(
             store, participants, group=cfg.groups.column, groups=plan.levels,
-            covariates=cfg.covariates, categorical=cfg.categorical, n_perm=st.n_perm,
-            scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
-            tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, seed=st.seed,
-            metric=metric, atlases=st.atlases, out_dir=stats_dir, client=client,
-            subjects=subjects, drop_missing=cfg.drop_missing,
-            combine_runs=cfg.combine_runs, sessions=plan.sessions, batch_size=st.batch_size)
+            n_perm=st.n_perm, seed=st.seed, atlases=st.atlases, out_dir=stats_dir,
+            client=client, subjects=subjects, sessions=plan.sessions,
+            **_inference_options(cfg, metric).keywords())
         _mark_stage(stats_dir, stats_fp, stats_params)
     clusters = pd.read_csv(os.path.join(stats_dir, "clusters.tsv"), sep="\t")
     with open(os.path.join(stats_dir, "stats.json")) as f:
@@ -637,6 +634,16 @@ def _report_params(cfg: StudyConfig) -> dict:
             "normality_alpha": cfg.clinical.normality_alpha}
 
 
+def _inference_options(cfg: StudyConfig, metric: str):
+    """The study's inference options (its ``stats`` section and design) for ``metric``."""
+    from cfhdask.settings import DesignSettings
+    from cfhdask.stats.options import InferenceOptions
+
+    design = DesignSettings(**{k: getattr(cfg, k) for k in DesignSettings.model_fields})
+    return InferenceOptions(stats=cfg.stats.model_copy(update={"metric": metric}),
+                            design=design)
+
+
 def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, levels,
                       subjects: list[str], sessions, client, stats_params: dict,
                       metric: str) -> tuple[str, dict[str, str]]:
@@ -644,7 +651,7 @@ def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, level
 
     Returns its output folder and what was reused (for ``skipped``).
     """
-    nc, st = cfg.null_check, cfg.stats
+    nc = cfg.null_check
     params = {**stats_params, "null_check": nc.model_dump(exclude={"enabled"})}
     fp = fingerprint(params)
     out = os.path.join(cfg.output, f"null-check-{fp}")
@@ -655,12 +662,8 @@ def _null_check_stage(cfg: StudyConfig, store, participants: pd.DataFrame, level
 
     null_check(store, participants, group=cfg.groups.column, groups=levels, level=nc.level,
                sizes=nc.sizes, n_splits=nc.n_splits, n_perm=nc.n_perm, seed=nc.seed,
-               uncorrected_p=nc.uncorrected_p, interval=nc.interval,
-               covariates=cfg.covariates, categorical=cfg.categorical,
-               drop_missing=cfg.drop_missing, combine_runs=cfg.combine_runs,
-               scheme=st.scheme, cluster_p=st.cluster_p, connectivity=st.connectivity,
-               tfce=st.tfce, mass_tfce_on=st.mass_tfce_on, alpha=st.alpha, metric=metric,
-               batch_size=st.batch_size, sessions=sessions, subjects=subjects,
-               client=client, out_dir=out)
+               uncorrected_p=nc.uncorrected_p, interval=nc.interval, sessions=sessions,
+               subjects=subjects, client=client, out_dir=out,
+               **_inference_options(cfg, metric).keywords())
     _mark_stage(out, fp, params)
     return out, {}

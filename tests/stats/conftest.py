@@ -36,6 +36,31 @@ def make_dataset(rng, n_per_group=12, box=(9, 10, 8), effect=1.5, sigma_mm=5.0,
             "affine": MNI_3MM_AFFINE, "centre_ijk": c}
 
 
+def write_store(path, Y, ijk, subjects, rng):
+    """A cohort store at ``path`` holding the maps ``Y`` (n, V over ``ijk``) as CFH maps."""
+    from cfhdask.io.store import CohortStore
+
+    mask = np.zeros(MNI_3MM_SHAPE, bool)
+    mask[tuple(ijk.T)] = True
+    store = CohortStore.create(str(path), grid_shape=MNI_3MM_SHAPE, affine=MNI_3MM_AFFINE,
+                               mask=mask, mask_info={"source": "test"})
+    order = np.ravel_multi_index(tuple(store.ijk.T), MNI_3MM_SHAPE)
+    col = {int(f): i for i, f in enumerate(np.ravel_multi_index(tuple(ijk.T), MNI_3MM_SHAPE))}
+    perm = np.array([col[int(f)] for f in order])
+    for i, sub in enumerate(subjects):
+        store.write_subject(sub, rng.normal(size=(store.n_voxels, 3)).astype(np.float32),
+                            {"tr": 2.0})
+        cfh = Y[i, perm].astype(np.float32)
+        store.write_cfh(sub, cfh, np.full(store.n_voxels, -1, np.int32), np.tanh(cfh), {})
+    return store
+
+
+@pytest.fixture(scope="session")
+def store_writer():
+    """:func:`write_store`, for tests that build a cohort store from maps."""
+    return write_store
+
+
 @pytest.fixture
 def dataset(rng):
     """A planted patient > control effect in the left putamen."""

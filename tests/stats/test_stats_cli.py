@@ -9,27 +9,13 @@ import pandas as pd
 import pytest
 
 from cfhdask.cli import main
-from cfhdask.grid import MNI_3MM_AFFINE, MNI_3MM_SHAPE, xyz_to_ijk
+from cfhdask.grid import MNI_3MM_AFFINE, xyz_to_ijk
 
 
 @pytest.fixture
-def store_and_table(tmp_path, rng, dataset_factory):
-    from cfhdask.io.store import CohortStore
-
+def store_and_table(tmp_path, rng, dataset_factory, store_writer):
     ds = dataset_factory(rng, n_per_group=8, box=(6, 6, 5), effect=4.0, sigma_mm=4.0)
-    mask = np.zeros(MNI_3MM_SHAPE, bool)
-    mask[tuple(ds["ijk"].T)] = True
-    store = CohortStore.create(str(tmp_path / "store.zarr"), grid_shape=MNI_3MM_SHAPE,
-                               affine=MNI_3MM_AFFINE, mask=mask, mask_info={"source": "test"})
-    order = np.ravel_multi_index(tuple(store.ijk.T), MNI_3MM_SHAPE)
-    col = {int(f): i for i, f in enumerate(np.ravel_multi_index(tuple(ds["ijk"].T),
-                                                                MNI_3MM_SHAPE))}
-    perm = np.array([col[int(f)] for f in order])
-    for i, sub in enumerate(ds["table"].participant_id):
-        store.write_subject(sub, rng.normal(size=(store.n_voxels, 5)).astype(np.float32),
-                            {"tr": 2.0})
-        cfh = ds["Y"][i, perm].astype(np.float32)
-        store.write_cfh(sub, cfh, np.full(store.n_voxels, -1, np.int32), np.tanh(cfh), {})
+    store_writer(tmp_path / "store.zarr", ds["Y"], ds["ijk"], ds["table"].participant_id, rng)
     table = tmp_path / "participants.tsv"
     ds["table"].to_csv(table, sep="\t", index=False)
     return str(tmp_path / "store.zarr"), str(table)

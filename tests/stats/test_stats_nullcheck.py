@@ -137,6 +137,10 @@ def test_same_result_any_workers_and_batches(null_cohort, local_client):
     assert ref.params["sizes"] == [10, 10] and ref.params["n_splits"] == 6
     assert ref.params["n_distinct_splits"] == math.comb(20, 10) // 2
     assert (ref.p_values > 0).all() and (ref.p_values <= 1).all()
+    # the attainable level of the continuous max t is the rule's; ties only lower the others
+    att = ref.summary.set_index("method")["attainable"].drop("uncorrected")
+    assert att["voxel_fwe"] == pytest.approx(rule_level(0.05, 40)) == 1 / 40
+    assert ((att >= 0) & (att <= 1 / 40 + 1e-12)).all()
 
 
 def test_cli_null_check(null_cohort, local_client, tmp_path, capsys):
