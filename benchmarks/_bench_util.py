@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts: peak memory and CPU time of a process tree,
-median timings, the float32 GEMM floor, a simulated demo subject, the nilearn denoising
-peer."""
+workers busy sampled on a Dask scheduler, median timings, the float32 GEMM floor, a simulated
+demo subject, the nilearn denoising peer."""
 
 from __future__ import annotations
 
@@ -76,6 +76,66 @@ class CpuTime:
     def __exit__(self, *exc) -> None:
         end = self._total()
         self.seconds = sum(v - self._start.get(pid, 0.0) for pid, v in end.items())
+
+
+class BusySampler:
+    """Workers busy (sampled on the scheduler) and client RSS, every ``interval`` s.
+
+    A worker is busy when the scheduler has a task assigned to it
+    (``WorkerState.processing``).  ``busy`` holds one count per sample;
+    ``rss0`` / ``rss_peak`` the resident memory of this (the client) process.
+    """
+
+    def __init__(self, client, interval: float = 0.2):
+        self.client, self.interval = client, interval
+        self.busy: list[int] = []
+        self.rss0 = psutil.Process().memory_info().rss
+        self.rss_peak = self.rss0
+        self.client_cpu = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _cpu() -> float:
+        t = psutil.Process().cpu_times()
+        return t.user + t.system
+
+    @staticmethod
+    def _busy(dask_scheduler=None) -> int:
+        return sum(1 for w in dask_scheduler.workers.values() if w.processing)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                self.busy.append(int(self.client.run_on_scheduler(self._busy)))
+            except Exception:  # noqa: BLE001 - the client is closing
+                break
+            self.rss_peak = max(self.rss_peak, me.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def summary(self, n_workers: int) -> dict:
+        """Median workers busy, their mean share of ``n_workers`` (overall and by tenth of
+        the samples: where the idle time is), samples, client RSS (MiB) and CPU seconds
+        (the sampling thread included)."""
+        busy = np.asarray(self.busy or [0])
+        share = busy / max(1, n_workers)
+        return {"busy_median": float(np.median(busy)), "busy_share": float(share.mean()),
+                "busy_tenths": [float(t.mean()) for t in np.array_split(share, 10) if t.size],
+                "samples": int(busy.size),
+                "client_rss_peak_mib": self.rss_peak / 2**20,
+                "client_rss_growth_mib": (self.rss_peak - self.rss0) / 2**20,
+                "client_cpu_s": self.client_cpu}
+
+    def __enter__(self) -> BusySampler:
+        self.client_cpu = -self._cpu()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client_cpu += self._cpu()
 
 
 def median_time(fn, repeats: int) -> float:

@@ -1,14 +1,17 @@
 """Cohort scale: ingest, cfh and stats on 10 / 100 / 1000 simulated subjects on a tiny grid.
 
-For each stage and cohort size, in one run, this tree and a baseline tree
-(``--baseline REF``, default ``main``, extracted with ``git archive``) are run
-in fresh processes on the same kind of LocalCluster, with more single-threaded
-workers than cores (``--workers``, default 3 x cores: this measures
-concurrency, not speed).  Each child prints:
+For each cohort size, in one run, this tree and a baseline tree
+(``--baseline REF``, default ``main``, extracted with ``git archive``) each run
+ingest -> cfh (the default group counterpart) -> stats in a fresh process on
+the same kind of LocalCluster, with more single-threaded workers than cores
+(``--workers``, default 3 x cores: this measures concurrency, not speed).
+Every stage asked for (``--stages``) is measured on its own:
 
 * **workers busy**: the scheduler is sampled every 0.2 s (``--interval``) and
-  counts the workers with a task assigned (``WorkerState.processing``); the median over the stage's run and
-  the mean share of the workers;
+  counts the workers with a task assigned (``WorkerState.processing``); the
+  median over the stage's run, the mean share of the workers, and that share
+  by tenth of the stage (idle time at the start is client-side preparation,
+  at the end a tail);
 * **client RSS**: the peak resident memory of the client process (workers
   excluded), and its growth over the stage;
 * **seconds per subject** (marginal: the slope between cohort sizes).
@@ -21,6 +24,7 @@ per cohort size and shared by both trees.
 Usage::
 
     .venv/bin/python benchmarks/bench_scale.py --sizes 10,100,1000 --stages ingest,cfh,stats
+    .venv/bin/python benchmarks/bench_scale.py --sizes 1000 --workers 12 --volumes 40
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from _bench_util import BusySampler  # benchmarks/ is sys.path[0]
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -45,7 +49,8 @@ N_VOLUMES = 60
 
 
 # ---------------------------------------------------------------- inputs
-def write_inputs(folder: Path, n: int, seed: int = 0) -> tuple[list[str], str, str]:
+def write_inputs(folder: Path, n: int, n_volumes: int = N_VOLUMES,
+                 seed: int = 0) -> tuple[list[str], str, str]:
     """``n`` tiny BOLD images, a box mask and a participants table (two groups)."""
     import nibabel as nib
 
@@ -57,8 +62,8 @@ def write_inputs(folder: Path, n: int, seed: int = 0) -> tuple[list[str], str, s
     nib.save(nib.Nifti1Image(mask, AFFINE), mask_path)
     paths = []
     for i in range(n):
-        shared = rng.standard_normal(N_VOLUMES)
-        data = (100 + rng.standard_normal((*SHAPE, N_VOLUMES))
+        shared = rng.standard_normal(n_volumes)
+        data = (100 + rng.standard_normal((*SHAPE, n_volumes))
                 + rng.random(SHAPE)[..., None] * shared).astype(np.float32)
         img = nib.Nifti1Image(data, AFFINE)
         img.header.set_xyzt_units("mm", "sec")
@@ -73,95 +78,60 @@ def write_inputs(folder: Path, n: int, seed: int = 0) -> tuple[list[str], str, s
     return paths, str(mask_path), str(table)
 
 
-# ---------------------------------------------------------------- child: one stage, one tree
-class Sampler:
-    """Workers busy (sampled on the scheduler) and client RSS, every ``interval`` s."""
-
-    def __init__(self, client, interval: float):
-        import psutil
-
-        self.client, self.interval = client, interval
-        self.busy: list[int] = []
-        self.rss0 = psutil.Process().memory_info().rss
-        self.rss_peak = self.rss0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _busy(dask_scheduler=None) -> int:
-        return sum(1 for w in dask_scheduler.workers.values() if w.processing)
-
-    def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                self.busy.append(int(self.client.run_on_scheduler(self._busy)))
-            except Exception:  # noqa: BLE001 - the client is closing
-                break
-            self.rss_peak = max(self.rss_peak, me.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+# ---------------------------------------------------------------- child: the stages, one tree
+STAGE_ORDER = ("ingest", "cfh", "stats")
 
 
-def child(stage: str, inputs: str, work: str, n_workers: int, interval: float,
+def child(stages: list[str], inputs: str, work: str, n_workers: int, interval: float,
           n_perm: int) -> dict:
+    """ingest -> cfh -> stats on one LocalCluster; the asked stages sampled, each apart.
+
+    A stage that is not asked for but feeds a later one runs unmeasured.
+    """
     from distributed import Client, LocalCluster
+
+    from cfhdask.cfh.compute import compute_cfh
+    from cfhdask.io.store import open_store
+    from cfhdask.prep.ingest import ingest
+    from cfhdask.stats.inference import group_inference
 
     paths = json.loads(Path(inputs, "paths.json").read_text())
     store = str(Path(work, "cohort.zarr"))
+    run = {
+        "ingest": lambda c: ingest(paths, store, mask=str(Path(inputs, "mask.nii.gz")),
+                                   client=c),
+        "cfh": lambda c: compute_cfh(store, client=c, show_progress=False),
+        "stats": lambda c: group_inference(open_store(store),
+                                           str(Path(inputs, "participants.tsv")),
+                                           group="group", n_perm=n_perm, client=c, atlases=[],
+                                           tfce=False),
+    }
+    last = max(STAGE_ORDER.index(s) for s in stages)
+    out = {}
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                       host="127.0.0.1", dashboard_address=None) as lc, Client(lc) as client:
-        from cfhdask.prep.ingest import ingest
-
-        if stage != "ingest":  # the stage's input, not measured
-            ingest(paths, store, mask=str(Path(inputs, "mask.nii.gz")), client=client)
-        if stage == "stats":
-            from cfhdask.cfh.compute import compute_cfh
-
-            compute_cfh(store, client=client, show_progress=False)
-        t0 = time.perf_counter()
-        with Sampler(client, interval) as sampler:
-            if stage == "ingest":
-                ingest(paths, store, mask=str(Path(inputs, "mask.nii.gz")), client=client)
-            elif stage == "cfh":
-                from cfhdask.cfh.compute import compute_cfh
-
-                compute_cfh(store, client=client, show_progress=False)
-            else:
-                from cfhdask.io.store import open_store
-                from cfhdask.stats.inference import group_inference
-
-                group_inference(open_store(store), str(Path(inputs, "participants.tsv")),
-                                group="group", n_perm=n_perm, client=client, atlases=[],
-                                tfce=False)
-        seconds = time.perf_counter() - t0
-    busy = np.asarray(sampler.busy or [0])
-    return {"seconds": seconds, "busy_median": float(np.median(busy)),
-            "busy_share": float(busy.mean() / n_workers), "samples": int(busy.size),
-            "client_rss_peak_mib": sampler.rss_peak / 2**20,
-            "client_rss_growth_mib": (sampler.rss_peak - sampler.rss0) / 2**20}
+        for stage in STAGE_ORDER[:last + 1]:
+            if stage not in stages:
+                run[stage](client)
+                continue
+            t0 = time.perf_counter()
+            with BusySampler(client, interval) as sampler:
+                run[stage](client)
+            out[stage] = {"seconds": time.perf_counter() - t0, **sampler.summary(n_workers)}
+    return out
 
 
 # ---------------------------------------------------------------- parent
-def run_child(tree: Path, stage: str, inputs: Path, n_workers: int, interval: float,
+def run_child(tree: Path, stages: list[str], inputs: Path, n_workers: int, interval: float,
               n_perm: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
         env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(tree),
                "PYTHONDONTWRITEBYTECODE": "1"}
-        out = subprocess.run([sys.executable, __file__, "--_child", stage, str(inputs), work,
-                              str(n_workers), str(interval), str(n_perm)], env=env,
-                             capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, "--_child", ",".join(stages),
+                              str(inputs), work, str(n_workers), str(interval), str(n_perm)],
+                             env=env, capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"{stage} child ({tree}) failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"child ({tree}) failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -176,8 +146,8 @@ def extract_tree(ref: str, dest: Path) -> Path:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_child":
-        stage, inputs, work, n_workers, interval, n_perm = sys.argv[2:8]
-        print(json.dumps(child(stage, inputs, work, int(n_workers), float(interval),
+        stages, inputs, work, n_workers, interval, n_perm = sys.argv[2:8]
+        print(json.dumps(child(stages.split(","), inputs, work, int(n_workers), float(interval),
                                int(n_perm))))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -187,6 +157,7 @@ def main() -> None:
                    help="single-threaded LocalCluster workers (more than cores on purpose)")
     p.add_argument("--interval", type=float, default=0.2, help="scheduler sampling period (s)")
     p.add_argument("--n-perm", type=int, default=2000, help="permutations of the stats stage")
+    p.add_argument("--volumes", type=int, default=N_VOLUMES, help="volumes per subject")
     p.add_argument("--baseline", default="main",
                    help="git ref compared with this tree ('' for this tree only)")
     args = p.parse_args()
@@ -197,23 +168,26 @@ def main() -> None:
         if args.baseline:
             trees[args.baseline] = extract_tree(args.baseline, Path(tmp, "baseline"))
         print(f"{args.workers} single-threaded workers on {os.cpu_count()} cores; scheduler "
-              f"sampled every {args.interval} s; grid {SHAPE}, {N_VOLUMES} volumes")
+              f"sampled every {args.interval} s; grid {SHAPE}, {args.volumes} volumes")
         results: dict = {}
         for n in sizes:
             inputs = Path(tmp, f"in{n}")
-            paths, _, _ = write_inputs(inputs, n)
+            paths, _, _ = write_inputs(inputs, n, args.volumes)
             Path(inputs, "paths.json").write_text(json.dumps(paths))
-            for stage in stages:
-                for name, tree in trees.items():
-                    r = run_child(tree, stage, inputs, args.workers, args.interval, args.n_perm)
+            for name, tree in trees.items():
+                for stage, r in run_child(tree, stages, inputs, args.workers, args.interval,
+                                          args.n_perm).items():
                     results[(stage, n, name)] = r
                     print(f"{stage:6s} n={n:5d} {name:>6s}: {r['seconds']:8.1f} s, "
                           f"{r['seconds'] / n:7.3f} s/subject, workers busy median "
                           f"{r['busy_median']:.1f} of {args.workers} (mean "
-                          f"{100 * r['busy_share']:.0f} %), client RSS peak "
-                          f"{r['client_rss_peak_mib']:.0f} MiB (+{r['client_rss_growth_mib']:.0f})",
-                          flush=True)
-                if len(trees) == 2:
+                          f"{100 * r['busy_share']:.0f} %; by tenth of the stage: "
+                          f"{' '.join(f'{100 * t:.0f}' for t in r['busy_tenths'])}), client RSS "
+                          f"peak {r['client_rss_peak_mib']:.0f} MiB "
+                          f"(+{r['client_rss_growth_mib']:.0f}), client CPU "
+                          f"{r['client_cpu_s']:.1f} s", flush=True)
+            if len(trees) == 2:
+                for stage in stages:
                     a, b = (results[(stage, n, k)] for k in trees)
                     print(f"{stage:6s} n={n:5d}  ratio this/{args.baseline}: time "
                           f"{a['seconds'] / b['seconds']:.2f}, workers busy (mean) "

@@ -21,12 +21,15 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+from cfhdask.cluster.batch import LOGGING_ENV
+
 __all__ = ["LOG_FORMAT", "log_file_path", "logging_to", "one_line"]
 
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 _TERMINAL_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: Environment variable Dask reads its ``distributed.logging`` config from.
-_WORKER_ENV = "DASK_DISTRIBUTED__LOGGING"
+#: Environment variable Dask reads its ``distributed.logging`` config from (batch jobs
+#: unset it: their workers log to the jobs' own files).
+_WORKER_ENV = LOGGING_ENV
 
 
 def log_file_path(command: str) -> str:

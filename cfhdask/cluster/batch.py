@@ -60,6 +60,11 @@ FATAL_REASONS = frozenset({
 })
 #: Seconds between two looks at the queue while waiting, and while computing.
 WAIT_POLL, KEEP_POLL = 1.0, 5.0
+#: Dask's logging configuration in the environment: the CLI sets it to send its
+#: embedded workers' records to its own log file (:mod:`cfhdask.cli.logs`).  Batch jobs
+#: inherit the submitting environment, so their script unsets it: a worker on another
+#: node logs to its job's ``.err`` file, not to a path on the login node.
+LOGGING_ENV = "DASK_DISTRIBUTED__LOGGING"
 
 
 # ----------------------------------------------------------------------------- job options
@@ -93,7 +98,7 @@ def jobqueue_kwargs(jq: JobqueueSettings | None = None, kind: str = "slurm",
         "walltime": jq.walltime, "queue": jq.queue, "account": jq.account,
         "interface": jq.interface, "local_directory": jq.local_directory,
         "log_directory": jq.log_directory, "job_name": JOB_NAME,
-        "job_script_prologue": [f"export {exports}", *jq.prologue],
+        "job_script_prologue": [f"export {exports}", f"unset {LOGGING_ENV}", *jq.prologue],
         "job_extra_directives": list(jq.extra_directives),
         "worker_extra_args": _lifetime_args(jq),
         "scheduler_options": ({"dashboard_address": dashboard_address} if dashboard_address

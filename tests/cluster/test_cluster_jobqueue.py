@@ -84,6 +84,7 @@ def test_job_script_is_ready_for_a_typical_node(tmp_path):
                  "#SBATCH -t 02:00:00", "#SBATCH --constraint=avx2",
                  f"#SBATCH -e {logs}/cfhdask-worker-%J.err",
                  "export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1",
+                 "unset DASK_DISTRIBUTED__LOGGING",  # workers log to their job's .err file
                  "module load python"):
         assert line in script, line
     assert logs.is_dir()

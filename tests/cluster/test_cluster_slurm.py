@@ -206,8 +206,8 @@ def long_store(tmp_path_factory, local_client):
     return folder / "store.zarr", folder / "ref.zarr"
 
 
-def _long_cfh(long_store, tmp_path: Path, n_subjects: int = 16) -> list:
-    """``cfhdask cfh`` on a copy of ``n_subjects`` of the long store (tens of seconds)."""
+def _long_cfh(long_store, tmp_path: Path, n_subjects: int = 16, *options: str) -> list:
+    """``cfhdask cfh OPTIONS`` on a copy of ``n_subjects`` of the long store."""
     src = Path(long_store[0])
     keep = sorted(n for n in os.listdir(src / "subjects") if n.startswith("sub-"))[:n_subjects]
 
@@ -217,19 +217,66 @@ def _long_cfh(long_store, tmp_path: Path, n_subjects: int = 16) -> list:
 
     store = tmp_path / "store.zarr"
     shutil.copytree(src, store, ignore=ignore)
-    return ["cfh", store, "--no-progress"]
+    return ["cfh", store, "--no-progress", *options]
+
+
+#: A run that the test stops long before it could end, however fast the machine: every
+#: subject's own counterpart (a left x right GEMM each, minutes on 2 workers), recomputed.
+STOPPED_RUN = ("--counterpart", "subject")
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen | None = None,
+              timeout: float = 300):
+    """Poll ``condition()`` until it returns something true; fail after ``timeout`` s.
+
+    The CLI ``proc`` must keep running meanwhile (its stderr is shown if it ended).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"cfhdask ended (rc {proc.returncode}) before {what}:\n"
+                                 f"{proc.communicate()[1]}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} in {timeout:.0f} s; queue: {_squeue()}")
+
+
+def _registered(logs: Path, n: int) -> list[str] | None:
+    """Ids of the jobs whose Dask worker has joined the scheduler (their logs), if ``n``."""
+    joined = [re.search(r"cfhdask-worker-(\d+)\.err$", p).group(1) for p in _job_logs(logs)
+              if "Registered to:" in Path(p).read_text(errors="replace")]
+    return joined if len(joined) >= n else None
+
+
+def _job_states(ids) -> dict[str, str]:
+    """States of jobs, ended ones included (SLURM keeps them ``MinJobAge`` seconds)."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i %T"],
+                         capture_output=True, text=True, timeout=60)
+    return dict(line.split() for line in out.stdout.splitlines() if line.strip())
+
+
+def _stderr_of(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for the CLI to exit (killed after ``timeout`` s); its stderr."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"cfhdask did not stop in {timeout} s: "
+                             f"{proc.communicate()[1]}") from None
 
 
 def test_refused_replacement_stops_the_run_cleanly(slurm, long_store, tmp_path):
     """The queue stops taking jobs mid-run: a worker job ends, its replacement is refused."""
     logs = tmp_path / "logs"
-    proc = start_cli(*_long_cfh(long_store, tmp_path), "--cluster", "slurm",
+    proc = start_cli(*_long_cfh(long_store, tmp_path, 32, *STOPPED_RUN), "--cluster", "slurm",
                      env=jobqueue_env(logs))
     try:
-        joined = _wait_registered(logs, 2, proc)
+        joined = _wait_for(lambda: _registered(logs, 2), "2 Dask workers joined", proc)
         subprocess.run(["scontrol", "update", "PartitionName=debug", "State=DRAIN"], check=True)
         subprocess.run(["scancel", joined[0]], check=True)
-        _, err = proc.communicate(timeout=120)
+        err = _stderr_of(proc)
     finally:
         subprocess.run(["scontrol", "update", "PartitionName=debug", "State=UP"], check=True)
         if proc.poll() is None:
@@ -238,47 +285,38 @@ def test_refused_replacement_stops_the_run_cleanly(slurm, long_store, tmp_path):
                            "cfh")
     assert "sbatch refused a worker job: sbatch: error: Batch job submission failed: Required " \
            "partition not available (inactive or drain)" in line, line
-    _wait_queue_empty()
-
-
-def _wait_running(n: int, proc: subprocess.Popen, timeout: float = 120) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1]
-        running = [ln.split()[0] for ln in _squeue() if ln.split()[1] == "RUNNING"]
-        if len(running) >= n:
-            return running
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {n} running jobs: {_squeue()}")
-
-
-def _wait_registered(logs: Path, n: int, proc: subprocess.Popen,
-                     timeout: float = 120) -> list[str]:
-    """Ids of ``n`` jobs whose Dask worker has joined the scheduler (from their logs)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1]
-        joined = [re.search(r"cfhdask-worker-(\d+)\.err$", p).group(1) for p in _job_logs(logs)
-                  if "Registered to:" in Path(p).read_text(errors="replace")]
-        if len(joined) >= n:
-            return joined
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {n} workers joined: {_squeue()}")
+    assert "submitting 1 replacement(s)" in err  # the ended job was seen and replaced
+    _wait_queue_empty(timeout=120)  # the other worker's job was cancelled
 
 
 def test_sigterm_cancels_pending_and_running_jobs(slurm, long_store, tmp_path):
     logs = tmp_path / "logs"
     env = jobqueue_env(logs, jobs=3)  # 2 run, 1 pends on Resources
-    proc = start_cli(*_long_cfh(long_store, tmp_path), "--cluster", "slurm", env=env)
-    _wait_registered(logs, 2, proc)  # computing
-    states = {ln.split()[1] for ln in _squeue()}
-    assert states == {"RUNNING", "PENDING"}, _squeue()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc = start_cli(*_long_cfh(long_store, tmp_path, 32, *STOPPED_RUN), "--cluster", "slurm",
+                     env=env)
+    try:
+        _wait_for(lambda: _registered(logs, 2), "2 Dask workers joined", proc)  # computing
+
+        def two_running_one_pending():
+            jobs = dict(ln.split()[:2] for ln in _squeue())
+            states = sorted(jobs.values())
+            return jobs if states == ["PENDING", "RUNNING", "RUNNING"] else None
+
+        jobs = _wait_for(two_running_one_pending, "2 running jobs and 1 pending", proc)
+        proc.send_signal(signal.SIGTERM)
+        err = _stderr_of(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM: closing the cluster (worker jobs cancelled)" in err
     assert "Traceback" not in err
-    _wait_queue_empty(timeout=30)
+    # cancelled by the client before it exited, the pending job included: none ran on
+    ended = _job_states(jobs)
+    assert all(ended.get(j) in ("CANCELLED", "COMPLETING") for j in jobs), ended
+    pending = next(j for j, state in jobs.items() if state == "PENDING")
+    assert ended[pending] == "CANCELLED", ended
+    _wait_queue_empty(timeout=120)
 
 
 # ----------------------------------------------------------------------------- walltime
