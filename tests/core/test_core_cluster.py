@@ -50,10 +50,11 @@ def _sigint_handler() -> str:
 
 def test_embedded_workers_leave_ctrl_c_to_the_client():
     """The terminal's SIGINT reaches the whole process group: workers, restarted ones
-    included, ignore it; the client keeps Python's KeyboardInterrupt."""
+    included, ignore it; the client's own SIGINT handling is left as it was."""
     import os
     import signal
 
+    before = signal.getsignal(signal.SIGINT)  # Python's, or what an earlier test left
     with cl.dask_client(n_workers=1, threads_per_worker=1) as client:
         (pid, handler), = client.run(lambda: (os.getpid(), _sigint_handler())).values()
         assert handler == str(signal.SIG_IGN)
@@ -67,7 +68,7 @@ def test_embedded_workers_leave_ctrl_c_to_the_client():
                 continue
             now = now or [(pid, "")]
         assert now[0][0] != pid and now[0][1] == str(signal.SIG_IGN)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the client's handling is untouched
 
 
 def test_attach_by_address_and_scheduler_file(tmp_path):
