@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import dask.array as da
@@ -155,19 +154,18 @@ class GroupPlan:
                    tuple(tuple(map(int, r)) for r in b_ranges), max(1, int(batch)),
                    max(1, chain), split_every, blas_threads, backend, token)
 
-    @cached_property
+    @property
     def tok(self) -> str:
-        # computed once: every task key of the plan carries it
         return tokenize(self.token, self.n_subjects, self.a_ranges, self.b_ranges, self.batch,
                         self.chain, self.split_every, self.blas_threads, self.backend)
 
-    @cached_property
+    @property
     def batches(self) -> list[tuple[int, ...]]:
         """Subject numbers of each batch."""
         n, b = self.n_subjects, self.batch
         return [tuple(range(b0, min(b0 + b, n))) for b0 in range(0, n, b)]
 
-    @cached_property
+    @property
     def lanes(self) -> list[list[int]]:
         """Batch numbers of each lane (chain), in summation order."""
         nb = len(self.batches)
