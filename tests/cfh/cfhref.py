@@ -142,6 +142,14 @@ class ArrayReader:
         return self.series[k][start:stop]
 
 
+def raw_graph(arrays) -> dict:
+    """The tasks of ``arrays`` as built, before any optimisation (dask's low-level fusion
+    renames fused keys, in an order that varies from run to run)."""
+    from dask.highlevelgraph import HighLevelGraph
+
+    return dict(HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays)))
+
+
 def ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
     """Consecutive (start, stop) blocks of ``size`` (the last one shorter)."""
     return [(s, min(s + size, stop)) for s in range(start, stop, size)]

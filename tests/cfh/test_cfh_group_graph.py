@@ -13,6 +13,7 @@ from cfhref import (
     cohort,
     near_threshold,
     ranges,
+    raw_graph,
     reference_counts,
     reference_group,
 )
@@ -91,7 +92,7 @@ def test_group_graph_is_lazy_and_reads_each_series_once(rng):
         out = group_sum_graph(reader, 5, ranges(0, nl, 8), ranges(nl, 2 * nl, 8), batch=2,
                               chain=2)
         assert counter.calls == 0 and reader.reads == 0
-    graph = dict(dask.base.collections_to_expr(list(out.values())).__dask_graph__())
+    graph = raw_graph(out.values())
 
     def named(prefix):
         return [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith(prefix)]
