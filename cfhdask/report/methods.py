@@ -272,7 +272,8 @@ def _store_facts(store, subjects: Sequence[str] | None, metric: str = "cfh"
 def _stats_facts(stats: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("groups", "n_per_group", "covariates", "design_columns", "n_perm",
             "n_perm_requested", "exhaustive", "scheme", "seed", "cluster_p", "t_threshold",
-            "df", "connectivity", "tfce", "tfce_E", "tfce_H", "metric", "atlases",
+            "df", "connectivity", "tfce", "tfce_E", "tfce_H", "tfce_step", "tfce_steps",
+            "tfce_dh", "metric", "atlases",
             "combine_runs", "n_maps", "mass_tfce_on", "z_threshold")
     out = {k: stats[k] for k in keys if stats.get(k) is not None}
     maps = stats.get("maps")
@@ -593,8 +594,15 @@ def _inference(f: Mapping[str, Any]) -> str | None:
               "p-values are reported alongside.")
         out.append(c)
     if f.get("tfce"):
+        step = ""
+        if f.get("tfce_step") == "peak":
+            step = (f", each map (observed or permuted) with a height step of its own peak / "
+                    f"{int(f.get('tfce_steps') or 100)}, as FSL's randomise and PALM")
+        elif f.get("tfce_step") == "fixed" and isinstance(f.get("tfce_dh"), Mapping):
+            dh = sorted(set(f["tfce_dh"].values()))
+            step = f", with a fixed height step of {_num(dh[0])}" if len(dh) == 1 else ""
         out.append(f"Threshold-free cluster enhancement (E = {_num(f.get('tfce_E', 0.5))}, "
-                   f"H = {_num(f.get('tfce_H', 2))}) was computed as well, with FWE "
+                   f"H = {_num(f.get('tfce_H', 2))}{step}) was computed as well, with FWE "
                    "correction by the maximum TFCE statistic.")
     if f.get("mass_tfce_on") == "z":
         z = f.get("z_threshold")

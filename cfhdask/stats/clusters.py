@@ -16,13 +16,8 @@ where ``e_j(v)`` is the size of the cluster of ``{t >= j dh}`` holding ``v``.
 The step ``dh`` is fixed for a whole analysis (default: max |t| of the
 observed map / 100, as FSL's automatic step) so that observed and permuted
 maps are scored on the same scale; the sum multiplies by ``dh`` (the
-integral of the paper).  It is computed by a descending union-find (a
-component tree built on the fly): voxels enter by decreasing level, each
-level's new edges are merged at once (vectorised hooking), and each component
-root carries a lazy sum, settled only when its size changes; a root hooked
-under another keeps its value relative to the new root, so a voxel's TFCE is
-the sum of the values on its path to the root (O(V log V + edges) work, plus
-a few array calls per level).
+integral of the paper).  It is computed by a compiled descending union-find
+(:mod:`cfhdask.stats.tfce`): O((V k) alpha(V)) per map.
 
 Local maxima (:func:`local_maxima`) are listed as SPM does: a voxel of a
 cluster is a local maximum when no neighbour (same connectivity as the
@@ -37,6 +32,8 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+
+from cfhdask.stats.tfce import tfce_maps
 
 CONNECTIVITIES = (6, 18, 26)
 #: SPM's listing of local maxima: at most this many per cluster ...
@@ -268,26 +265,6 @@ def local_maxima(graph: VoxelGraph, stat: np.ndarray, labels: np.ndarray, xyz: n
     return out
 
 
-def _find(par: np.ndarray, val: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Roots of nodes ``x``; compresses their paths, keeping path sums of ``val``.
-
-    ``val`` holds each node's value relative to its parent (a root's is
-    absolute), so a node's total is the sum of ``val`` along its path.
-    """
-    cur = x
-    acc = np.zeros(x.size)
-    while True:
-        p = par[cur]
-        up = p != cur
-        if not up.any():
-            break
-        acc += np.where(up, val[cur], 0.0)
-        cur = p
-    par[x] = cur
-    val[x] = np.where(cur != x, acc, val[x])
-    return cur
-
-
 def tfce(graph: VoxelGraph, stat: np.ndarray, dh: float, E: float = 0.5,
          H: float = 2.0) -> np.ndarray:
     """Threshold-free cluster enhancement of the positive part of a map.
@@ -314,13 +291,12 @@ def tfce(graph: VoxelGraph, stat: np.ndarray, dh: float, E: float = 0.5,
 
 def tfce_batch(graph: VoxelGraph, stats: np.ndarray, dhs, E: float = 0.5,
                H: float = 2.0) -> np.ndarray:
-    """TFCE of several maps on one voxel graph at once (the null's hot loop).
+    """TFCE of several maps on one voxel graph (the null's hot loop).
 
-    Since ``TFCE(v) = dh^(H+1) sum_{j <= L(v)} e_j(v)^E j^H`` with ``L(v) =
-    floor(stat(v) / dh)``, each map is scored on its integer levels and scaled
-    by its own ``dh^(H+1)``; the maps are copies of the graph side by side, so
-    one descending union-find serves them all and its per-level array calls
-    are shared (a few per level, whatever the number of maps).
+    ``TFCE(v) = dh^(H+1) sum_{j <= L(v)} e_j(v)^E j^H`` with ``L(v) =
+    floor(stat(v) / dh)``: each map is scored on its integer levels and scaled
+    by its own ``dh^(H+1)`` (:mod:`cfhdask.stats.tfce`, one compiled
+    descending union-find per map).
 
     Parameters
     ----------
@@ -333,112 +309,10 @@ def tfce_batch(graph: VoxelGraph, stats: np.ndarray, dhs, E: float = 0.5,
     Returns
     -------
     ndarray of float64, shape (B, V)
-
-    Notes
-    -----
-    Descending union-find (a component tree built on the fly): nodes enter
-    by decreasing level, the edges of each level are merged at once
-    (vectorised hooking), and each component root carries a lazy sum — its
-    contribution ``size^E * sum_j w_j`` is settled only when its size changes,
-    and a root hooked under another stores its value relative to the new root
-    so that a voxel's TFCE is the sum of the values on its path to the root.
-    Work is O(N log N + edges) for N supra-level voxels of all maps, plus a
-    few array calls per level.
     """
     stats = np.atleast_2d(np.asarray(stats, dtype=np.float64))
     B, V = stats.shape
     dh = np.broadcast_to(np.asarray(dhs, dtype=np.float64), (B,))
     if not np.all(dh > 0):
         raise ValueError(f"TFCE step dh must be > 0, got {dhs}")
-    out = np.zeros((B, V))
-    lvl = np.floor(np.where(np.isfinite(stats), stats, 0.0) / dh[:, None])
-    nodes, levels, src, tgt, n0 = [], [], [], [], 0
-    for b in range(B):
-        act = np.flatnonzero(lvl[b] >= 1)
-        if act.size:
-            s, t = _edges_among(graph, act)
-            nodes.append(b * V + act)
-            levels.append(lvl[b, act].astype(np.int64))
-            src.append(s + n0)
-            tgt.append(t + n0)
-            n0 += act.size
-    if not n0:
-        return out
-    node = np.concatenate(nodes)
-    la = np.concatenate(levels)
-    top = int(la.max())
-    key = top - la
-    if top < 2**16:  # radix sort
-        key = key.astype(np.uint16)
-    order = np.argsort(key, kind="stable")
-    pos = np.empty(n0, dtype=np.intp)
-    pos[order] = np.arange(n0)
-    vals = _tfce_levels(la[order], pos[np.concatenate(src)], pos[np.concatenate(tgt)],
-                        top, key.dtype, E, H)
-    out.ravel()[node[order]] = vals
-    return out * (dh ** (H + 1.0))[:, None]
-
-
-def _tfce_levels(nl: np.ndarray, src: np.ndarray, tgt: np.ndarray, top: int, kdtype,
-                 E: float, H: float) -> np.ndarray:
-    """Unit-step TFCE ``sum_{j <= L} e_j^E j^H`` of nodes sorted by decreasing level ``nl``,
-    joined by edges ``src``-``tgt`` (positions in that order)."""
-    n = nl.size
-    # an edge appears with its later (lower) node, a new singleton at that level
-    later = np.maximum(src, tgt)
-    eo = np.argsort((top - nl[later]).astype(kdtype), kind="stable")
-    early, later = np.minimum(src, tgt)[eo], later[eo]
-    elvl = nl[later]
-    w = np.arange(top + 1, dtype=np.float64) ** H
-    w[0] = 0.0
-    cum = np.cumsum(w)  # cum[j] = sum of the weights of levels 1..j
-    js = np.unique(nl)[::-1]
-    m_at = np.searchsorted(-elvl, -js, side="right")  # edges with level >= j
-    par = np.arange(n)
-    val = np.zeros(n)
-    size = np.ones(n)
-    pending = nl.copy()  # highest level of a root not yet added to val
-    m0 = 0
-    for j, m in zip(js.tolist(), m_at.tolist(), strict=True):
-        if m == m0:
-            continue
-        ru, rv = _find(par, val, early[m0:m]), later[m0:m]
-        m0 = m
-        diff = ru != rv
-        if not diff.any():
-            continue
-        ru, rv = ru[diff], rv[diff]
-        # settle the levels above j of every root about to change size
-        roots = _distinct(np.concatenate([ru, rv]))
-        val[roots] += size[roots] ** E * (cum[pending[roots]] - cum[j])
-        pending[roots] = j
-        while ru.size:
-            hi, lo = np.maximum(ru, rv), np.minimum(ru, rv)
-            np.minimum.at(par, hi, lo)
-            h = _distinct(hi)
-            val[h] = val[h] - val[par[h]]  # relative to the new parent (old values)
-            np.add.at(size, _find(par, val, h), size[h])
-            ru, rv = par[ru], par[rv]
-            keep = ru != rv
-            ru, rv = ru[keep], rv[keep]
-    roots = np.flatnonzero(par == np.arange(n))
-    val[roots] += size[roots] ** E * cum[pending[roots]]
-    # path sums: pointer doubling over every node
-    while True:
-        p = par
-        pp = p[p]
-        up = pp != p
-        if not up.any():
-            break
-        val = val + np.where(up, val[p], 0.0)
-        par = pp
-    return val + np.where(par != np.arange(n), val[par], 0.0)
-
-
-def _distinct(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of an int array (cheaper than ``np.unique`` on small arrays)."""
-    a = np.sort(a)
-    keep = np.empty(a.size, dtype=bool)
-    keep[:1] = True
-    np.not_equal(a[1:], a[:-1], out=keep[1:])
-    return a[keep]
+    return tfce_maps(graph.forward, stats, dh, float(E), float(H))

@@ -48,7 +48,6 @@ from cfhdask.stats.null import (
     TFCE_STEPS,
     null_settings,
     observed_t,
-    tfce_steps,
 )
 from cfhdask.stats.options import InferenceKeywords, InferenceOptions
 from cfhdask.stats.permute import PermutationSchedule, make_schedule
@@ -57,7 +56,7 @@ from cfhdask.stats.results import ContrastResult, GroupResult, fwe_p
 log = logging.getLogger(__name__)
 
 __all__ = ["TFCE_E", "TFCE_H", "TFCE_STEPS", "GroupData", "analysis_mask", "group_data",
-           "group_inference", "inference_design", "participant_maps", "tfce_steps"]
+           "group_inference", "inference_design", "participant_maps"]
 CLUSTER_COLUMNS = [
     "contrast", "cluster", "size_voxels", "size_mm3", "mass", "peak_t", "peak_x", "peak_y",
     "peak_z", "p_fwe", "mass_p_fwe",
@@ -417,8 +416,9 @@ def group_inference(
         ``scheme`` (``"freedman-lane"`` or ``"draper-stoneman"``), ``cluster_p``
         (one-sided cluster-forming voxel p, converted to t at ``df = n -
         rank(X)``), ``connectivity`` (6, 18, 26), ``tfce`` (also TFCE, E = 0.5,
-        H = 2, with FWE p; each contrast's step ``dh`` is its observed peak /
-        100, fixed for all permutations, unless ``tfce_dh`` is given),
+        H = 2, with FWE p; every map, observed or permuted, is scored with its
+        own step ``dh``, its peak / 100 as FSL and PALM, unless ``tfce_dh``
+        fixes one),
         ``mass_tfce_on`` (``"t"``, or ``"z"`` as PALM), ``alpha`` (FWE level, for
         the too-few-permutations warning), ``metric`` (``cfh``, ``cfh_subject``,
         ``vmhc``, ``ai``: the store's maps analysed; ``cfh`` is read as
@@ -488,7 +488,8 @@ def group_inference(
     ijk_m = ijk[keep]
     on_z = st.mass_tfce_on == "z"
     e_obs = settings.enhanced(t_obs)
-    t_thr, z_thr, dhs = settings.t_threshold, settings.z_threshold, settings.tfce_dh
+    t_thr, z_thr = settings.t_threshold, settings.z_threshold
+    dhs = [settings.map_dh(sign * e_obs) for sign in SIGNS] if tfce else None
 
     atlas_objs = {}
     for a in atlases or ():
@@ -516,7 +517,7 @@ def group_inference(
             logp_cluster_mass_fwe=lp_mass, cluster_labels=labels, clusters=table, null=nl,
         )
         if tfce:
-            res.tfce = tfce_map = tfce_scores(graph, e, settings.dh(i), TFCE_E, TFCE_H)
+            res.tfce = tfce_map = tfce_scores(graph, e, dhs[i], TFCE_E, TFCE_H)
             res.logp_tfce_fwe = _neglog10(fwe_p(nl["max_tfce"], tfce_map))
             table["tfce_p_fwe"] = [
                 float(fwe_p(nl["max_tfce"], tfce_map[labels == c].max()))
@@ -538,6 +539,9 @@ def group_inference(
         "cluster_p": cluster_p, "t_threshold": t_thr, "df": df,
         "connectivity": connectivity, "tfce": bool(tfce),
         "tfce_dh": dict(zip(design.contrasts, dhs, strict=True)) if tfce else None,
+        # how each map's step was set: "peak" (its own peak / tfce_steps) or "fixed"
+        "tfce_step": (None if not tfce else "fixed" if tfce_dh is not None else "peak"),
+        "tfce_steps": TFCE_STEPS if tfce and tfce_dh is None else None,
         "tfce_E": TFCE_E, "tfce_H": TFCE_H, "mass_tfce_on": st.mass_tfce_on,
         "z_threshold": z_thr, "alpha": st.alpha,
         "metric": metric, "batch_size": batch_size, "drop_missing": des.drop_missing,

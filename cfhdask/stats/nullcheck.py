@@ -9,7 +9,7 @@ study's sizes when they fit in the group, half each otherwise, and each split
 goes through the same group inference as the study — the same design
 (covariates, categorical coding, sessions and runs combined per participant),
 the same permutation scheme, cluster-forming threshold, connectivity, TFCE
-(its step from each split's own observed peak) and metric
+(each map scored with its own step, as in the study) and metric
 (:func:`cfhdask.stats.splits.split_null`).  The empirical FWER of voxel-FWE,
 cluster-extent, cluster-mass and TFCE inference, with binomial 95 %
 intervals, and the rate of an uncorrected parametric threshold are the

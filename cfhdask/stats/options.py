@@ -30,7 +30,7 @@ class InferenceKeywords(TypedDict, total=False):
     the ``design`` section; ``scheme``, ``cluster_p``, ``connectivity``,
     ``tfce``, ``mass_tfce_on``, ``alpha``, ``metric``, ``batch_size`` the
     ``stats`` section (see :class:`cfhdask.settings.StatsSettings`);
-    ``tfce_dh`` fixes the TFCE step (default: each contrast's observed peak / 100).
+    ``tfce_dh`` fixes the TFCE step (default: each map's own peak / 100, as FSL and PALM).
     """
 
     covariates: Sequence[str] | None
@@ -67,7 +67,7 @@ class InferenceOptions:
     stats : StatsSettings
     design : DesignSettings
     tfce_dh : float or None
-        Fixed TFCE step (``None``: each contrast's observed peak / 100).
+        Fixed TFCE step (``None``: each map, observed or permuted, its own peak / 100).
     """
 
     stats: StatsSettings

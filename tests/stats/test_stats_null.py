@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cfhdask.stats.clusters import voxel_graph
+from cfhdask.stats.clusters import tfce, voxel_graph
 from cfhdask.stats.glm import exact_t, permuted_t, permuted_t_fast, prepare_glm
-from cfhdask.stats.null import REFINE_TOL, NullSettings, batch_null_maxima, map_maxima
+from cfhdask.stats.null import (
+    REFINE_TOL,
+    SIGNS,
+    NullSettings,
+    batch_null_maxima,
+    map_maxima,
+    null_settings,
+)
 from cfhdask.stats.permute import make_schedule
 
 SHAPE = (9, 10, 8)
@@ -57,3 +64,27 @@ def test_fast_null_makes_the_float64_decisions(rng, scheme):
     np.testing.assert_allclose(got[:, :, 2], ref[:, :, 2], rtol=1e-5, atol=1e-5)  # mass
     np.testing.assert_allclose(got[:, :, 3], ref[:, :, 3], rtol=1e-9)  # TFCE
     assert (ref[:, :, 1] > 0).any()
+
+
+@pytest.mark.parametrize("scheme", ["freedman-lane", "draper-stoneman"])
+@pytest.mark.parametrize("on", ["t", "z"])
+def test_tfce_scores_every_map_with_its_own_step(rng, scheme, on):
+    """The TFCE statistic is one function of a map: every permuted map, like the observed
+    one, is scored with a step of its own peak / 100 (FSL, PALM).  A step taken from the
+    observed map would put its peak, and only its peak, exactly on a level."""
+    prep, graph, x = _problem(rng)
+    sched = make_schedule(x, 24, seed=5, scheme=scheme)
+    ref_t = permuted_t(prep, sched.batch(0, 24), scheme)
+    kw = dict(scheme=scheme, cluster_p=0.05, tfce=True, mass_tfce_on=on)
+    settings = null_settings(ref_t[0], prep.df, **kw)
+    assert settings == null_settings(ref_t[7], prep.df, **kw)  # nothing of the observed map
+    got = batch_null_maxima(prep, graph, sched, 0, 24, settings)
+    for k, t in enumerate(ref_t):
+        e = settings.enhanced(t)
+        for i, sign in enumerate(SIGNS):
+            s = sign * e
+            dh = s.max() / 100 * (1 - 1e-12)  # 100 levels up to this map's peak
+            assert np.floor(s.max() / dh) == 100
+            np.testing.assert_allclose(got[k, i, 3], tfce(graph, s, dh).max(), rtol=1e-6)
+        np.testing.assert_allclose(got[k, :, 3], map_maxima(graph, t, settings)[:, 3],
+                                   rtol=1e-9)

@@ -150,6 +150,7 @@ def test_each_contrast_has_its_own_tfce_step(dataset, on):
                 assert row["mass"] == pytest.approx(want, rel=1e-9)
             top = c.clusters["mass"].max() if len(c.clusters) else 0.0
             assert c.null["max_mass"][0] == pytest.approx(top, rel=1e-6)
+    assert res.params["tfce_step"] == "peak" and res.params["tfce_steps"] == 100
 
 
 def test_t_to_z_matches_scipy_and_stays_finite():
