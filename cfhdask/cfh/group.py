@@ -197,20 +197,23 @@ def hemisphere_blocks(start: int, stop: int, block: int, chunk: int) -> list[tup
             if bounds[k + 1] > bounds[k]]
 
 
-def _strips(plan: GroupPlan, budget: float, t_batch: int, threads: int) -> tuple[list, int]:
+def _strips(plan: GroupPlan, budget: float, t_batch: int, threads: int,
+            n_workers: int = 1) -> tuple[list, int]:
     """Row strips (lists of A blocks) and lanes at once that fit ``budget`` bytes.
 
     One lane in flight holds the partial sums of its strip (rows x all of B,
-    float32), two batches of series of the strip and of B, and a GEMM output
-    per worker thread.  Strips are as few as fit; lanes as many as fit, and no
-    more than keep every thread busy.
+    float32), two batches of series of the strip and of B (B once per worker,
+    see :func:`worker_parts`), and a GEMM output per worker thread.  Strips
+    are as few as fit; lanes as many as fit, and no more than keep every
+    thread busy.
     """
     rows = [b - a for a, b in plan.a_ranges]
     n_b = sum(b - a for a, b in plan.b_ranges)
     block = max(rows + [b - a for a, b in plan.b_ranges])
 
     def lane_bytes(n_rows: int) -> int:
-        return 4 * (n_rows * n_b + 2 * (n_rows + n_b) * t_batch + 2 * block * block)
+        return 4 * (n_rows * n_b + 2 * (n_rows + n_b * max(1, n_workers)) * t_batch
+                    + 2 * block * block)
 
     n_blocks = len(rows)
     for n_strips in range(1, n_blocks + 1):
@@ -225,9 +228,41 @@ def _strips(plan: GroupPlan, budget: float, t_batch: int, threads: int) -> tuple
     return strips, max(1, min(len(plan.lanes), by_memory, by_threads))
 
 
-def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int) -> dict:
+def worker_parts(strip: Sequence[int], n_b: int,
+                 workers: Sequence[tuple[str, int]]) -> list[tuple[str | None, list]]:
+    """The (A block, B block) pairs of a strip, cut into one contiguous run per worker.
+
+    Pairs in row-major order are shared out in proportion to each worker's
+    threads.  A worker's links, and the series they multiply, then run on that
+    worker (a loose restriction: elsewhere only if it is lost), so the 60 MB
+    series blocks and the partial sums never travel between workers; each
+    worker recomputes the few series blocks it shares with another instead.
+    With one worker (or none known) there is one part and no restriction.
+    """
+    pairs = [(i, j) for i in strip for j in range(n_b)]
+    if len(workers) <= 1:
+        return [(None, pairs)]
+    total = sum(max(1, t) for _, t in workers)
+    out, start, acc = [], 0, 0
+    for addr, t in workers:
+        acc += max(1, t)
+        stop = round(len(pairs) * acc / total)
+        if stop > start:
+            out.append((addr, pairs[start:stop]))
+        start = stop
+    return out
+
+
+def _workers(client) -> list[tuple[str, int]]:
+    info = client.scheduler_info().get("workers", {})
+    return sorted((addr, int(w.get("nthreads", 1))) for addr, w in info.items())
+
+
+def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
+               workers: Sequence[tuple[str, int]] = ()) -> dict:
     """Every lane of ``plan`` over the A blocks ``strip``, ``n_active`` lanes at a time, each
-    with two batches in flight; then the lanes' sums reduced.  Returns host arrays."""
+    with two batches in flight, the links shared out to ``workers`` (:func:`worker_parts`);
+    then the lanes' sums reduced.  Returns host arrays."""
     from distributed import as_completed
 
     lanes = [list(v) for v in plan.lanes]
@@ -238,21 +273,29 @@ def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int) -> dict
     count: dict[tuple[int, int], int] = {}
     batch_of: dict = {}  # link key -> (lane, batch)
     ac = as_completed()
+    parts = worker_parts(strip, len(plan.b_ranges), workers)
     n_links = len(strip) * len(plan.b_ranges)
 
     def submit(lane: int) -> None:
         st = open_[lane]
         q = lanes[lane].pop(0)
-        tasks = plan.series_tasks(q, strip)
-        links = plan.link_tasks(q, strip, st["prev"])
-        vkeys = [k for k in tasks if k[0].startswith("grp-bvalid-")]
-        futs = client.get({**tasks, **links}, vkeys + list(links), sync=False)
-        for k, f in zip(vkeys, futs[:len(vkeys)], strict=True):
-            valid.setdefault((k[1], k[2]), {})[q] = f
-        st["prev"] = {(k[1], k[2]): f for k, f in zip(links, futs[len(vkeys):], strict=True)}
+        prev: dict = {}
+        for w, (addr, pairs) in enumerate(parts):
+            owner = None if addr is None else w
+            tasks = plan.series_tasks(q, sorted({i for i, _ in pairs}),
+                                      sorted({j for _, j in pairs}), owner)
+            links = plan.link_tasks(q, (), st["prev"], pairs=pairs, owner=owner)
+            vkeys = [k for k in tasks if k[0].startswith("grp-bvalid-")]
+            where = {} if addr is None else {"workers": [addr], "allow_other_workers": True}
+            futs = client.get({**tasks, **links}, vkeys + list(links), sync=False, **where)
+            for k, f in zip(vkeys, futs[:len(vkeys)], strict=True):
+                valid.setdefault((k[1], k[2]), {}).setdefault(q, f)  # one copy is enough
+            prev.update({(k[1], k[2]): f for k, f in
+                         zip(links, futs[len(vkeys):], strict=True)})
+        st["prev"] = prev
         st["flight"].append(q)
         count[(lane, q)] = 0
-        for f in st["prev"].values():
+        for f in prev.values():
             batch_of[f.key] = (lane, q)
             ac.add(f)
 
@@ -301,6 +344,8 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
     The batches of each lane are submitted one after another, two in flight;
     as many lanes run at once, and the A side is cut into as few row strips,
     as ``memory_fraction`` of the workers' memory holds (:func:`_strips`).
+    Each worker keeps its share of the block pairs, with their series and
+    partial sums, from batch to batch (:func:`worker_parts`).
     Memory is therefore flat in the number of subjects.  Neither choice changes
     the arithmetic: the result equals
     :func:`~cfhdask.cfh.groupsum.group_sum_graph` of the same plan, bit for
@@ -322,12 +367,13 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
     """
     cap = cluster_capacity(client)
     budget = cap.memory * memory_fraction if cap.memory > 0 else float("inf")
-    strips, n_active = _strips(plan, budget, t_batch, cap.threads)
+    workers = _workers(client)
+    strips, n_active = _strips(plan, budget, t_batch, cap.threads, len(workers))
     log.info("Group sum: %d batch(es) in %d lane(s), %d at once; %d row strip(s) of the left "
              "hemisphere", len(plan.batches), len(plan.lanes), n_active, len(strips))
     parts = []
     for k, strip in enumerate(strips):
-        parts.append(_run_strip(plan, client, strip, n_active))
+        parts.append(_run_strip(plan, client, strip, n_active, workers))
         if len(strips) > 1:
             log.info("Group sum: row strip %d/%d done", k + 1, len(strips))
     out = {key: np.concatenate([p[key] for p in parts]) for key in

@@ -177,3 +177,36 @@ def test_streamed_group_sum_equals_the_lazy_graph(rng, local_client, a_block, b_
     for k in lazy:
         np.testing.assert_array_equal(streamed[k], lazy[k], err_msg=k)
     _check_group(streamed, subjects)
+
+
+def test_worker_parts_share_the_pairs_by_threads():
+    from cfhdask.cfh.group import worker_parts
+
+    assert worker_parts([0, 1], 3, [("w0", 1)]) == [(None, [(i, j) for i in (0, 1)
+                                                            for j in range(3)])]
+    parts = worker_parts(list(range(7)), 7, [("a", 1), ("b", 1)])
+    assert [len(p) for _, p in parts] == [24, 25] or [len(p) for _, p in parts] == [25, 24]
+    assert sum((p for _, p in parts), []) == [(i, j) for i in range(7) for j in range(7)]
+    parts = worker_parts(list(range(4)), 4, [("a", 1), ("b", 3)])
+    assert [len(p) for _, p in parts] == [4, 12]
+
+
+def _transferred(dask_worker):
+    return [str(k) for d in dask_worker.transfer_incoming_log for k in d.get("keys", ())]
+
+
+def test_streamed_group_sum_keeps_series_and_sums_on_their_worker(rng, local_client):
+    """Each worker multiplies and sums its share of the block pairs from batch to batch:
+    no series block and no partial sum travels between workers."""
+    from cfhdask.cfh.group import run_group_sum
+    from cfhdask.cfh.groupsum import GroupPlan
+
+    nl, nr = 40, 36
+    series, subjects = cohort(rng, nl, nr, (30, 44, 27, 38, 35, 29))
+    plan = GroupPlan.make(ArrayReader(series), len(series), ranges(0, nl, 10),
+                          ranges(nl, nl + nr, 9), batch=2, chain=3, split_every=2)
+    local_client.run(lambda dask_worker: dask_worker.transfer_incoming_log.clear())
+    res = run_group_sum(plan, local_client, t_batch=100, memory_fraction=0.5)
+    moved = sum(local_client.run(_transferred).values(), [])
+    assert not [k for k in moved if "grp-series-" in k or "grp-link-" in k], moved
+    _check_group(res, subjects)
