@@ -20,6 +20,15 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 threadpool_limits(limits=1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cli_logs_in_a_test_folder(tmp_path_factory):
+    """Every CLI run writes its debug log to $CFHDASK_LOG_DIR (else the temporary folder):
+    the suite's hundreds of runs write theirs under pytest's own temporary folder."""
+    if "CFHDASK_LOG_DIR" not in os.environ:
+        os.environ["CFHDASK_LOG_DIR"] = str(tmp_path_factory.mktemp("cli-logs"))
+    yield
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded random generator (the same stream in every test)."""
