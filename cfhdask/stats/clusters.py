@@ -13,10 +13,10 @@ TFCE (Smith & Nichols 2009), with E = 0.5 and H = 2 by default::
     TFCE(v) = sum_{j >= 1, j dh <= t(v)} e_j(v)^E (j dh)^H dh
 
 where ``e_j(v)`` is the size of the cluster of ``{t >= j dh}`` holding ``v``.
-The step ``dh`` is fixed for a whole analysis (default: max |t| of the
-observed map / 100, as FSL's automatic step) so that observed and permuted
-maps are scored on the same scale; the sum multiplies by ``dh`` (the
-integral of the paper).  It is computed by a compiled descending union-find
+The step ``dh`` is the caller's; an analysis scores every map, observed or
+permuted, with its own peak / 100, as FSL and PALM do
+(:meth:`cfhdask.stats.null.NullSettings.map_dh`); the sum multiplies by
+``dh`` (the integral of the paper).  It is computed by a compiled descending union-find
 (:mod:`cfhdask.stats.tfce`): O((V k) alpha(V)) per map.
 
 Local maxima (:func:`local_maxima`) are listed as SPM does: a voxel of a
