@@ -117,8 +117,10 @@ def child(stages: list[str], inputs: str, work: str, n_workers: int, interval: f
                                            tfce=False),
     }
     last = max(STAGE_ORDER.index(s) for s in stages)
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as lc, Client(lc) as client:
+    lc = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None)
+    client = Client(lc)
+    try:
         for stage in STAGE_ORDER[:last + 1]:
             if stage not in stages:
                 run[stage](client)
@@ -127,6 +129,18 @@ def child(stages: list[str], inputs: str, work: str, n_workers: int, interval: f
             with BusySampler(client, interval) as sampler:
                 run[stage](client)
             emit(stage, {"seconds": time.perf_counter() - t0, **sampler.summary(n_workers)})
+    finally:
+        close_cluster(client, lc)
+
+
+def close_cluster(client, cluster) -> None:
+    """Close the client and the cluster; a close that times out on a loaded machine (after
+    the figures were emitted) is noted on stderr, not a failed run."""
+    try:
+        client.close()
+        cluster.close(timeout=120)
+    except TimeoutError as exc:
+        print(f"bench_scale: closing the cluster timed out ({exc!r})", file=sys.stderr)
 
 
 def emit_stage(stage: str, figures: dict) -> None:
