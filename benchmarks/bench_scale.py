@@ -16,8 +16,14 @@ Every stage asked for (``--stages``) is measured on its own:
   excluded), and its growth over the stage;
 * **seconds per subject** (marginal: the slope between cohort sizes).
 
-The parent prints the figures of both trees side by side and their ratios
-(this tree / baseline), all from the same run.  Inputs: tiny 4D NIfTIs (a
+The child hands each stage's figures to the parent as soon as that stage
+ends, and the parent prints them at once (flushed), with the marginal seconds
+per subject and the client RSS against the smaller cohorts where those are
+known, and the ratios (this tree / baseline) once both trees ran the stage:
+a run stopped by a time limit (``timeout``, SIGTERM, Ctrl-C) still shows every
+stage it finished, and stops its child and the child's cluster.  A summary
+table of every finished stage closes the run.  All figures come from the
+same run.  Inputs: tiny 4D NIfTIs (a
 shared signal plus noise on a box mask straddling the midline), written once
 per cohort size and shared by both trees.
 
@@ -32,10 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +88,15 @@ def write_inputs(folder: Path, n: int, n_volumes: int = N_VOLUMES,
 
 # ---------------------------------------------------------------- child: the stages, one tree
 STAGE_ORDER = ("ingest", "cfh", "stats")
+STAGE_LINE = "bench-scale-stage "  # prefix of the child's stdout line for one finished stage
 
 
 def child(stages: list[str], inputs: str, work: str, n_workers: int, interval: float,
-          n_perm: int) -> dict:
+          n_perm: int, emit: Callable[[str, dict], None]) -> None:
     """ingest -> cfh -> stats on one LocalCluster; the asked stages sampled, each apart.
 
-    A stage that is not asked for but feeds a later one runs unmeasured.
+    ``emit(stage, figures)`` is called as soon as a measured stage ends.  A
+    stage that is not asked for but feeds a later one runs unmeasured.
     """
     from distributed import Client, LocalCluster
 
@@ -107,9 +117,10 @@ def child(stages: list[str], inputs: str, work: str, n_workers: int, interval: f
                                            tfce=False),
     }
     last = max(STAGE_ORDER.index(s) for s in stages)
-    out = {}
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as lc, Client(lc) as client:
+    lc = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None)
+    client = Client(lc)
+    try:
         for stage in STAGE_ORDER[:last + 1]:
             if stage not in stages:
                 run[stage](client)
@@ -117,22 +128,68 @@ def child(stages: list[str], inputs: str, work: str, n_workers: int, interval: f
             t0 = time.perf_counter()
             with BusySampler(client, interval) as sampler:
                 run[stage](client)
-            out[stage] = {"seconds": time.perf_counter() - t0, **sampler.summary(n_workers)}
-    return out
+            emit(stage, {"seconds": time.perf_counter() - t0, **sampler.summary(n_workers)})
+    finally:
+        close_cluster(client, lc)
+
+
+def close_cluster(client, cluster) -> None:
+    """Close the client and the cluster; a close that times out on a loaded machine (after
+    the figures were emitted) is noted on stderr, not a failed run."""
+    try:
+        client.close()
+        cluster.close(timeout=120)
+    except TimeoutError as exc:
+        print(f"bench_scale: closing the cluster timed out ({exc!r})", file=sys.stderr)
+
+
+def emit_stage(stage: str, figures: dict) -> None:
+    """One finished stage, as one flushed stdout line for the parent."""
+    print(STAGE_LINE + json.dumps({"stage": stage, **figures}), flush=True)
 
 
 # ---------------------------------------------------------------- parent
 def run_child(tree: Path, stages: list[str], inputs: Path, n_workers: int, interval: float,
-              n_perm: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
+              n_perm: int) -> Iterator[tuple[str, dict]]:
+    """``(stage, figures)`` of ``tree``'s child, each as soon as the child finishes the stage.
+
+    The child is terminated (its cluster closed) if the parent stops early.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as work, \
+            tempfile.TemporaryFile("w+") as err:
         env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(tree),
                "PYTHONDONTWRITEBYTECODE": "1"}
-        out = subprocess.run([sys.executable, __file__, "--_child", ",".join(stages),
-                              str(inputs), work, str(n_workers), str(interval), str(n_perm)],
-                             env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"child ({tree}) failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        proc = subprocess.Popen([sys.executable, __file__, "--_child", ",".join(stages),
+                                 str(inputs), work, str(n_workers), str(interval), str(n_perm)],
+                                env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            for line in proc.stdout:
+                if line.startswith(STAGE_LINE):
+                    figures = json.loads(line[len(STAGE_LINE):])
+                    yield figures.pop("stage"), figures
+            proc.wait()
+        finally:
+            stop_child(proc)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"child ({tree}) failed:\n{err.read()[-3000:]}")
+
+
+def stop_child(proc: subprocess.Popen, grace: float = 60.0) -> None:
+    """Terminate ``proc`` if it still runs (SIGTERM: it closes its cluster), then kill it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    proc.stdout.close()
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so ``finally`` blocks (child, cluster, temp dirs) run."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def extract_tree(ref: str, dest: Path) -> Path:
@@ -144,11 +201,51 @@ def extract_tree(ref: str, dest: Path) -> Path:
     return dest
 
 
+def stage_line(stage: str, n: int, name: str, r: dict, n_workers: int) -> str:
+    """One stage's figures: time, s/subject, workers busy, client RSS and CPU."""
+    return (f"{stage:6s} n={n:5d} {name:>6s}: {r['seconds']:8.1f} s, "
+            f"{r['seconds'] / n:7.3f} s/subject, workers busy median "
+            f"{r['busy_median']:.1f} of {n_workers} (mean "
+            f"{100 * r['busy_share']:.0f} %; by tenth of the stage: "
+            f"{' '.join(f'{100 * t:.0f}' for t in r['busy_tenths'])}), client RSS "
+            f"peak {r['client_rss_peak_mib']:.0f} MiB "
+            f"(+{r['client_rss_growth_mib']:.0f}), client CPU "
+            f"{r['client_cpu_s']:.1f} s")
+
+
+def across_sizes_lines(results: dict, stage: str, n: int, name: str, sizes: list[int]) -> list[str]:
+    """Marginal s/subject from the next smaller finished size to ``n``, and client RSS peak
+    against the smallest finished size."""
+    done = [m for m in sizes if m < n and (stage, m, name) in results]
+    if not done:
+        return []
+    r, prev, first = (results[(stage, m, name)] for m in (n, done[-1], done[0]))
+    return [f"{stage:6s} {name:>6s}: marginal "
+            f"{(r['seconds'] - prev['seconds']) / (n - done[-1]):.4f} s/subject from "
+            f"{done[-1]} to {n}; client RSS peak {r['client_rss_peak_mib']:.0f} MiB at {n} vs "
+            f"{first['client_rss_peak_mib']:.0f} MiB at {done[0]} "
+            f"(+{r['client_rss_peak_mib'] - first['client_rss_peak_mib']:.0f})"]
+
+
+def summary_lines(results: dict, n_workers: int) -> list[str]:
+    """A table of every finished stage: s/subject, workers busy share, client RSS peak."""
+    rows = ["stage  tree        n   seconds  s/subject  busy median  busy mean %  "
+            "client RSS peak MiB"]
+    for (stage, n, name), r in sorted(results.items(),
+                                      key=lambda kv: (STAGE_ORDER.index(kv[0][0]), kv[0][2],
+                                                      kv[0][1])):
+        rows.append(f"{stage:6s} {name:>6s} {n:6d} {r['seconds']:9.1f} {r['seconds'] / n:10.4f} "
+                    f"{r['busy_median']:7.1f}/{n_workers:<3d} {100 * r['busy_share']:11.0f}  "
+                    f"{r['client_rss_peak_mib']:19.0f}")
+    return rows
+
+
 def main() -> None:
+    exit_on_sigterm()
     if len(sys.argv) > 1 and sys.argv[1] == "--_child":
         stages, inputs, work, n_workers, interval, n_perm = sys.argv[2:8]
-        print(json.dumps(child(stages.split(","), inputs, work, int(n_workers), float(interval),
-                               int(n_perm))))
+        child(stages.split(","), inputs, work, int(n_workers), float(interval), int(n_perm),
+              emit_stage)
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10,100,1000", help="cohort sizes (comma-separated)")
@@ -163,43 +260,37 @@ def main() -> None:
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     stages = [s for s in args.stages.split(",") if s]
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        trees = {"this": REPO}
-        if args.baseline:
-            trees[args.baseline] = extract_tree(args.baseline, Path(tmp, "baseline"))
-        print(f"{args.workers} single-threaded workers on {os.cpu_count()} cores; scheduler "
-              f"sampled every {args.interval} s; grid {SHAPE}, {args.volumes} volumes")
-        results: dict = {}
-        for n in sizes:
-            inputs = Path(tmp, f"in{n}")
-            paths, _, _ = write_inputs(inputs, n, args.volumes)
-            Path(inputs, "paths.json").write_text(json.dumps(paths))
-            for name, tree in trees.items():
-                for stage, r in run_child(tree, stages, inputs, args.workers, args.interval,
-                                          args.n_perm).items():
-                    results[(stage, n, name)] = r
-                    print(f"{stage:6s} n={n:5d} {name:>6s}: {r['seconds']:8.1f} s, "
-                          f"{r['seconds'] / n:7.3f} s/subject, workers busy median "
-                          f"{r['busy_median']:.1f} of {args.workers} (mean "
-                          f"{100 * r['busy_share']:.0f} %; by tenth of the stage: "
-                          f"{' '.join(f'{100 * t:.0f}' for t in r['busy_tenths'])}), client RSS "
-                          f"peak {r['client_rss_peak_mib']:.0f} MiB "
-                          f"(+{r['client_rss_growth_mib']:.0f}), client CPU "
-                          f"{r['client_cpu_s']:.1f} s", flush=True)
-            if len(trees) == 2:
-                for stage in stages:
-                    a, b = (results[(stage, n, k)] for k in trees)
-                    print(f"{stage:6s} n={n:5d}  ratio this/{args.baseline}: time "
-                          f"{a['seconds'] / b['seconds']:.2f}, workers busy (mean) "
-                          f"{a['busy_share'] / max(b['busy_share'], 1e-9):.2f}, client RSS "
-                          f"growth {a['client_rss_growth_mib']:.0f} vs "
-                          f"{b['client_rss_growth_mib']:.0f} MiB", flush=True)
-        for stage in stages:
-            for name in trees:
-                pts = [(n, results[(stage, n, name)]["seconds"]) for n in sizes]
-                for (n0, t0), (n1, t1) in zip(pts, pts[1:], strict=False):
-                    print(f"{stage:6s} {name:>6s}: marginal {(t1 - t0) / (n1 - n0):.4f} "
-                          f"s/subject from {n0} to {n1}")
+    results: dict = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            trees = {"this": REPO}
+            if args.baseline:
+                trees[args.baseline] = extract_tree(args.baseline, Path(tmp, "baseline"))
+            print(f"{args.workers} single-threaded workers on {os.cpu_count()} cores; "
+                  f"scheduler sampled every {args.interval} s; grid {SHAPE}, "
+                  f"{args.volumes} volumes", flush=True)
+            for n in sizes:
+                inputs = Path(tmp, f"in{n}")
+                paths, _, _ = write_inputs(inputs, n, args.volumes)
+                Path(inputs, "paths.json").write_text(json.dumps(paths))
+                for name, tree in trees.items():
+                    for stage, r in run_child(tree, stages, inputs, args.workers, args.interval,
+                                              args.n_perm):
+                        results[(stage, n, name)] = r
+                        lines = [stage_line(stage, n, name, r, args.workers),
+                                 *across_sizes_lines(results, stage, n, name, sizes)]
+                        if len(trees) == 2 and all((stage, n, k) in results for k in trees):
+                            a, b = (results[(stage, n, k)] for k in trees)
+                            lines.append(
+                                f"{stage:6s} n={n:5d}  ratio this/{args.baseline}: time "
+                                f"{a['seconds'] / b['seconds']:.2f}, workers busy (mean) "
+                                f"{a['busy_share'] / max(b['busy_share'], 1e-9):.2f}, client "
+                                f"RSS growth {a['client_rss_growth_mib']:.0f} vs "
+                                f"{b['client_rss_growth_mib']:.0f} MiB")
+                        print("\n".join(lines), flush=True)
+    finally:
+        if results:
+            print("\n".join(summary_lines(results, args.workers)), flush=True)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def compute_autonomy(
     threshold = resolve("autonomy", {"threshold": threshold}, style="cli").threshold
     job = start_maps(store, "ai", dict(block=block, split_every=split_every, backend=backend),
                      subjects=subjects, overwrite=overwrite, storage_options=storage_options,
-                     what="the autonomy index")
+                     what="the autonomy index", export=export)
     store, cfg = job.store, job.cfg
     other = [s for s in job.skipped
              if store.metric_params(s, "ai").get("threshold") != threshold]

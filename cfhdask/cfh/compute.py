@@ -306,8 +306,10 @@ class MapRun:
 
 
 def start_maps(store: Any, metric: str | None, engine: dict, *, subjects: Sequence[str] | None,
-               overwrite: bool, storage_options: dict | None, what: str) -> MapRun:
-    """Resolve the engine settings, open the store, check it and choose the subjects.
+               overwrite: bool, storage_options: dict | None, what: str,
+               export: str | None = None) -> MapRun:
+    """Resolve the engine settings, open the store, check it (and the ``export`` directory)
+    and choose the subjects.
 
     ``metric`` None: the CFH metric of the resolved ``cfh.counterpart``
     (``cfh`` or ``cfh_subject``); ``what`` names the computation in errors.
@@ -316,6 +318,10 @@ def start_maps(store: Any, metric: str | None, engine: dict, *, subjects: Sequen
     cfg = engine_settings(engine)
     metric = metric or ("cfh" if cfg.counterpart == "group" else "cfh_subject")
     store = open_writable(store, storage_options)
+    if export:  # an unwritable --export directory is found before any compute
+        from cfhdask.io.export import check_export_dir
+
+        check_export_dir(export)
     require_hemispheres(store, what)
     wanted, todo, skipped = select_subjects(store, subjects, metric, overwrite)
     return MapRun(store, cfg, metric, wanted, todo, skipped, t0)
@@ -526,7 +532,7 @@ def compute_cfh(
                                        subject_batch=subject_batch, backend=backend,
                                        kernel=kernel),
                      subjects=subjects, overwrite=overwrite, storage_options=storage_options,
-                     what="CFH")
+                     what="CFH", export=export)
     cfg, store, metric = job.cfg, job.store, job.metric
     params = job.params(counterpart=cfg.counterpart, split_every=cfg.split_every,
                         fisher_clip=R_CLIP)

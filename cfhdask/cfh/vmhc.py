@@ -100,7 +100,8 @@ def compute_vmhc(
         ``max_offset_mm``, ``n_pairs``, ``computed``, ``skipped``, ``seconds``.
     """
     job = start_maps(store, "vmhc", dict(block=block, backend=backend), subjects=subjects,
-                     overwrite=overwrite, storage_options=storage_options, what="VMHC")
+                     overwrite=overwrite, storage_options=storage_options, what="VMHC",
+                     export=export)
     store = job.store
     mirror = store_mirror(store)
     partner = mirror.index

@@ -67,6 +67,7 @@ def run_map(args: argparse.Namespace, compute: Callable, kwargs: dict,
     ``describe(ds)`` returns the command's own summary lines.
     """
     from cfhdask.cluster import dask_client
+    from cfhdask.io.export import check_export_dir
     from cfhdask.io.store import open_store
 
     t0 = time.perf_counter()
@@ -74,8 +75,11 @@ def run_map(args: argparse.Namespace, compute: Callable, kwargs: dict,
                   overwrite=args.overwrite, show_progress=not args.no_progress,
                   storage_options=parse_storage_options(args.storage_options))
     ckw = cluster_kwargs(args)
-    # a missing, incomplete or unwritable store stops here, before any cluster starts
+    # a missing, incomplete or unwritable store, or an --export directory that cannot be
+    # written, stops here, before any cluster starts
     open_store(args.store, mode="r+", storage_options=kwargs["storage_options"])
+    if args.export:
+        check_export_dir(args.export)
     if set(ckw) - {"scheduler", "scheduler_file"}:  # more than where the scheduler is
         with dask_client(**ckw) as client:
             ds = compute(args.store, client=client, **kwargs)

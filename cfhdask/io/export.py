@@ -13,10 +13,36 @@ from cfhdask.cfh.mirror import counterpart_displacement
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.io.nifti import write_nifti
 from cfhdask.io.store import METRIC_LABELS, METRICS, CohortStore, open_store
+from cfhdask.io.urls import check_writable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["counterpart_coordinates", "export_maps"]
+__all__ = ["check_export_dir", "counterpart_coordinates", "export_maps"]
+
+
+def check_export_dir(out_dir: str | os.PathLike) -> Path:
+    """Create the export directory ``out_dir`` if needed and check that files can be written
+    in it; call it before any compute.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+
+    Raises
+    ------
+    CfhdaskInputError
+        One line naming ``out_dir`` when it cannot be created (a parent is a file, or
+        not writable) or is not a writable directory.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # FileExistsError (a file), NotADirectoryError, PermissionError
+        raise CfhdaskInputError(f"--export directory {out}: cannot be created: "
+                                f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    check_writable(str(out), what="--export directory")
+    return out
 
 
 def counterpart_coordinates(store: CohortStore, index: np.ndarray) -> np.ndarray:
@@ -75,8 +101,7 @@ def export_maps(store: CohortStore | str, out_dir: str | os.PathLike,
     if missing:
         raise CfhdaskInputError(
             f"store {store.url}: no {METRIC_LABELS[metric]} results for {', '.join(missing)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_export_dir(out_dir)
     paths: list[Path] = []
     for subject in names:
         values = store.cfh_maps([subject], metric).values[0]

@@ -636,8 +636,12 @@ class CohortStore:
     def _group(self, subject: str, stage: Stage = "ingested") -> zarr.Group:
         self._check_stage(stage)
         grp = None
-        if SUBJECTS in self._root and subject in self._root[SUBJECTS]:
-            grp = self._root[SUBJECTS][subject]
+        if subject and "/" not in subject and subject not in (".", ".."):
+            try:  # one metadata read (the subject's group document), not one per level
+                node = self._root[_join(SUBJECTS, subject)]
+            except KeyError:
+                node = None
+            grp = node if isinstance(node, zarr.Group) else None
         ok = grp is not None and grp.attrs.get(INGEST_FLAG) is True and (
             stage == "ingested" or grp.attrs.get(self._flag(stage)) is True)
         if not ok:

@@ -6,6 +6,7 @@ finished subject, bit-identical to an uninterrupted run."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -53,6 +54,51 @@ def test_unwritable_store_api_error_names_the_store(tmp_path, rng):
     with immutable(st.url), pytest.raises(CfhdaskInputError,
                                            match=r"^store .*c\.zarr: cannot be written"):
         compute_cfh(st.url, counterpart="subject", show_progress=False)
+
+
+def _export_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """--export directories that cannot be used, and the error each gets."""
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "locked").mkdir()
+    return {"under a file": (tmp_path / "a-file" / "maps", "cannot be created"),
+            "a file": (tmp_path / "a-file", "cannot be created"),
+            "in an unwritable directory": (tmp_path / "locked" / "maps", "cannot be created"),
+            "unwritable": (tmp_path / "locked", "cannot be written")}
+
+
+@pytest.mark.parametrize("command", ["cfh", "vmhc", "autonomy"])
+@pytest.mark.parametrize("case", ["under a file", "unwritable"])
+def test_bad_export_dir_is_one_line_before_any_cluster(tmp_path, rng, command, case):
+    st = make_store(tmp_path / "c.zarr", rng)
+    bad, error = _export_dirs(tmp_path)[case]
+    with immutable(tmp_path / "locked"):  # one line, and no cluster line before it
+        line = _one_line(_cli(command, st.url, "--export", str(bad), "--n-workers", "1",
+                              tmp_path=tmp_path))
+    assert f"--export directory {bad}: {error}" in line, line
+    assert all(open_store(st.url).subjects(m) == [] for m in METRICS)  # nothing computed
+
+
+@pytest.mark.parametrize("case", ["under a file", "a file", "in an unwritable directory",
+                                  "unwritable"])
+def test_bad_export_dir_api_error_before_compute(tmp_path, rng, case):
+    st = make_store(tmp_path / "c.zarr", rng)
+    bad, error = _export_dirs(tmp_path)[case]
+    with immutable(tmp_path / "locked"), pytest.raises(
+            CfhdaskInputError, match=rf"^--export directory {re.escape(str(bad))}: {error}: "
+                                     r"\w+Error"):
+        compute_cfh(st.url, counterpart="subject", export=str(bad), show_progress=False)
+    assert open_store(st.url).subjects("cfh_subject") == []
+    assert not (tmp_path / "locked" / "maps").exists()
+
+
+def test_export_dir_is_created_and_filled(tmp_path, rng, local_client):
+    st = make_store(tmp_path / "c.zarr", rng)
+    out = tmp_path / "new" / "maps"
+    compute_cfh(st.url, counterpart="subject", export=str(out), client=local_client,
+                show_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sub-01_cfh_subject.nii.gz", "sub-01_counterpart_subject.nii.gz",
+        "sub-02_cfh_subject.nii.gz", "sub-02_counterpart_subject.nii.gz"]
 
 
 def test_store_without_subjects_group_is_one_line(tmp_path, rng):

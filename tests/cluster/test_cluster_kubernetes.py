@@ -133,14 +133,24 @@ def test_every_container_runs_the_default_image(manifests):
     assert image in (DEPLOY / "README.md").read_text()
 
 
+def _dockerfile_lines() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    return [ln for ln in text.replace("\\\n", " ").splitlines()
+            if ln.strip() and not ln.startswith("#")]
+
+
+def _copied(lines: list[str]) -> set[str]:
+    """The build-context paths the Dockerfile's COPY instructions read."""
+    return {src for ln in lines if ln.startswith("COPY ") for src in shlex.split(ln)[1:-1]}
+
+
 def test_dockerfile_installs_cfhdask():
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
-    lines = [ln for ln in text.replace("\\\n", " ").splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = _dockerfile_lines()
     base = re.match(r"FROM python:(\d+)\.(\d+)", lines[0])
     assert base and (int(base.group(1)), int(base.group(2))) >= (3, 11)  # requires-python
-    copied = {src for ln in lines if ln.startswith("COPY ")
-              for src in shlex.split(ln)[1:-1]}
+    copied = _copied(lines)
     assert {"pyproject.toml", "README.md", "cfhdask"} <= copied  # all the build reads
     assert all((REPO / src).exists() for src in copied)
     install = next(ln for ln in lines if "pip install" in ln)
@@ -152,6 +162,40 @@ def test_dockerfile_installs_cfhdask():
     assert set(extras) <= set(optional)
     assert "import cfhdask" in install  # the build fails if cfhdask cannot be imported
     assert "OMP_NUM_THREADS=1" in text and any(ln.startswith("USER ") for ln in lines)
+
+
+def test_dockerignore_keeps_the_build_context_small(tmp_path):
+    """``docker build .`` sends what the Dockerfile copies, never a venv, git, build outputs,
+    caches or data (docker-py's own .dockerignore matcher, on a mock repository tree)."""
+    from docker.utils.build import exclude_paths
+
+    tracked = ["pyproject.toml", "README.md", "Makefile", "deploy/docker/Dockerfile",
+               "cfhdask/__init__.py", "cfhdask/cfhdask.yaml", "cfhdask/report/templates/a.html",
+               "cfhdask/cli/__init__.py", "tests/conftest.py", "docs/scaling.md"]
+    left_out = [".venv/bin/python", ".venv/lib/python3.11/site-packages/dask/__init__.py",
+                ".git/HEAD", ".git/objects/ab/cdef", "build/lib/cfhdask/__init__.py",
+                "dist/cfhdask-0.1.0.whl", "cfhdask.egg-info/PKG-INFO",
+                "cfhdask/__pycache__/settings.cpython-311.pyc",
+                "tests/io/__pycache__/iohelpers.cpython-311.pyc", ".pytest_cache/v/cache/x",
+                ".ruff_cache/0.6/x", ".whl/numpy.whl", "demo_output/report.html",
+                "demo_output/cohort.zarr/zarr.json", "cohort.zarr/zarr.json",
+                "tests/data/sub-01_bold.nii.gz", "dask-worker-space/worker-1/x",
+                "cfhdask-cfh-20261201.log"]
+    for rel in tracked + left_out:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    patterns = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.lstrip().startswith("#")]
+    sent = exclude_paths(str(tmp_path), patterns,
+                         dockerfile="deploy/docker/Dockerfile")
+    assert set(tracked) <= sent
+    assert not set(left_out) & sent, sorted(set(left_out) & sent)
+    real = exclude_paths(str(REPO), patterns, dockerfile="deploy/docker/Dockerfile")
+    for src in _copied(_dockerfile_lines()):  # whatever COPY reads is sent, all of it
+        path = REPO / src
+        files = [path] if path.is_file() else [
+            p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        assert files and {str(p.relative_to(REPO)) for p in files} <= real, src
 
 
 def test_ports_and_service_agree(manifests):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dask
 import dask.array as da
 import numpy as np
@@ -237,6 +239,32 @@ def test_cfh_write_and_lazy_maps(user_mask, rng):
     assert store.subjects("cfh") == ["sub-01", "sub-02"]
     with pytest.raises(CfhdaskInputError):
         store.cfh_maps(["sub-03"])
+
+
+def test_subject_lookup_reads_only_the_subject_document(user_mask, rng, tmp_path, monkeypatch):
+    """Client-side work per subject (1000-subject cohorts): one metadata read a lookup."""
+    from zarr.storage import LocalStore
+
+    url = str(tmp_path / "s.zarr")
+    store = _create(user_mask, url)
+    store.write_subject("sub-01", rng.standard_normal((store.n_voxels, 12)).astype(np.float32),
+                        {"tr": 2.0})
+    store.begin_subject("sub-02", 12, {})  # being written: invisible
+    reads: list[str] = []
+    get = LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        reads.append(key)
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    assert store.subject_attrs("sub-01")["tr"] == 2.0
+    assert reads == ["subjects/sub-01/zarr.json"]
+    for name in ("sub-02", "sub-03", "", ".", "..", "sub-01/bold", "../subjects/sub-01"):
+        with pytest.raises(CfhdaskInputError, match=rf"no subject '{re.escape(name)}' ingested"):
+            store.subject_attrs(name)
+    with pytest.raises(CfhdaskInputError, match="no subject 'sub-01' with cfh results"):
+        store.cfh_maps(["sub-01"])
 
 
 def test_open_errors_and_version(user_mask, tmp_path):
