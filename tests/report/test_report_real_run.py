@@ -123,6 +123,13 @@ def test_methods_follow_other_provenance(run):
     assert "found separately in each participant" in text and "whole cohort" not in text
     assert "5000 permutations" in text and "random seed 3" in text and "exhaustive" not in text
     assert "z-maps" in text and "as PALM" in text and "z = 2.33" in text
+    facts.update(tfce=True, tfce_step="peak", tfce_steps=100)
+    tfce = " ".join(t for _, t in methods_paragraphs(facts))
+    assert "Threshold-free cluster enhancement" in tfce and \
+        "each map (observed or permuted) with a height step of its own peak / 100" in tfce
+    facts.update(tfce_step="fixed", tfce_dh={"a": 0.05, "b": 0.05})
+    assert "a fixed height step of 0.05" in " ".join(t for _, t in methods_paragraphs(facts))
+    facts.update(tfce=False)
     assert "the map of ses-1" in text
     # several metrics: each defined, compared in its own analysis
     facts["analyses"] = [
