@@ -254,8 +254,13 @@ def worker_parts(strip: Sequence[int], n_b: int,
 
 
 def _workers(client) -> list[tuple[str, int]]:
-    info = client.scheduler_info().get("workers", {})
-    return sorted((addr, int(w.get("nthreads", 1))) for addr, w in info.items())
+    """Every connected worker and its threads (all of them, not the first 5 that
+    ``scheduler_info()`` lists by default)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # pragma: no cover - distributed < 2025.4
+        info = client.scheduler_info()
+    return sorted((addr, int(w.get("nthreads", 1))) for addr, w in info.get("workers", {}).items())
 
 
 def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
