@@ -202,10 +202,10 @@ def _strips(plan: GroupPlan, budget: float, t_batch: int, threads: int,
     """Row strips (lists of A blocks) and lanes at once that fit ``budget`` bytes.
 
     One lane in flight holds the partial sums of its strip (rows x all of B,
-    float32), two batches of series of the strip and of B (B once per worker,
-    see :func:`worker_parts`), and a GEMM output per worker thread.  Strips
-    are as few as fit; lanes as many as fit, and no more than keep every
-    thread busy.
+    float32), two batches of series of the strip and of B (B once per worker:
+    each fetches the blocks it multiplies, see :func:`series_owners`), and a
+    GEMM output per worker thread.  Strips are as few as fit; lanes as many as
+    fit, and no more than keep every thread busy.
     """
     rows = [b - a for a, b in plan.a_ranges]
     n_b = sum(b - a for a, b in plan.b_ranges)
@@ -233,11 +233,10 @@ def worker_parts(strip: Sequence[int], n_b: int,
     """The (A block, B block) pairs of a strip, cut into one contiguous run per worker.
 
     Pairs in row-major order are shared out in proportion to each worker's
-    threads.  A worker's links, and the series they multiply, then run on that
-    worker (a loose restriction: elsewhere only if it is lost), so the 60 MB
-    series blocks and the partial sums never travel between workers; each
-    worker recomputes the few series blocks it shares with another instead.
-    With one worker (or none known) there is one part and no restriction.
+    threads.  A worker's links then run on that worker (a loose restriction:
+    elsewhere only if it is lost), so the partial sums never travel between
+    workers from batch to batch.  With one worker (or none known) there is one
+    part and no restriction.
     """
     pairs = [(i, j) for i in strip for j in range(n_b)]
     if len(workers) <= 1:
@@ -253,21 +252,41 @@ def worker_parts(strip: Sequence[int], n_b: int,
     return out
 
 
-def _workers(client) -> list[tuple[str, int]]:
-    """Every connected worker and its threads (all of them, not the first 5 that
-    ``scheduler_info()`` lists by default)."""
-    try:
-        info = client.scheduler_info(n_workers=-1)
-    except TypeError:  # pragma: no cover - distributed < 2025.4
-        info = client.scheduler_info()
-    return sorted((addr, int(w.get("nthreads", 1))) for addr, w in info.get("workers", {}).items())
+def series_owners(parts: Sequence[tuple[str | None, list]],
+                  threads: Sequence[int] | None = None) -> dict[tuple[str, int], int]:
+    """Which part computes each series block of a batch: every block is computed once.
+
+    An A block goes to the part with most pairs in its row (the first on a
+    tie); a B block, which every part needs, to the part among those that
+    need it with the least series per thread so far.  The other parts fetch
+    it: a transfer costs far less than reading and standardising the block
+    again.
+    """
+    threads = list(threads or [1] * len(parts))
+    rows: dict[int, list[int]] = {}
+    need_b: dict[int, list[int]] = {}
+    for w, (_, pairs) in enumerate(parts):
+        for i, j in pairs:
+            rows.setdefault(i, [0] * len(parts))[w] += 1
+            if w not in need_b.setdefault(j, []):
+                need_b[j].append(w)
+    owners = {("a", i): int(np.argmax(n)) for i, n in sorted(rows.items())}
+    load = [0] * len(parts)
+    for w in owners.values():
+        load[w] += 1
+    for j, needers in sorted(need_b.items()):
+        w = min(needers, key=lambda v: (load[v] / max(1, threads[v]), v))
+        owners[("b", j)] = w
+        load[w] += 1
+    return owners
 
 
 def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
                workers: Sequence[tuple[str, int]] = ()) -> dict:
     """Every lane of ``plan`` over the A blocks ``strip``, ``n_active`` lanes at a time, each
-    with two batches in flight, the links shared out to ``workers`` (:func:`worker_parts`);
-    then the lanes' sums reduced.  Returns host arrays."""
+    with two batches in flight, the links shared out to ``workers`` (:func:`worker_parts`)
+    and each series block computed once (:func:`series_owners`); then the lanes' sums
+    reduced.  Returns host arrays."""
     from distributed import as_completed
 
     lanes = [list(v) for v in plan.lanes]
@@ -279,25 +298,32 @@ def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
     batch_of: dict = {}  # link key -> (lane, batch)
     ac = as_completed()
     parts = worker_parts(strip, len(plan.b_ranges), workers)
+    owners = series_owners(parts, [dict(workers).get(a, 1) for a, _ in parts])
     n_links = len(strip) * len(plan.b_ranges)
+
+    def where(addr: str | None) -> dict:
+        return {} if addr is None else {"workers": [addr], "allow_other_workers": True}
 
     def submit(lane: int) -> None:
         st = open_[lane]
         q = lanes[lane].pop(0)
-        prev: dict = {}
-        for w, (addr, pairs) in enumerate(parts):
-            owner = None if addr is None else w
-            tasks = plan.series_tasks(q, sorted({i for i, _ in pairs}),
-                                      sorted({j for _, j in pairs}), owner)
-            links = plan.link_tasks(q, (), st["prev"], pairs=pairs, owner=owner)
+        series: dict = {}
+        for w, (addr, _) in enumerate(parts):
+            own = {side: [k for (s, k), o in owners.items() if s == side and o == w]
+                   for side in ("a", "b")}
+            tasks = plan.series_tasks(q, own["a"], own["b"])
+            skeys = [k for k in tasks if k[0].startswith("grp-series-")]
             vkeys = [k for k in tasks if k[0].startswith("grp-bvalid-")]
-            where = {} if addr is None else {"workers": [addr], "allow_other_workers": True}
-            futs = client.get({**tasks, **links}, vkeys + list(links), sync=False, **where)
-            for k, f in zip(vkeys, futs[:len(vkeys)], strict=True):
-                valid.setdefault((k[1], k[2]), {}).setdefault(q, f)  # one copy is enough
-            prev.update({(k[1], k[2]): f for k, f in
-                         zip(links, futs[len(vkeys):], strict=True)})
-        st["prev"] = prev
+            futs = client.get(tasks, skeys + vkeys, sync=False, **where(addr))
+            series.update(zip(skeys, futs[:len(skeys)], strict=True))
+            for k, f in zip(vkeys, futs[len(skeys):], strict=True):
+                valid.setdefault((k[1], k[2]), {})[q] = f
+        prev: dict = {}
+        for addr, pairs in parts:
+            links = plan.link_tasks(q, pairs, st["prev"], series)
+            futs = client.get(links, list(links), sync=False, **where(addr))
+            prev.update({(k[1], k[2]): f for k, f in zip(links, futs, strict=True)})
+        st["prev"] = prev  # the series are released when their links are done
         st["flight"].append(q)
         count[(lane, q)] = 0
         for f in prev.values():
@@ -349,8 +375,9 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
     The batches of each lane are submitted one after another, two in flight;
     as many lanes run at once, and the A side is cut into as few row strips,
     as ``memory_fraction`` of the workers' memory holds (:func:`_strips`).
-    Each worker keeps its share of the block pairs, with their series and
-    partial sums, from batch to batch (:func:`worker_parts`).
+    Each worker keeps its share of the block pairs, with their partial sums,
+    from batch to batch (:func:`worker_parts`); each series block is computed
+    once per batch and fetched by the other workers that need it.
     Memory is therefore flat in the number of subjects.  Neither choice changes
     the arithmetic: the result equals
     :func:`~cfhdask.cfh.groupsum.group_sum_graph` of the same plan, bit for
@@ -372,7 +399,7 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
     """
     cap = cluster_capacity(client)
     budget = cap.memory * memory_fraction if cap.memory > 0 else float("inf")
-    workers = _workers(client)
+    workers = list(cap.nthreads)
     strips, n_active = _strips(plan, budget, t_batch, cap.threads, len(workers))
     log.info("Group sum: %d batch(es) in %d lane(s), %d at once; %d row strip(s) of the left "
              "hemisphere", len(plan.batches), len(plan.lanes), n_active, len(strips))

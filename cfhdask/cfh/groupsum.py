@@ -174,21 +174,17 @@ class GroupPlan:
     def _ranges(self, side: str) -> tuple:
         return self.a_ranges if side == "a" else self.b_ranges
 
-    def series_key(self, side: str, k: int, q: int, owner: int | None = None) -> tuple:
-        """Key of a series task; ``owner`` names a copy made for one worker (the same
-        values: a worker recomputes the series it needs rather than fetch them)."""
-        base = (f"grp-series-{self.tok}", side, k, q)
-        return base if owner is None else (*base, owner)
+    def series_key(self, side: str, k: int, q: int) -> tuple:
+        return (f"grp-series-{self.tok}", side, k, q)
 
-    def valid_key(self, side: str, k: int, q: int, owner: int | None = None) -> tuple:
-        base = (f"grp-bvalid-{self.tok}", side, k, q)
-        return base if owner is None else (*base, owner)
+    def valid_key(self, side: str, k: int, q: int) -> tuple:
+        return (f"grp-bvalid-{self.tok}", side, k, q)
 
     def link_key(self, i: int, j: int, q: int) -> tuple:
         return (f"grp-link-{self.tok}", i, j, q)
 
     def series_tasks(self, q: int, a_blocks: Iterable[int],
-                     b_blocks: Iterable[int] | None = None, owner: int | None = None) -> dict:
+                     b_blocks: Iterable[int] | None = None) -> dict:
         """The series tasks of batch ``q`` for side-A blocks ``a_blocks`` and side-B blocks
         ``b_blocks`` (default every B block), with the small per-batch validity of each."""
         subs = self.batches[q]
@@ -197,34 +193,33 @@ class GroupPlan:
         for side, blocks in (("a", a_blocks), ("b", b_blocks)):
             for k in blocks:
                 s0, s1 = self._ranges(side)[k]
-                key, vkey = self.series_key(side, k, q, owner), self.valid_key(side, k, q, owner)
+                key, vkey = self.series_key(side, k, q), self.valid_key(side, k, q)
                 out[key] = Task(key, _batch_series_task, self.read, subs, s0, s1, self.backend)
                 out[vkey] = Task(vkey, _valid_of, TaskRef(key))
         return out
 
-    def link_tasks(self, q: int, a_blocks: Iterable[int],
+    def pairs(self, a_blocks: Iterable[int]) -> list[tuple[int, int]]:
+        """Every (A block, B block) pair of side-A blocks ``a_blocks``, row by row."""
+        return [(i, j) for i in a_blocks for j in range(len(self.b_ranges))]
+
+    def link_tasks(self, q: int, pairs: Iterable[tuple[int, int]],
                    prev: dict[tuple[int, int], Any] | None = None,
-                   series: dict | None = None, *, pairs: Iterable[tuple[int, int]] | None = None,
-                   owner: int | None = None) -> dict:
-        """The GEMM links of batch ``q``: ``prev[(i, j)]`` (a TaskRef/Future or absent at a
-        lane's start) plus the batch's block (i, j), for ``i`` in ``a_blocks`` and every
-        B block, or for ``pairs``.  ``series`` maps series keys to Futures when they run
-        elsewhere (else TaskRefs by key, of ``owner``'s copies)."""
+                   series: dict | None = None) -> dict:
+        """The GEMM links of batch ``q`` for the block ``pairs`` (i, j): ``prev[(i, j)]``
+        (a TaskRef/Future, or absent at a lane's start) plus the batch's block (i, j).
+        ``series`` maps series keys to Futures when they were submitted before (else
+        TaskRefs by key, to tasks of the same graph)."""
         prev = prev or {}
         series = series or {}
-        if pairs is None:
-            pairs = [(i, j) for i in a_blocks for j in range(len(self.b_ranges))]
 
         def ref(key):
             return series[key] if key in series else TaskRef(key)
 
         out = {}
         for i, j in pairs:
-            ra = ref(self.series_key("a", i, q, owner))
-            rb = ref(self.series_key("b", j, q, owner))
             key = self.link_key(i, j, q)
-            out[key] = Task(key, _link_task, prev.get((i, j)), ra, rb,
-                            blas_threads=self.blas_threads)
+            out[key] = Task(key, _link_task, prev.get((i, j)), ref(self.series_key("a", i, q)),
+                            ref(self.series_key("b", j, q)), blas_threads=self.blas_threads)
         return out
 
     def reduce_graph(self, a_blocks: Sequence[int], ends: dict[tuple[int, int], list],
@@ -340,7 +335,7 @@ def group_sum_graph(
         prev: dict = {}
         for q in lane:
             tasks.update(plan.series_tasks(q, rows))
-            links = plan.link_tasks(q, rows, prev)
+            links = plan.link_tasks(q, plan.pairs(rows), prev)
             tasks.update(links)
             prev = {(k[1], k[2]): TaskRef(k) for k in links}
         for ij, ref in prev.items():

@@ -46,11 +46,14 @@ class Capacity:
         Sum of the workers' memory limits in bytes (0 when unlimited/unknown).
     workers : int
         Number of workers.
+    nthreads : tuple of (address, threads)
+        Each worker's address and threads, sorted by address.
     """
 
     threads: int
     memory: int
     workers: int
+    nthreads: tuple[tuple[str, int], ...] = ()
 
 
 def cluster_capacity(client) -> Capacity:
@@ -59,11 +62,12 @@ def cluster_capacity(client) -> Capacity:
         info = client.scheduler_info(n_workers=-1)  # all workers, not the first 5
     except TypeError:  # pragma: no cover - distributed < 2025.4
         info = client.scheduler_info()
-    workers = info.get("workers", {}).values()
-    threads = sum(int(w.get("nthreads", 1)) for w in workers)
-    limits = [int(w.get("memory_limit") or 0) for w in workers]
+    workers = info.get("workers", {})
+    nthreads = tuple(sorted((addr, int(w.get("nthreads", 1))) for addr, w in workers.items()))
+    limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
     memory = 0 if not limits or any(m <= 0 for m in limits) else sum(limits)
-    return Capacity(threads=threads, memory=memory, workers=len(limits))
+    return Capacity(threads=sum(t for _, t in nthreads), memory=memory, workers=len(limits),
+                    nthreads=nthreads)
 
 
 def in_flight_limit(capacity: Capacity, unit_bytes: int,

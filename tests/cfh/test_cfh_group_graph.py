@@ -195,9 +195,32 @@ def _transferred(dask_worker):
     return [str(k) for d in dask_worker.transfer_incoming_log for k in d.get("keys", ())]
 
 
-def test_streamed_group_sum_keeps_series_and_sums_on_their_worker(rng, local_client):
+def test_series_owners_compute_each_block_once_and_balance_threads():
+    from cfhdask.cfh.group import series_owners, worker_parts
+
+    parts = worker_parts(list(range(4)), 5, [("a", 1), ("b", 1)])
+    owners = series_owners(parts)
+    assert sorted(owners) == [("a", i) for i in range(4)] + [("b", j) for j in range(5)]
+    assert [owners[("a", i)] for i in range(4)] == [0, 0, 1, 1]
+    per_worker = [sum(1 for o in owners.values() if o == w) for w in (0, 1)]
+    assert sorted(per_worker) == [4, 5]
+    parts = worker_parts(list(range(7)), 7, [("a", 1), ("b", 1)])
+    split = [sum(1 for i, _ in p if i == 3) for _, p in parts]  # row 3 is cut in two
+    assert series_owners(parts)[("a", 3)] == int(np.argmax(split)) and min(split) > 0
+    parts = worker_parts(list(range(4)), 4, [("a", 1), ("b", 3)])  # 4 / 12 pairs
+    owners = series_owners(parts, [1, 3])
+    assert sum(1 for o in owners.values() if o == 1) > sum(1 for o in owners.values() if o == 0)
+    assert series_owners(worker_parts([0, 1], 3, [("w", 2)])) == {
+        ("a", 0): 0, ("a", 1): 0, ("b", 0): 0, ("b", 1): 0, ("b", 2): 0}
+
+
+def test_streamed_group_sum_keeps_sums_on_their_worker_and_reads_each_series_once(
+        rng, local_client):
     """Each worker multiplies and sums its share of the block pairs from batch to batch:
-    no series block and no partial sum travels between workers."""
+    no partial sum travels between workers; each series block of a batch is read and
+    standardised once, and fetched by the other worker that needs it."""
+    from distributed import get_task_stream
+
     from cfhdask.cfh.group import run_group_sum
     from cfhdask.cfh.groupsum import GroupPlan
 
@@ -206,7 +229,13 @@ def test_streamed_group_sum_keeps_series_and_sums_on_their_worker(rng, local_cli
     plan = GroupPlan.make(ArrayReader(series), len(series), ranges(0, nl, 10),
                           ranges(nl, nl + nr, 9), batch=2, chain=3, split_every=2)
     local_client.run(lambda dask_worker: dask_worker.transfer_incoming_log.clear())
-    res = run_group_sum(plan, local_client, t_batch=100, memory_fraction=0.5)
+    with get_task_stream(local_client) as ts:
+        res = run_group_sum(plan, local_client, t_batch=100, memory_fraction=0.5)
     moved = sum(local_client.run(_transferred).values(), [])
-    assert not [k for k in moved if "grp-series-" in k or "grp-link-" in k], moved
+    assert not [k for k in moved if "grp-link-" in k], moved
+    computed = [str(d["key"]) for d in ts.data if "grp-series-" in str(d["key"])]
+    n_series = len(plan.batches) * (len(plan.a_ranges) + len(plan.b_ranges))
+    assert len(computed) == len(set(computed)) == n_series
+    fetched = [k for k in moved if "grp-series-" in k]
+    assert len(fetched) == len(set(fetched)) <= n_series
     _check_group(res, subjects)

@@ -33,6 +33,8 @@ def test_batch_units_groups_small_items_in_order():
 def test_capacity_counts_every_worker(local_client):
     cap = cluster_capacity(local_client)
     assert (cap.workers, cap.threads) == (2, 2) and cap.memory > 0
+    addrs = sorted(local_client.scheduler_info(n_workers=-1)["workers"])
+    assert cap.nthreads == tuple((a, 1) for a in addrs)
 
 
 def _slow(x: int, seconds: float) -> int:
