@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numba
 import numpy as np
 
 from cfhdask.backend import array_module
@@ -183,19 +184,36 @@ def paired_corr(za: Any, zb: Any) -> Any:
     return (xp.asarray(za, dtype=xp.float64) * zb).sum(axis=-1).astype(xp.float32)
 
 
+@numba.njit(cache=True, nogil=True)
+def _paired_sums(x, partner, mean, scale, ok, out):  # pragma: no cover - compiled
+    """``out[v] = sum_t (x[v, t] - mean[v]) (x[p, t] - mean[p]) scale[v] scale[p]``, p the
+    partner of v, for every ``ok`` row: the correlation, in float64, in one pass."""
+    n, t = x.shape
+    for v in range(n):
+        if ok[v]:
+            p = partner[v]
+            mv = mean[v]
+            mp = mean[p]
+            acc = 0.0
+            for k in range(t):
+                acc += (np.float64(x[v, k]) - mv) * (np.float64(x[p, k]) - mp)
+            out[v] = acc * scale[v] * scale[p]
+
+
 def paired_correlations(x: Any, partner: Any, rows: int = 4096,
                         rtol: float = CONSTANT_RTOL) -> tuple[Any, Any]:
     """Correlation of every series with one partner series of the same set.
 
-    The series are standardised in place, ``rows`` at a time (float64
-    moments), then each voxel's series is correlated with its partner's
-    (its group counterpart or its mirror), ``rows`` pairs at a time: memory
-    stays one copy of ``x`` plus a block.
+    The :func:`moments` of the series are taken ``rows`` at a time (float64),
+    then each voxel's series is correlated with its partner's (its group
+    counterpart or its mirror).  On the CPU that is one compiled pass over the
+    raw series, in float64, that writes nothing but the result; CuPy arrays are
+    standardised in place and paired ``rows`` pairs at a time.
 
     Parameters
     ----------
-    x : float32 array (n, T)
-        Raw series (overwritten with the standardised ones).
+    x : float array (n, T)
+        Raw series (a CuPy array is overwritten with the standardised ones).
     partner : int array (n,)
         Row of each series' partner, -1 for none.
     rows : int
@@ -211,16 +229,24 @@ def paired_correlations(x: Any, partner: Any, rows: int = 4096,
         False for constant series.
     """
     xp = array_module(x)
-    z = xp.ascontiguousarray(x, dtype=xp.float32)
-    n = z.shape[0]
+    n = x.shape[0]
+    cpu = xp is np
+    z = np.ascontiguousarray(x) if cpu else xp.ascontiguousarray(x, dtype=xp.float32)
     valid = xp.zeros(n, dtype=bool)
+    means = xp.zeros(n, dtype=xp.float64)
+    scales = xp.zeros(n, dtype=xp.float64)
     for k0 in range(0, n, rows):
         k1 = min(k0 + rows, n)
-        mean, scale, valid[k0:k1] = moments(z[k0:k1], rtol=rtol)
-        apply_moments(z[k0:k1], mean, scale, out=z[k0:k1])
+        means[k0:k1], scales[k0:k1], valid[k0:k1] = moments(z[k0:k1], rtol=rtol)
+        if not cpu:
+            apply_moments(z[k0:k1], means[k0:k1], scales[k0:k1], out=z[k0:k1])
     partner = xp.asarray(partner, dtype=xp.int64)
     ok = (partner >= 0) & valid
     ok[ok] &= valid[partner[ok]]
+    if cpu:
+        r64 = np.full(n, np.nan)
+        _paired_sums(z, partner, means, scales, ok, r64)
+        return r64.astype(np.float32), valid
     r = xp.full(n, xp.nan, dtype=xp.float32)
     for k0 in range(0, n, rows):
         k1 = min(k0 + rows, n)

@@ -23,6 +23,7 @@ from cfhdask.cfh.kernels import (
     dense_product,
     moments,
     paired_corr,
+    paired_correlations,
     reduce_block,
     standardize,
 )
@@ -142,6 +143,30 @@ def test_paired_corr_and_autonomy_index(rng):
     ai = autonomy_index(np.array([5, 0, 3]), np.array([1, 4, 0]), np.array([10, 10, 0]), 20)
     np.testing.assert_allclose(ai[:2], [5 / 10 - 1 / 20, 0 - 4 / 20])
     assert np.isnan(ai[2])
+
+
+@pytest.mark.parametrize("rows", [7, 4096])
+def test_paired_correlations_match_brute_force(rng, rows):
+    """Every series with its partner (none, itself, a constant one): float64 reference."""
+    x = (_signal(rng, 53, 37) * 30 + 800).astype(np.float32)
+    x[[4, 20]] = 612.5  # constant series
+    partner = rng.integers(0, 53, 53)
+    partner[[0, 9]] = -1
+    partner[[1, 2]] = 4  # a constant partner
+    partner[5] = 5
+    before = x.copy()
+    r, valid = paired_correlations(x, partner, rows=rows)
+    np.testing.assert_array_equal(x, before)  # the raw series are left as they were
+    x64 = x.astype(np.float64)
+    assert valid.tolist() == [k not in (4, 20) for k in range(53)]
+    ref = np.full(53, np.nan)
+    for k in range(53):
+        if partner[k] >= 0 and valid[k] and valid[partner[k]]:
+            ref[k] = np.corrcoef(x64[k], x64[partner[k]])[0, 1]
+    assert r.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(r), np.isnan(ref))
+    np.testing.assert_allclose(r, ref, atol=1e-6, equal_nan=True)
+    assert r[5] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_max_reduction_matches_reference_with_masks(rng):
