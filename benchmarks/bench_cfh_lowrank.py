@@ -135,7 +135,7 @@ def _cases(text: str) -> tuple[str, ...]:
     bad = [c for c in names if c not in CASES[1:]]
     if bad or not names:
         raise argparse.ArgumentTypeError(
-            f"--cases: {', '.join(bad) or 'none given'}; choose from {', '.join(CASES[1:])}")
+            f"{', '.join(bad) or 'none given'}; choose from {', '.join(CASES[1:])}")
     return names
 
 
