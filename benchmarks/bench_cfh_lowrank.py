@@ -26,15 +26,24 @@ to the full-rank kernel (values and counterparts).
     python benchmarks/bench_cfh_lowrank.py --filter ideal   # DPABI's ideal band-pass
     python benchmarks/bench_cfh_lowrank.py --quick      # the 6 mm grid, seconds
     python benchmarks/bench_cfh_lowrank.py --hcp        # + 2 mm-like, T = 1200, TR 0.72 s
+    # one band-passed 2 mm subject, T = 1200 at TR 0.72 s, unsmoothed, low rank only,
+    # the floor timed on 1/8 of the left rows and scaled (a few minutes)
+    python benchmarks/bench_cfh_lowrank.py --grid 2mm --volumes 1210 --tr 0.72 --fwhm 0 \\
+        --cases lowrank --floor-rows 11125 --repeats 1
+
+The peak RSS of this process during each call is printed too (the data are included:
+compare it with the RSS printed before the runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
-from _bench_util import demo_subject, gemm_floor  # benchmarks/ is sys.path[0]
+import psutil
+from _bench_util import DROP, PeakMemory, demo_subject, gemm_floor  # benchmarks/ is sys.path[0]
 from threadpoolctl import threadpool_limits
 
 from cfhdask.cfh.lowrank import lowrank_maxcorr
@@ -48,68 +57,125 @@ def _diff(res, ref) -> tuple[float, int]:
     return dr, nd
 
 
-def run_case(label: str, subject, unfiltered, repeats: int) -> None:
+CASES = ("floor", "lowrank", "full", "unfiltered")
+
+
+def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
+             floor_rows: int | None = None) -> None:
+    """Time ``cases`` (always with the floor) on one subject, interleaved, and print the ratios.
+
+    ``floor_rows``: the floor is timed on that many left rows and scaled by
+    ``nL / floor_rows`` (a GEMM's time is linear in its rows), for subjects whose
+    full floor takes minutes.
+    """
     zl, zr, lv, rv = subject
-    ul, ur, ulv, urv = unfiltered
-    keys = ("floor", "lowrank", "full", "unfiltered")
+    keys = ("floor", *(k for k in CASES[1:] if k in cases))
     times: dict[str, list[float]] = {k: [] for k in keys}
     cpu: dict[str, list[float]] = {k: [] for k in keys}
+    peak: dict[str, int] = {}
     out = {}
+    n_floor = zl.shape[0] if floor_rows is None else max(1, min(int(floor_rows), zl.shape[0]))
+    scale = zl.shape[0] / n_floor
+    runs = {"floor": lambda: gemm_floor(zl[:n_floor], zr),
+            "lowrank": lambda: lowrank_maxcorr(zl, zr, lv, rv),
+            "full": lambda: lowrank_maxcorr(zl, zr, lv, rv, mode="off")}
+    if unfiltered is not None:
+        runs["unfiltered"] = lambda: lowrank_maxcorr(*unfiltered)
 
-    def timed(key, fn):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out[key] = fn()
-        times[key].append(time.perf_counter() - t0)
-        cpu[key].append(time.process_time() - c0)
+    def timed(key):
+        with PeakMemory() as mem:
+            t0, c0 = time.perf_counter(), time.process_time()
+            out[key] = runs[key]()
+            times[key].append((time.perf_counter() - t0) * (scale if key == "floor" else 1))
+            cpu[key].append((time.process_time() - c0) * (scale if key == "floor" else 1))
+        peak[key] = max(peak.get(key, 0), mem.peak)
 
     with threadpool_limits(limits=1, user_api="blas"):
         lowrank_maxcorr(zl[:512], zr[:512], lv[:512], rv[:512])  # compile / warm up
         gemm_floor(zl[:2048], zr[:2048])
+        base = psutil.Process().memory_info().rss
         for _ in range(repeats):
-            timed("floor", lambda: gemm_floor(zl, zr))
-            timed("lowrank", lambda: lowrank_maxcorr(zl, zr, lv, rv))
-            timed("full", lambda: lowrank_maxcorr(zl, zr, lv, rv, mode="off"))
-            timed("unfiltered", lambda: lowrank_maxcorr(ul, ur, ulv, urv))
+            for key in keys:
+                timed(key)
     med = {k: float(np.median(v)) for k, v in times.items()}
     mcpu = {k: float(np.median(v)) for k, v in cpu.items()}
-    res, info = out["lowrank"]
-    ref, _ = out["full"]
-    _, uinfo = out["unfiltered"]
-    dr, nd = _diff(res, ref)
     n_t = zl.shape[1]
+    floor_note = "" if n_floor == zl.shape[0] else \
+        f"; floor timed on {n_floor} left rows, scaled x{scale:.2f}"
     print(f"[{label}] {zl.shape[0]} x {zr.shape[0]} voxels, T {n_t}, 1 BLAS thread, "
-          f"median of {repeats}")
+          f"median of {repeats}{floor_note}; load average {os.getloadavg()[0]:.1f}")
     print("  (wall s, ratio to the floor; then the same for this process's CPU time, less "
-          "sensitive to other users of the machine)")
+          "sensitive to other users of the machine; peak RSS of this process during the call)")
+
     def row(key):
         return (f"{med[key]:8.3f} s  {med[key] / med['floor']:.3f} | cpu {mcpu[key]:8.3f} s  "
-                f"{mcpu[key] / mcpu['floor']:.3f}")
+                f"{mcpu[key] / mcpu['floor']:.3f} | peak {peak[key] / 2**30:.2f} GiB")
     print(f"  float32 GEMM floor (full T)     {row('floor')}")
-    print(f"  exact low-rank CFH              {row('lowrank')}  ({info['strategy']}, rank {info['rank']}, "
-          f"{info['n_candidates'] / (zl.shape[0] + zr.shape[0]):.2f} candidates per voxel, "
-          f"{info['full_rank_blocks']} full-rank blocks)")
-    print(f"  full-rank kernel (today)        {row('full')}")
-    print(f"  unfiltered, auto -> fallback    {row('unfiltered')}  ({uinfo['strategy']}: {uinfo['reason']})")
-    print(f"  low rank vs full-rank kernel: {mcpu['lowrank'] / mcpu['full']:.3f}x cpu time; "
-          f"max |dr| {dr:.2e}, {nd} counterparts differ")
+    print(f"  (RSS before the runs, data included: {base / 2**30:.2f} GiB)")
+    if "lowrank" in out:
+        res, info = out["lowrank"]
+        n_vox = zl.shape[0] + zr.shape[0]
+        print(f"  exact low-rank CFH              {row('lowrank')}  ({info['strategy']}, rank "
+              f"{info['rank']}, {info['n_candidates'] / n_vox:.2f} candidates per voxel, "
+              f"{info['full_rank_blocks']} full-rank blocks)")
+    if "full" in out:
+        print(f"  full-rank kernel (today)        {row('full')}")
+    if "unfiltered" in out:
+        uinfo = out["unfiltered"][1]
+        print(f"  unfiltered, auto -> fallback    {row('unfiltered')}  ({uinfo['strategy']}: "
+              f"{uinfo['reason']})")
+    if "lowrank" in out and "full" in out:
+        dr, nd = _diff(out["lowrank"][0], out["full"][0])
+        print(f"  low rank vs full-rank kernel: {mcpu['lowrank'] / mcpu['full']:.3f}x cpu time; "
+              f"max |dr| {dr:.2e}, {nd} counterparts differ")
+
+
+def _cases(text: str) -> tuple[str, ...]:
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    bad = [c for c in names if c not in CASES[1:]]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(bad) or 'none given'}; choose from {', '.join(CASES[1:])}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the 6 mm grid (seconds)")
     ap.add_argument("--hcp", action="store_true",
-                    help="also 2 mm, T = 1200 at TR 0.72 s (no smoothing; minutes, ~2 GiB)")
+                    help="also 2 mm, T = 1200 at TR 0.72 s (no smoothing; all cases, the "
+                         "full floor: tens of minutes on one core)")
+    ap.add_argument("--grid", choices=("6mm", "3mm", "2mm"), default=None,
+                    help="grid of the simulated subject (default 3mm; 6mm with --quick)")
+    ap.add_argument("--volumes", type=int, default=None,
+                    help="volumes simulated, the first 10 dropped (default 230: T = 220)")
+    ap.add_argument("--tr", type=float, default=2.0, help="repetition time, s (default 2)")
+    ap.add_argument("--fwhm", type=float, default=4.0,
+                    help="smoothing FWHM in mm, 0 for none (default 4, as the paper)")
+    ap.add_argument("--cases", type=_cases, default=CASES[1:],
+                    help="comma-separated cases timed with the floor: lowrank, full, "
+                         "unfiltered (default all)")
+    ap.add_argument("--floor-rows", type=int, default=None,
+                    help="time the floor on this many left rows and scale it by rows "
+                         "(default: all rows)")
     ap.add_argument("--filter", default="butterworth", choices=("butterworth", "ideal"),
                     help="band-pass of the denoising (default butterworth, as nilearn; "
                          "ideal: DPABI's, whose band rank is exact)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats (median; default 3)")
     args = ap.parse_args(argv)
-    grid = "6mm" if args.quick else "3mm"
-    print("simulating and denoising one demo subject ...", flush=True)
-    subject = demo_subject(grid, 230, 2.0, band_filter=args.filter)
-    unfiltered = demo_subject(grid, 230, 2.0, denoise=False)
-    run_case(f"{'quick' if args.quick else '3mm'} T=220 {args.filter}", subject, unfiltered,
-             1 if args.quick else args.repeats)
+    grid = args.grid or ("6mm" if args.quick else "3mm")
+    volumes = 230 if args.volumes is None else args.volumes
+    if volumes <= DROP + 2:
+        ap.error(f"--volumes {volumes}: at least {DROP + 3} (the first {DROP} are dropped)")
+    fwhm = args.fwhm or None
+    print(f"simulating and denoising one subject ({grid}, {volumes} volumes, TR {args.tr} s, "
+          f"{args.filter}) ...", flush=True)
+    subject = demo_subject(grid, volumes, args.tr, fwhm=fwhm, band_filter=args.filter)
+    unfiltered = None
+    if "unfiltered" in args.cases:
+        unfiltered = demo_subject(grid, volumes, args.tr, denoise=False)
+    run_case(f"{grid} T={volumes - DROP} {args.filter}", subject, unfiltered,
+             1 if args.quick else args.repeats, args.cases, args.floor_rows)
     if args.hcp:
         del subject, unfiltered
         print("simulating a 2 mm, T = 1200 subject ...", flush=True)

@@ -214,10 +214,15 @@ def temporal_basis(g: Any) -> tuple[Any, Any]:
 def _tail_norms2(z: Any, vectors: Any) -> Any:
     """Squared residual norm after 0..T basis vectors, (n, T + 1) float64.
 
-    Column ``k`` is ``sum_{l >= k} (z V)_l**2`` (exact up to float64 rounding).
+    Column ``k`` is ``sum_{l >= k} (z V)_l**2``, the product ``z V`` in float32
+    (half the cost of float64; its rounding, about ``T u`` of each coefficient,
+    moves a count only for voxels within a fraction of a percent of the
+    tolerance: these counts choose the rank, which sets the speed of the kernel,
+    never its result), the squares and sums in float64.
     """
     xp = array_module(z, vectors)
-    p = xp.asarray(z, dtype=xp.float64) @ vectors
+    p = (xp.asarray(z, dtype=xp.float32) @ xp.asarray(vectors, dtype=xp.float32)).astype(
+        xp.float64)
     p *= p
     tail = xp.cumsum(p[:, ::-1], axis=1)[:, ::-1]
     return xp.concatenate([tail, xp.zeros((tail.shape[0], 1), dtype=xp.float64)], axis=1)
@@ -447,13 +452,20 @@ def _exact(a, b, ca, cb, e, f, cand_i, cand_j, group_rows, group_max, group_e, c
     for g in range(n_groups):  # rows of group_max read contiguously; the order of
         ge = group_e[g]        # updates does not matter (ties to the smaller index)
         gm = group_max[g]
-        for j in range(nb):
-            if gm[j] + ge * f[j] < thr[j]:
+        for j0 in range(0, nb, _LANE):  # 64 columns tested at once, then rescanned
+            j1 = min(j0 + _LANE, nb)
+            hit = False
+            for j in range(j0, j1):
+                hit |= gm[j] + ge * f[j] >= thr[j]
+            if not hit:
                 continue
-            for i in range(g * group_rows, min((g + 1) * group_rows, na)):
-                if _dot32(ca[i], cb[j]) + e[i] * f[j] >= thr[j]:
-                    _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
-                    done += 1
+            for j in range(j0, j1):
+                if gm[j] + ge * f[j] < thr[j]:
+                    continue
+                for i in range(g * group_rows, min((g + 1) * group_rows, na)):
+                    if _dot32(ca[i], cb[j]) + e[i] * f[j] >= thr[j]:
+                        _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
+                        done += 1
     return done
 
 
@@ -631,7 +643,8 @@ def plan_subject(
     """Choose low rank or full rank for one subject, from its data.
 
     The basis is the eigen-decomposition of the Gram matrix of both
-    hemispheres (``g``, computed here when not given); the rank is the
+    hemispheres (``g``, computed here when not given: float32 products summed in
+    float64, see :func:`gram`); the rank is the
     smallest that leaves at most ``1 - quantile`` of the valid voxels with a
     residual norm above ``tol`` (:func:`choose_rank`), counted on at most
     ``rank_sample`` voxels of each hemisphere (evenly spaced; the bound is per
@@ -644,7 +657,24 @@ def plan_subject(
     -------
     SubjectPlan
     """
-    g = gram(left, right) if g is None else g
+    return _plan_and_right_factors(left, right, left_valid, right_valid, tol=tol,
+                                   quantile=quantile, max_rank_fraction=max_rank_fraction,
+                                   max_candidates_per_row=max_candidates_per_row,
+                                   pilot_rows=pilot_rows, rank_sample=rank_sample, g=g)[0]
+
+
+def _plan_and_right_factors(
+    left, right, left_valid=None, right_valid=None, *, tol=RESIDUAL_TOL,
+    quantile=RESIDUAL_QUANTILE, max_rank_fraction=MAX_RANK_FRACTION,
+    max_candidates_per_row=MAX_CANDIDATES_PER_ROW, pilot_rows=PILOT_ROWS,
+    rank_sample=RANK_SAMPLE, g=None,
+) -> tuple[SubjectPlan, LowRankFactors | None]:
+    """:func:`plan_subject`, and the projection of ``right`` its pilot made (None if none).
+
+    The Gram matrix is accumulated from float32 products (the basis only sets the
+    speed, see :func:`gram`).
+    """
+    g = gram(left, right, dtype=np.float32) if g is None else g
     _, vectors = temporal_basis(g)
     sl, sr = sample_rows(left.shape[0], rank_sample), sample_rows(right.shape[0], rank_sample)
     counts = residual_exceed_counts(left[sl], vectors, tol) + residual_exceed_counts(
@@ -654,13 +684,13 @@ def plan_subject(
     plan = plan_rank(counts, n_valid, vectors, tol=tol, quantile=quantile,
                      max_rank_fraction=max_rank_fraction)
     if plan.strategy != "lowrank":
-        return plan
+        return plan, None
     rows = sample_rows(left.shape[0], pilot_rows)
     lv = None if left_valid is None else to_numpy(left_valid)[rows]
     fl = project(left[rows], vectors, plan.rank)
     fr = project(right, vectors, plan.rank)
     return plan_pilot(plan, pilot_candidates(fl, fr, lv, right_valid),
-                      max_candidates_per_row=max_candidates_per_row)
+                      max_candidates_per_row=max_candidates_per_row), fr
 
 
 def plan_rank(counts: Any, n_valid: int, vectors: Any, *, tol: float = RESIDUAL_TOL,
@@ -787,14 +817,19 @@ def lowrank_maxcorr(
         raise ValueError(f"lowrank mode must be 'auto' or 'off', got {mode!r}")
     if mode == "off":
         plan = SubjectPlan("full", left.shape[1], None, float("nan"), "low rank off")
-    elif plan is None:
-        plan = plan_subject(left, right, left_valid, right_valid, **plan_options)
+    right_factors = None
+    if mode == "auto" and plan is None:
+        # the pilot's projection of the right hemisphere is the one the blocks need
+        plan, right_factors = _plan_and_right_factors(left, right, left_valid, right_valid,
+                                                      **plan_options)
     nl, nr = left.shape[0], right.shape[0]
     lv = np.ones(nl, bool) if left_valid is None else np.asarray(to_numpy(left_valid), bool)
     rv = np.ones(nr, bool) if right_valid is None else np.asarray(to_numpy(right_valid), bool)
     factors = None
     if plan.strategy == "lowrank":
-        factors = (project(left, plan.basis, plan.rank), project(right, plan.basis, plan.rank))
+        factors = (project(left, plan.basis, plan.rank),
+                   project(right, plan.basis, plan.rank) if right_factors is None
+                   else right_factors)
     rows, cols = [], [[] for _ in range(0, nr, block)]
     n_cand = n_full = 0
     for i0 in range(0, nl, block):
