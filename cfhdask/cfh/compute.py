@@ -549,7 +549,8 @@ def compute_cfh(
         else:
             params.update(kernel=cfg.kernel)
             _subject_mode(job, c, params, show_progress)
-    n_constant = {s: int(store.subject_attrs(s).get("n_constant", 0)) for s in job.todo}
+    n_constant = {s: int(attrs.get("n_constant", 0))
+                  for s, attrs in store.subjects_attrs(job.todo).items()}
     ds = xr.Dataset({"cfh": store.cfh_maps(job.wanted, var=metric),
                      "r": store.cfh_maps(job.wanted, var=f"{metric}_r"),
                      "counterpart": store.cfh_maps(job.wanted, var=f"{metric}_counterpart")})
