@@ -867,7 +867,9 @@ class CohortStore:
         if self._staged(subject) in self._pending:
             return written
         _, attrs, bold = self._take_pending(subject)
-        return dask.delayed(_finish_on_worker, pure=False)(self, subject, attrs, bold, written)
+        # bound first: dask.delayed would walk the Zarr array's metadata looking for collections
+        finish = functools.partial(_finish_on_worker, self, subject, attrs, bold)
+        return dask.delayed(finish, pure=False)(written)
 
     def is_pending(self, subject: str) -> bool:
         """Whether ``subject`` was begun here and still awaits :meth:`finish_subject`."""
@@ -1253,6 +1255,11 @@ class CohortStore:
         """A picklable reader of these ingested subjects' series (see :class:`SeriesReader`)."""
         self.subjects_attrs(subjects)  # each one ingested: one read of every document at once
         return SeriesReader(self.url, subjects, self.storage_options)
+
+    def series_readers(self, subjects: Sequence[str]) -> dict[str, SeriesReader]:
+        """:meth:`series_reader` of each subject alone, the subjects checked at once."""
+        self.subjects_attrs(subjects)
+        return {s: SeriesReader(self.url, [s], self.storage_options) for s in subjects}
 
     def same_voxels(self, other: CohortStore) -> bool:
         """Whether ``other`` has the same grid, affine and voxel table."""
