@@ -854,9 +854,9 @@ class CohortStore:
         """:meth:`finish_subject` as a task run by a worker once ``written`` (the subject's
         chunk writes, :meth:`bold_store_graph`) is done: the client writes no metadata.
 
-        A replacement of a complete subject (a staged write) is left to
-        :meth:`finish_subject` in the client (:meth:`is_pending` tells): ``written`` is
-        returned as it is.
+        A replacement of a complete subject (a staged write), and any subject of a
+        store only this process sees (``memory://``), is left to :meth:`finish_subject`
+        in the client (:meth:`is_pending` tells): ``written`` is returned as it is.
 
         Returns
         -------
@@ -864,7 +864,7 @@ class CohortStore:
             Publishes the subject (``bold``, then its group document); rerun after a lost
             worker, it leaves a subject it already published as it is.
         """
-        if self._staged(subject) in self._pending:
+        if self._staged(subject) in self._pending or str(self.url).startswith("memory:"):
             return written
         _, attrs, bold = self._take_pending(subject)
         # bound first: dask.delayed would walk the Zarr array's metadata looking for collections
