@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -232,6 +233,7 @@ def _unpublished_array(store, path: str, shape, chunks, dtype, dims, fill=None) 
                            if np.dtype(dtype).kind == "f" else int(fill))
     meta = _array_metadata(tuple(int(n) for n in shape), tuple(int(n) for n in chunks),
                            np.dtype(dtype).str, tuple(dims), fill_json)
+    meta = dataclasses.replace(meta, attributes={})  # zarr updates attributes in place
     return zarr.Array(zarr.AsyncArray(meta, StorePath(store, path)))
 
 
