@@ -212,10 +212,15 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
 
 
 def paired_values(store, subject: str, partner: np.ndarray, block: int,
-                  backend: str = "numpy") -> dict:
-    """Lazy r of every hemisphere voxel of a subject with its partner (store indices, -1)."""
+                  backend: str = "numpy", reader: Any = None) -> dict:
+    """Lazy r of every hemisphere voxel of a subject with its partner (store indices, -1).
+
+    ``reader``: the subject's :meth:`~cfhdask.io.store.CohortStore.series_reader`, when
+    the caller has checked the subjects already (default: made and checked here).
+    """
     n_lr = store.n_left + store.n_right
-    return paired_graph(store.series_reader([subject]), 0, 0, n_lr, partner[:n_lr],
+    reader = store.series_reader([subject]) if reader is None else reader
+    return paired_graph(reader, 0, 0, n_lr, partner[:n_lr],
                         backend=backend, rows=block, token=(store.url, subject))
 
 
@@ -425,9 +430,11 @@ def _group_values(job: MapRun, client, params, counterpart, show_progress) -> No
     """Each subject's r with the group counterpart: one O(voxels x T) pass per subject."""
     store = job.store
     partner = np.asarray(counterpart["index"], dtype=np.int64)
+    readers = store.series_readers(job.todo)  # every subject checked in one batched read
 
     def submit(subject):
-        return paired_values(store, subject, partner, params["block"], params["backend"])
+        return paired_values(store, subject, partner, params["block"], params["backend"],
+                             reader=readers[subject])
 
     def write(subject, res):
         maps = paired_maps(store, res["r"], partner)
@@ -549,7 +556,8 @@ def compute_cfh(
         else:
             params.update(kernel=cfg.kernel)
             _subject_mode(job, c, params, show_progress)
-    n_constant = {s: int(store.subject_attrs(s).get("n_constant", 0)) for s in job.todo}
+    n_constant = {s: int(attrs.get("n_constant", 0))
+                  for s, attrs in store.subjects_attrs(job.todo).items()}
     ds = xr.Dataset({"cfh": store.cfh_maps(job.wanted, var=metric),
                      "r": store.cfh_maps(job.wanted, var=f"{metric}_r"),
                      "counterpart": store.cfh_maps(job.wanted, var=f"{metric}_counterpart")})

@@ -109,8 +109,11 @@ def compute_vmhc(
                         max_offset_mm=round(mirror.max_offset_mm, 4), n_pairs=mirror.n_pairs,
                         fisher_clip=R_CLIP)
 
+    readers = store.series_readers(job.todo)  # every subject checked in one batched read
+
     def submit(subject):
-        return paired_values(store, subject, partner, job.cfg.block, job.cfg.backend)
+        return paired_values(store, subject, partner, job.cfg.block, job.cfg.backend,
+                             reader=readers[subject])
 
     def write(subject, res):
         n_const = int((~res["valid"]).sum())

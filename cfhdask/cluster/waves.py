@@ -5,10 +5,10 @@ subjects).  :func:`run_waves` submits them in waves sized to the cluster: as
 many units are in flight at once as half the workers' memory holds (each unit
 declares the bytes it needs at its peak), and never fewer than one per worker
 thread when memory allows it; as each unit finishes, the next ones are
-submitted.  The bound is re-read from the scheduler at every refill, so a
-cluster that grows (``adapt``, new SLURM jobs) gets more work and one that
-shrinks is not flooded.  Nothing here waits on a fixed look-ahead, and the
-client holds only the futures of the units in flight.
+submitted.  The bound is re-read from the scheduler at refills, at most once
+every :data:`CAPACITY_REFRESH_S` seconds, so a cluster that grows (``adapt``,
+new SLURM jobs) gets more work and one that shrinks is not flooded.  Nothing
+here waits on a fixed look-ahead, and the client holds only the futures of the units in flight.
 
 Units run on the workers and write their own results (see
 :mod:`cfhdask.prep.ingest` and :mod:`cfhdask.cfh.compute`); the client sees
@@ -19,12 +19,13 @@ rerun by Dask elsewhere (its inputs are in the store, never scattered).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MEMORY_FRACTION", "Capacity", "batch_units", "cluster_capacity", "in_flight_limit",
-           "run_waves"]
+__all__ = ["CAPACITY_REFRESH_S", "MEMORY_FRACTION", "Capacity", "batch_units",
+           "cluster_capacity", "in_flight_limit", "run_waves"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 MEMORY_FRACTION = 0.5
 #: Units in flight per worker thread when the workers have no memory limit.
 UNBOUNDED_PER_THREAD = 4
+#: Seconds between two reads of the cluster's capacity from the scheduler while units run
+#: (one read per finished unit cost the client ~10 ms a subject on 1000-subject cohorts).
+CAPACITY_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,13 @@ def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
     from cfhdask.inflight import run_in_flight
 
     said: list[int] = []
+    seen: list[tuple[float, Capacity]] = []  # the last read of the capacity, and when
 
     def limit() -> int:
-        bound = in_flight_limit(cluster_capacity(client), unit_bytes)
+        now = time.monotonic()
+        if not seen or now - seen[0][0] >= CAPACITY_REFRESH_S:
+            seen[:] = [(now, cluster_capacity(client))]
+        bound = in_flight_limit(seen[0][1], unit_bytes)
         if not said or said[-1] != bound:
             log.info("%s: up to %d in flight (%d in all)", what, bound, len(units))
             said.append(bound)

@@ -50,7 +50,9 @@ arrays in place and computes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -65,9 +67,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from dask.array.core import normalize_chunks
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.storage import LocalStore, MemoryStore, StorePath
 
+from cfhdask._compat import Task
 from cfhdask._version import __version__
 from cfhdask.errors import CfhdaskError, CfhdaskInputError, StoreVersionError
 from cfhdask.grid import voxel_table
@@ -154,6 +160,64 @@ def _children(store, path: str) -> list[str]:
     return _zarr_sync(names())
 
 
+#: Metadata documents read at once by :func:`_read_documents` (object stores take many).
+DOCUMENT_READS_AT_ONCE = 64
+
+
+def _read_documents(store, keys: Sequence[str]) -> list[bytes | None]:
+    """The bytes of many small keys (metadata documents), read concurrently in one call
+    (None: absent); the client's cost per subject is one parse, not one round trip."""
+    proto = default_buffer_prototype()
+
+    async def read_all() -> list[bytes | None]:
+        limit = asyncio.Semaphore(DOCUMENT_READS_AT_ONCE)
+
+        async def one(key: str) -> bytes | None:
+            async with limit:
+                buf = await store.get(key, prototype=proto)
+            return None if buf is None else buf.to_bytes()
+
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    return _zarr_sync(read_all()) if keys else []
+
+
+def _group_attributes(doc: bytes | None) -> dict | None:
+    """The attributes of a Zarr v3 group document (None: absent, unreadable or an array)."""
+    if doc is None:
+        return None
+    try:
+        meta = json.loads(doc)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return None
+    return dict(meta.get("attributes") or {})
+
+
+@functools.lru_cache(maxsize=64)
+def _array_metadata(shape: tuple, chunks: tuple, dtype: str, dims: tuple, fill: str):
+    """Zarr v3 metadata of a new array (the same for every subject: built once)."""
+    return zarr.create_array(MemoryStore(), shape=shape, chunks=chunks, dtype=dtype,
+                             dimension_names=list(dims), fill_value=json.loads(fill),
+                             compressors=_compressors(np.dtype(dtype))).metadata
+
+
+def _finish_on_worker(store: CohortStore, subject: str, attrs: dict, bold: zarr.Array,
+                      written: Any) -> str:
+    """On a worker, after the chunk writes: publish a new subject (see
+    :meth:`CohortStore.finish_graph`)."""
+    store._publish_subject(subject, subject, attrs, bold, again=True)
+    return subject
+
+
+def _read_map_block(url: str, options: str, path: str, start: int, stop: int) -> np.ndarray:
+    """On a worker: voxels ``start:stop`` of one subject's map array, as a (1, n) row."""
+    arr = zarr.open_array(store=url, path=path, mode="r", zarr_format=3,
+                          storage_options=json.loads(options) or None)
+    return np.asarray(arr[start:stop])[None, :]
+
+
 @contextlib.contextmanager
 def _quiet_listing():
     """Zarr warns about folders without metadata (nodes being written): expected here."""
@@ -165,9 +229,11 @@ def _quiet_listing():
 def _unpublished_array(store, path: str, shape, chunks, dtype, dims, fill=None) -> zarr.Array:
     """An array whose chunks can be written (and pickled to workers) while its metadata
     is not: no reader sees it until :func:`_publish`."""
-    meta = zarr.create_array(MemoryStore(), shape=tuple(shape), chunks=tuple(chunks),
-                             dtype=dtype, dimension_names=list(dims), fill_value=fill,
-                             compressors=_compressors(dtype)).metadata
+    fill_json = json.dumps(None if fill is None else float(fill)
+                           if np.dtype(dtype).kind == "f" else int(fill))
+    meta = _array_metadata(tuple(int(n) for n in shape), tuple(int(n) for n in chunks),
+                           np.dtype(dtype).str, tuple(dims), fill_json)
+    meta = dataclasses.replace(meta, attributes={})  # zarr updates attributes in place
     return zarr.Array(zarr.AsyncArray(meta, StorePath(store, path)))
 
 
@@ -310,6 +376,7 @@ class CohortStore:
         self._hemisphere: np.ndarray | None = None
         #: Subjects begun here, not yet published: group name -> (attributes, bold array).
         self._pending: dict[str, tuple[dict, zarr.Array]] = {}
+        self._subjects_node: zarr.Group | None = None
 
     def __reduce__(self):
         """Pickled as its URL, mode and options: a worker reopens the store itself
@@ -546,7 +613,10 @@ class CohortStore:
 
     # ------------------------------------------------------------------ subjects
     def _subjects_group(self) -> zarr.Group:
-        return self._root.require_group(SUBJECTS) if self.writable else self._root[SUBJECTS]
+        if self._subjects_node is None:  # one metadata read per store object, not per call
+            self._subjects_node = (self._root.require_group(SUBJECTS) if self.writable
+                                   else self._root[SUBJECTS])
+        return self._subjects_node
 
     @property
     def writable(self) -> bool:
@@ -633,25 +703,74 @@ class CohortStore:
                      if grp.attrs.get(INGEST_FLAG) is not True]
         return sorted({*unflagged, *self._unpublished_subjects()})
 
+    @staticmethod
+    def _is_subject_name(subject: str) -> bool:
+        return bool(subject) and "/" not in subject and subject not in (".", "..")
+
+    def _require_complete(self, subject: str, attrs, stage: Stage) -> None:
+        """``attrs`` (a subject's group attributes, None: no group) are of a subject
+        complete for ``stage``, or a one-line error naming it."""
+        ok = attrs is not None and attrs.get(INGEST_FLAG) is True and (
+            stage == "ingested" or attrs.get(self._flag(stage)) is True)
+        if not ok:
+            what = "ingested" if stage == "ingested" else f"with {stage} results"
+            raise CfhdaskInputError(f"store {self.url}: no subject {subject!r} {what}")
+
     def _group(self, subject: str, stage: Stage = "ingested") -> zarr.Group:
         self._check_stage(stage)
         grp = None
-        if subject and "/" not in subject and subject not in (".", ".."):
+        if self._is_subject_name(subject):
             try:  # one metadata read (the subject's group document), not one per level
                 node = self._root[_join(SUBJECTS, subject)]
             except KeyError:
                 node = None
             grp = node if isinstance(node, zarr.Group) else None
-        ok = grp is not None and grp.attrs.get(INGEST_FLAG) is True and (
-            stage == "ingested" or grp.attrs.get(self._flag(stage)) is True)
-        if not ok:
-            what = "ingested" if stage == "ingested" else f"with {stage} results"
-            raise CfhdaskInputError(f"store {self.url}: no subject {subject!r} {what}")
+        self._require_complete(subject, None if grp is None else grp.attrs, stage)
         return grp
+
+    def _subject_key(self, subject: str, *parts: str) -> str:
+        return _join(self._root.path, SUBJECTS, subject, *parts)
+
+    def _subject_documents(self, subjects: Sequence[str],
+                           *parts: str) -> dict[str, bytes | None]:
+        """The ``zarr.json`` of each subject's group (or of ``parts`` under it), all read
+        at once (None: absent)."""
+        names = [s for s in dict.fromkeys(subjects) if self._is_subject_name(s)]
+        docs = _read_documents(self._root.store,
+                               [self._subject_key(s, *parts, META) for s in names])
+        return dict(zip(names, docs, strict=True))
+
+    def _complete_attrs(self, subjects: Sequence[str], stage: Stage = "ingested",
+                        docs: dict[str, bytes | None] | None = None) -> dict[str, dict]:
+        """Attributes of many subjects complete for ``stage``, their group documents read
+        at once (``docs``: already read); an error names the first that is not."""
+        self._check_stage(stage)
+        docs = self._subject_documents(subjects) if docs is None else docs
+        out = {}
+        for s in subjects:
+            attrs = _group_attributes(docs.get(s))
+            self._require_complete(s, attrs, stage)
+            out[s] = attrs
+        return out
 
     def subject_attrs(self, subject: str) -> dict:
         """Attributes of a complete subject (source, tr, n_volumes, provenance...)."""
         return dict(self._group(subject).attrs)
+
+    def subjects_attrs(self, subjects: Sequence[str]) -> dict[str, dict]:
+        """:meth:`subject_attrs` of many subjects, their documents read at once.
+
+        Returns
+        -------
+        dict subject -> dict
+            In the order of ``subjects``.
+
+        Raises
+        ------
+        CfhdaskInputError
+            Naming the first subject that is not ingested completely.
+        """
+        return self._complete_attrs(list(subjects))
 
     def bold(self, subject: str) -> da.Array:
         """The masked time series of a subject, lazily.
@@ -730,18 +849,56 @@ class CohortStore:
         complete).  A staged replacement is published under its staged name
         (flagged ``staged_complete``), then swapped for the old subject.
         """
-        subjects = self._subjects_group()
+        name, attrs, bold = self._take_pending(subject)
+        self._publish_subject(subject, name, {**attrs, **dict(extra_attrs or {})}, bold)
+
+    def finish_graph(self, subject: str, written: Any) -> Any:
+        """:meth:`finish_subject` as a task run by a worker once ``written`` (the subject's
+        chunk writes, :meth:`bold_store_graph`) is done: the client writes no metadata.
+
+        A replacement of a complete subject (a staged write), and any subject of a
+        store only this process sees (``memory://``), is left to :meth:`finish_subject`
+        in the client (:meth:`is_pending` tells): ``written`` is returned as it is.
+
+        Returns
+        -------
+        dask.delayed.Delayed
+            Publishes the subject (``bold``, then its group document); rerun after a lost
+            worker, it leaves a subject it already published as it is.
+        """
+        if self._staged(subject) in self._pending or str(self.url).startswith("memory:"):
+            return written
+        _, attrs, bold = self._take_pending(subject)
+        # bound first: dask.delayed would walk the Zarr array's metadata looking for collections
+        finish = functools.partial(_finish_on_worker, self, subject, attrs, bold)
+        return dask.delayed(finish, pure=False)(written)
+
+    def is_pending(self, subject: str) -> bool:
+        """Whether ``subject`` was begun here and still awaits :meth:`finish_subject`."""
+        return subject in self._pending or self._staged(subject) in self._pending
+
+    def _take_pending(self, subject: str) -> tuple[str, dict, zarr.Array]:
         staged = self._staged(subject)
         name = staged if staged in self._pending else subject
         if name not in self._pending:
             raise ValueError(f"store {self.url}: subject {subject!r} was not begun by "
                              "begin_subject on this store object")
         attrs, bold = self._pending.pop(name)
+        return name, attrs, bold
+
+    def _publish_subject(self, subject: str, name: str, attrs: dict, bold: zarr.Array,
+                         *, again: bool = False) -> None:
+        """``bold``'s metadata, then the group document ``name`` (flagged complete; a staged
+        replacement is then swapped in).  ``again`` (a new subject only: the task of
+        :meth:`finish_graph`, which a lost worker reruns): a subject already published is
+        left as it is."""
+        if again and _group_attributes(self._subject_documents([name])[name]) is not None:
+            return  # begun as a new subject, so the group is this write's, published
         _publish(bold)
-        flag = STAGED_FLAG if name == staged else INGEST_FLAG
-        subjects.create_group(name, attributes=to_jsonable(
-            {**attrs, **dict(extra_attrs or {}), flag: True}))
-        if name == staged:
+        staged = name == self._staged(subject)
+        flag = STAGED_FLAG if staged else INGEST_FLAG
+        self._subjects_group().create_group(name, attributes=to_jsonable({**attrs, flag: True}))
+        if staged:
             self._swap_in(subject)
 
     def _swap_in(self, subject: str) -> None:
@@ -939,11 +1096,8 @@ class CohortStore:
         """
         metric = metric_of(var)
         names = list(self.subjects(metric) if subjects is None else subjects)
-        arrays = [da.from_zarr(store_array(self._group(s, metric), self._array_name(var),
-                                           _dtype(var), where=f"{self._where}: subjects/{s}"))
-                  for s in names]
-        if arrays:
-            data = da.stack(arrays, axis=0)
+        if names:
+            data = self._maps_array(names, metric, var)
         else:
             data = da.zeros((0, self.n_voxels), dtype=_dtype(var), chunks=(1, self.voxel_chunk))
         return xr.DataArray(
@@ -951,6 +1105,48 @@ class CohortStore:
             coords={"subject": np.asarray(names, dtype=object),
                     "hemisphere": ("voxel", self.hemisphere)},
         )
+
+    def _maps_array(self, names: list[str], metric: str, var: str) -> da.Array:
+        """The maps ``var`` of ``names`` (complete for ``metric``) stacked, lazily: read by
+        whoever computes them (one task per subject and voxel chunk opens the array by URL).
+
+        The client reads each subject's group and array documents at once and checks each
+        distinct array document once (:func:`~cfhdask.io.arrays.store_array`: numeric, the
+        data type expected), so its cost per subject is a parse, not a Zarr open.
+        """
+        arr_name = self._array_name(var)
+        groups = self._subject_documents(names)
+        self._complete_attrs(names, metric, groups)
+        arrays = self._subject_documents(names, arr_name)
+        checked: dict[bytes | None, zarr.Array] = {}
+        for s in names:  # one real open per distinct document: its errors name the subject
+            doc = arrays[s]
+            if doc not in checked:
+                node = store_array(self._group(s, metric), arr_name, _dtype(var),
+                                   where=f"{self._where}: subjects/{s}")
+                if tuple(node.shape) != (self.n_voxels,):
+                    raise CfhdaskInputError(
+                        f"{self._where}: subjects/{s}/{arr_name}: shape {tuple(node.shape)}, "
+                        f"expected ({self.n_voxels},)")
+                checked[doc] = node
+        voxel_chunks = normalize_chunks(next(iter(checked.values())).chunks,
+                                                (self.n_voxels,))[0]
+        bounds = np.cumsum((0, *voxel_chunks)).tolist()
+        token = tokenize(self.url, arr_name, names, [groups[s] for s in names],
+                                   [arrays[s] for s in names])
+        name = f"{var}-maps-{token}"
+        options = json.dumps(self.storage_options, sort_keys=True, default=str)
+        layer = {}
+        for i, s in enumerate(names):
+            path = self._subject_key(s, arr_name)
+            for j in range(len(voxel_chunks)):
+                key = (name, i, j)
+                layer[key] = Task(key, _read_map_block, self.url, options, path,
+                                  bounds[j], bounds[j + 1])
+        dtype = np.dtype(_dtype(var))
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+        return da.Array(graph, name, chunks=((1,) * len(names), voxel_chunks), dtype=dtype,
+                        meta=np.empty((0, 0), dtype=dtype))
 
     # ------------------------------------------------------------------ group counterpart
     def group_counterpart(self) -> dict | None:
@@ -1030,8 +1226,8 @@ class CohortStore:
     def preprocessing_settings(self, subjects: Sequence[str] | None = None) -> dict[str, dict]:
         """Subject -> :func:`preprocessing_setting` of complete subjects (default all)."""
         names = self.subjects() if subjects is None else list(subjects)
-        return {s: preprocessing_setting(self.subject_attrs(s).get("preprocessing"))
-                for s in names}
+        return {s: preprocessing_setting(attrs.get("preprocessing"))
+                for s, attrs in self.subjects_attrs(names).items()}
 
     def store_preprocessing(self) -> dict | None:
         """The preprocessing setting every subject of the store shares (None: no subject)."""
@@ -1059,9 +1255,13 @@ class CohortStore:
 
     def series_reader(self, subjects: Sequence[str]) -> SeriesReader:
         """A picklable reader of these ingested subjects' series (see :class:`SeriesReader`)."""
-        for s in subjects:
-            self._group(s)
+        self.subjects_attrs(subjects)  # each one ingested: one read of every document at once
         return SeriesReader(self.url, subjects, self.storage_options)
+
+    def series_readers(self, subjects: Sequence[str]) -> dict[str, SeriesReader]:
+        """:meth:`series_reader` of each subject alone, the subjects checked at once."""
+        self.subjects_attrs(subjects)
+        return {s: SeriesReader(self.url, [s], self.storage_options) for s in subjects}
 
     def same_voxels(self, other: CohortStore) -> bool:
         """Whether ``other`` has the same grid, affine and voxel table."""

@@ -243,11 +243,13 @@ def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
     """Write every subject's series; mark each complete as it finishes.
 
     On a Dask client the cohort runs in memory-bounded waves
-    (:func:`cfhdask.cluster.waves.run_waves`): a subject's group is created just
-    before its write graph is submitted, the workers write its chunks, and
-    the client flags it complete when its future finishes.  ``begun`` lists
-    the subjects whose group was created (the caller aborts the unfinished
-    ones on an interruption).
+    (:func:`cfhdask.cluster.waves.run_waves`): a subject's (unpublished) array is
+    prepared just before its write graph is submitted, the workers write its
+    chunks, and a last task on a worker publishes a new subject, flagged
+    complete (:meth:`~cfhdask.io.store.CohortStore.finish_graph`): the client
+    writes no metadata per new subject (a replacement is swapped in by the
+    client once written).  ``begun`` lists the subjects begun (the
+    caller aborts the unpublished ones on an interruption).
     """
     failures: dict[str, BaseException] = {}
     n, done = len(jobs), 0
@@ -255,11 +257,12 @@ def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
     def start(job: _Job):
         target = store.begin_subject(job.inp.subject, int(job.series.shape[1]), job.attrs)
         begun.append(job.inp.subject)
-        return store.bold_store_graph(job.series, target)
+        return store.finish_graph(job.inp.subject, store.bold_store_graph(job.series, target))
 
     def finished(subject: str) -> None:
         nonlocal done
-        store.finish_subject(subject)
+        if store.is_pending(subject):  # a replacement (--overwrite): swapped in here
+            store.finish_subject(subject)
         done += 1
         log.info("Ingested %s (%d/%d)", subject, done, n)
 

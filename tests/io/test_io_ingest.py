@@ -235,3 +235,27 @@ def test_cli_ingest_and_errors(local_client, make_bold, mask_file, tmp_path, cap
     assert main(["ingest", b, "--out", url, "--storage-options", "[1]"]) == 2
     assert "--storage-options" in capsys.readouterr().err
     assert tree_digest(url) == snap
+
+
+def test_workers_publish_new_subjects_the_client_writes_no_subject_metadata(
+        local_client, make_bold, mask_file, tmp_path, monkeypatch):
+    """The client's work per subject stays small on big cohorts: the subject's ``bold`` and
+    group documents are written by the worker task that ends its write (after the chunks)."""
+    from zarr.storage import LocalStore
+
+    url = str(tmp_path / "cohort.zarr")
+    paths = [make_bold(f"sub-{i:02d}_bold.nii.gz")[0] for i in range(3)]
+    written: list[str] = []
+    orig = LocalStore._set
+
+    async def counting(self, key, *args, **kwargs):
+        written.append(key)
+        return await orig(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "_set", counting)
+    store = ingest(paths, url, mask=mask_file, client=local_client)
+    assert store.subjects() == ["sub-00", "sub-01", "sub-02"]
+    assert store.incomplete_subjects() == []
+    assert [k for k in written if k.startswith("subjects/sub-")] == [], written
+    for p, s in zip(paths, store.subjects(), strict=True):
+        np.testing.assert_array_equal(_bold_by_voxel(store, s), _masked(p, store.mask))

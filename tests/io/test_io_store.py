@@ -307,3 +307,92 @@ def test_mixed_preprocessing_is_refused_naming_both(user_mask, rng):
     with pytest.raises(CfhdaskInputError, match=r"sub-01 none \(drop_volumes 0\); sub-02 "
                                                 r"cfhdask.denoise \(drop_volumes 10\)"):
         store.check_same_preprocessing()
+
+
+def _count_local_store(monkeypatch, method: str) -> list[str]:
+    """The keys this process passes to ``LocalStore.<method>`` from now on."""
+    from zarr.storage import LocalStore
+
+    keys: list[str] = []
+    orig = getattr(LocalStore, method)
+
+    async def counting(self, key, *args, **kwargs):
+        keys.append(key)
+        return await orig(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, method, counting)
+    return keys
+
+
+def test_cohort_maps_open_no_array_per_subject(user_mask, rng, tmp_path, monkeypatch):
+    """Client cost of a cohort's maps (compute_cfh's dataset, stats): the documents of all
+    subjects read at once, one array opened per distinct document, no chunk read."""
+    import cfhdask.io.store as store_mod
+
+    url = str(tmp_path / "m.zarr")
+    store = _create(user_mask, url, chunk=40)
+    names = [f"sub-{i:02d}" for i in range(6)]
+    want = {}
+    for s in names:
+        store.write_subject(s, np.zeros((store.n_voxels, 4), np.float32), {"n_constant": 0})
+        z = rng.standard_normal(store.n_voxels).astype(np.float32)
+        store.write_cfh(s, z, np.arange(store.n_voxels, dtype=np.int32), np.tanh(z),
+                        {"n_constant": int(s[-1])})
+        want[s] = z
+    opened: list[str] = []
+    real = store_mod.store_array
+    monkeypatch.setattr(store_mod, "store_array",
+                        lambda grp, name, *a, **k: opened.append(grp.path) or real(grp, name,
+                                                                                    *a, **k))
+    reads = _count_local_store(monkeypatch, "get")
+    maps = open_store(url).cfh_maps(names)
+    # one open for the six identical array documents (and the root's hemisphere)
+    assert [p for p in opened if p] == ["subjects/sub-00"]
+    ours = [k for k in reads if k.startswith("subjects/")]
+    assert all(k.endswith("zarr.json") for k in ours), ours  # no chunk read in the client
+    assert len(ours) <= 2 * len(names) + 3, ours
+    n, c = store.n_voxels, 40
+    assert maps.chunks == ((1,) * 6, (c,) * (n // c) + ((n % c,) if n % c else ()))
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(maps.values, np.stack([want[s] for s in names]))
+    assert open_store(url).subjects_attrs(names[::-1]) == {
+        s: store.subject_attrs(s) for s in names[::-1]}
+    with pytest.raises(CfhdaskInputError, match="no subject 'sub-99' ingested"):
+        store.subjects_attrs(["sub-00", "sub-99"])
+    with pytest.raises(CfhdaskInputError, match="no subject 'sub-99' with cfh results"):
+        store.cfh_maps(["sub-00", "sub-99"])
+
+
+def test_finish_on_a_worker_publishes_last_and_reruns_harmlessly(user_mask, tmp_path,
+                                                                monkeypatch):
+    """Ingest's completion task (run on a worker) writes the metadata after the chunks, and
+    a rerun of it (a lost worker) leaves the published subject as it is; a replacement
+    (--overwrite) is swapped in by the client, as before."""
+    from cfhdask.io.store import _finish_on_worker
+
+    url = str(tmp_path / "f.zarr")
+    store = _create(user_mask, url)
+    a = np.full((store.n_voxels, 6), 1.0, np.float32)
+    target = store.begin_subject("sub-01", 6, {"tr": 2.0})
+    task = store.finish_graph("sub-01", store.bold_store_graph(a, target))
+    assert not store.is_pending("sub-01") and open_store(url).subjects() == []
+    written = _count_local_store(monkeypatch, "_set")
+    with dask.config.set(scheduler="sync"):
+        dask.compute(task)
+    metas = [i for i, key in enumerate(written) if key.endswith("zarr.json")]
+    assert written[metas[0]] == "subjects/sub-01/bold/zarr.json", written
+    assert min(metas) > max(i for i, key in enumerate(written) if "/c/" in key), written
+    monkeypatch.undo()
+    attrs = open_store(url).subject_attrs("sub-01")
+    _finish_on_worker(open_store(url, mode="r+"), "sub-01", {"tr": 9.0}, target, None)
+    assert open_store(url).subject_attrs("sub-01") == attrs
+    b = np.full((store.n_voxels, 6), 2.0, np.float32)
+    target = store.begin_subject("sub-01", 6, {"tr": 3.0})
+    writes = store.bold_store_graph(b, target)
+    assert store.finish_graph("sub-01", writes) is writes and store.is_pending("sub-01")
+    dask.compute(writes, scheduler="sync")
+    store.finish_subject("sub-01")
+    again = open_store(url)
+    assert again.subjects() == ["sub-01"] and again.incomplete_subjects() == []
+    assert again.subject_attrs("sub-01")["tr"] == 3.0
+    np.testing.assert_array_equal(again.bold("sub-01").compute(), b)
