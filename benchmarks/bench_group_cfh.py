@@ -15,6 +15,9 @@ missing), in one run:
   numbers of subjects (memory flat in subjects), and the time per subject;
 * time per subject of group mode next to subject mode (``--counterpart
   subject`` on a few subjects);
+* with ``--profile``: the seconds the workers spent per kind of task (task
+  prefix; computing, and fetching inputs) during the full group-mode run,
+  each as a share of the floor's CPU seconds;
 * ``ai``: the autonomy index of one subject (series already on the workers)
   against the GEMM floor of its three products ``L L^T``, ``R R^T``, ``L R^T``
   (the engine computes only the upper triangles of the first two, so the
@@ -32,6 +35,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import defaultdict
+from contextlib import nullcontext
 
 import distributed
 import numpy as np
@@ -67,6 +72,25 @@ def concatenated(store, subjects, side: slice) -> np.ndarray:
     """Standardised series of one hemisphere of every subject, side by side in time."""
     parts = [standardize(np.asarray(store.bold(s)[side]))[0] for s in subjects]
     return np.concatenate(parts, axis=1)
+
+
+def task_profile(data: list[dict], floor_cpu: float) -> None:
+    """Worker seconds per task prefix and action (compute, transfer) of a task stream."""
+    from dask.utils import key_split
+
+    agg: dict = defaultdict(lambda: [0, 0.0])
+    for d in data:
+        for ss in d["startstops"]:
+            row = agg[(key_split(d["key"]), ss["action"])]
+            row[0] += 1
+            row[1] += ss["stop"] - ss["start"]
+    total = sum(v[1] for v in agg.values())
+    print(f"[profile] worker seconds by task prefix (total {total:.1f} s = "
+          f"{total / floor_cpu:.3f} x the floor's CPU seconds):")
+    for (prefix, action), (n, sec) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
+        if sec >= 0.001 * total:
+            print(f"  {prefix:>22s} {action:<9s} {n:5d} tasks {sec:8.1f} s "
+                  f"({sec / floor_cpu:.3f} x floor CPU)")
 
 
 def ai_benchmark(client, store, subject: str, block: int, cores: int, reps: int) -> None:
@@ -124,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subject-mode", type=int, default=6,
                     help="subjects timed in subject mode (default 6)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the AI timing")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print the workers' seconds per task prefix of the full run")
     args = ap.parse_args(argv)
     default = "/tmp/cfhdask-bench/quick.zarr" if args.quick else "/tmp/cfhdask-bench/demo.zarr"
     url = make_store(args.store or default, args.quick)
@@ -157,7 +183,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{client.dashboard_link}")
         runs = {}
         for k in sorted({*(v for v in sizes if v < n), n}):
-            with PeakMemory() as mem, CpuTime() as cpu:
+            stream = (distributed.get_task_stream(client) if args.profile and k == n
+                      else nullcontext())
+            with PeakMemory() as mem, CpuTime() as cpu, stream as ts:
                 t0 = time.perf_counter()
                 ds = compute_cfh(store, reference_subjects=subjects[:k], subjects=subjects[:k],
                                  block=cfg.block, subject_batch=cfg.subject_batch,
@@ -166,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
                            float(store.group_counterpart()["seconds"]))
             if k == n:
                 c_group = cpu.seconds
+                if ts is not None:
+                    task_profile(ts.data, c_floor)
         t_group, _, t_cp = runs[n]
         print(f"[group] group-mode CFH of {n} subjects: {t_group:.1f} s wall (counterpart "
               f"{t_cp:.1f} s, maps {t_group - t_cp:.1f} s), {c_group:.1f} CPU s -> ratio "
