@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from cfhref import assert_same_counterparts, reference_group
 from cfhstore import GRID, bold, make_store
+from faulthelpers import wait_until
 
 from cfhdask.cfh.compute import compute_cfh
 from cfhdask.cfh.kernels import fisher_z
@@ -91,6 +92,11 @@ def _fail_writes_of(subject):
     CohortStore.write_cfh = _REAL_WRITE_CFH if subject is None else flaky
 
 
+def _executing(dask_worker) -> int:
+    """Tasks running on a worker (cancelled ones still running included)."""
+    return len(dask_worker.state.executing)
+
+
 def test_adding_subjects_recomputes_counterpart_and_maps(store, local_client, rng, caplog):
     first = compute_cfh(store.url, block=8, client=local_client, show_progress=False)
     fp1 = first.attrs["fingerprint"]
@@ -107,6 +113,9 @@ def test_adding_subjects_recomputes_counterpart_and_maps(store, local_client, rn
             compute_cfh(store.url, block=8, client=local_client, show_progress=False)
     finally:
         local_client.run(_fail_writes_of, None)
+    # a unit already running when the run stopped cannot be interrupted: it finishes
+    # (whole, with the new counterpart), so wait for the workers to go idle
+    wait_until(lambda: not any(local_client.run(_executing).values()), 60, "idle workers")
     assert "reference set of the group counterpart changed" in caplog.text
     st = open_store(store.url)
     fp2 = st.group_counterpart()["fingerprint"]
