@@ -56,6 +56,7 @@ class CpuTime:
     def __init__(self, children: bool = True):
         self.children = children
         self.seconds = 0.0
+        self.by_process: dict[str, float] = {}
 
     def _total(self) -> dict[int, float]:
         me = psutil.Process()
@@ -75,7 +76,17 @@ class CpuTime:
 
     def __exit__(self, *exc) -> None:
         end = self._total()
-        self.seconds = sum(v - self._start.get(pid, 0.0) for pid, v in end.items())
+        me = psutil.Process().pid
+        self.by_process = {}
+        for pid, v in end.items():
+            try:
+                name = "this process" if pid == me else " ".join(
+                    psutil.Process(pid).cmdline()[-2:])[-40:]
+            except psutil.Error:
+                name = str(pid)
+            name = f"{name} [{pid}]"
+            self.by_process[name] = v - self._start.get(pid, 0.0)
+        self.seconds = sum(self.by_process.values())
 
 
 class BusySampler:

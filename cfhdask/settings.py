@@ -376,11 +376,12 @@ class CFHSettings(Section):
         "numpy", description="Array backend of the kernels (cupy needs CuPy and a GPU on the "
                              "workers).")
     kernel: Literal["auto", "lowrank", "full"] = Field(
-        "auto", description="CFH kernel of --counterpart subject: lowrank (exact: a GEMM at "
-                            "the series' effective rank, a rigorous bound, the candidates "
-                            "recomputed), full (the full-rank GEMM) or auto (low rank per "
-                            "subject when its data allow, else full rank); the same maxima "
-                            "either way.")
+        "auto", description="CFH kernel: lowrank (exact: a GEMM at the series' effective "
+                            "rank, a rigorous bound, the candidates recomputed; in group mode "
+                            "the group sum over each subject's low-rank coefficients, the "
+                            "candidate counterparts then summed exactly), full (the full-rank "
+                            "GEMM) or auto (low rank where the data allow, else full rank); "
+                            "the same counterparts either way.")
 
 
 class AutonomySettings(Section):

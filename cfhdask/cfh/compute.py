@@ -517,7 +517,10 @@ def compute_cfh(
         subject when its data allow (``auto``) or always (``lowrank``), or the
         full-rank GEMM (``full``); the same maxima either way.  What ran
         (``kernel_used``, ``rank``, ``n_candidates``...) is in each subject's
-        ``cfh_subject_params``.
+        ``cfh_subject_params``.  Group mode: the group sum over every
+        subject's low-rank coefficients, its candidate counterparts summed
+        exactly (:mod:`cfhdask.cfh.group_lowrank`), where it pays (``auto``) or
+        always (``lowrank``); what ran is in the group counterpart's ``params``.
 
     Returns
     -------

@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cfhdask.cfh.group_lowrank import LowRankDeclined, lowrank_group_sum, subject_bases
 from cfhdask.cfh.groupsum import GroupPlan
 from cfhdask.cfh.kernels import CONSTANT_RTOL
+from cfhdask.cfh.lowrank_group import combine_candidates, concat_candidates
 from cfhdask.cfh.mirror import counterpart_displacement
 from cfhdask.cfh.reductions import combine_max
 from cfhdask.cluster.waves import MEMORY_FRACTION, cluster_capacity
@@ -282,17 +284,20 @@ def series_owners(parts: Sequence[tuple[str | None, list]],
 
 
 def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
-               workers: Sequence[tuple[str, int]] = ()) -> dict:
+               workers: Sequence[tuple[str, int]] = (), bases: Sequence | None = None,
+               slack: float | None = None) -> dict:
     """Every lane of ``plan`` over the A blocks ``strip``, ``n_active`` lanes at a time, each
     with two batches in flight, the links shared out to ``workers`` (:func:`worker_parts`)
     and each series block computed once (:func:`series_owners`); then the lanes' sums
-    reduced.  Returns host arrays."""
+    reduced (to candidates, with ``bases`` and ``slack``: a low-rank sum).  Returns host
+    arrays (candidate sets)."""
     from distributed import as_completed
 
     lanes = [list(v) for v in plan.lanes]
     todo = list(range(len(lanes)))[::-1]
     ends: dict[int, dict] = {}
     valid: dict[tuple[str, int], dict[int, Any]] = {}
+    resid: dict[tuple[str, int], dict[int, Any]] = {}
     open_: dict[int, dict] = {}  # lane -> {"prev": links of the last batch, "flight": [...]}
     count: dict[tuple[int, int], int] = {}
     batch_of: dict = {}  # link key -> (lane, batch)
@@ -311,13 +316,16 @@ def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
         for w, (addr, _) in enumerate(parts):
             own = {side: [k for (s, k), o in owners.items() if s == side and o == w]
                    for side in ("a", "b")}
-            tasks = plan.series_tasks(q, own["a"], own["b"])
+            tasks = plan.series_tasks(q, own["a"], own["b"], bases)
             skeys = [k for k in tasks if k[0].startswith("grp-series-")]
             vkeys = [k for k in tasks if k[0].startswith("grp-bvalid-")]
-            futs = client.get(tasks, skeys + vkeys, sync=False, **where(addr))
+            rkeys = [k for k in tasks if k[0].startswith("grp-bresid-")]
+            futs = client.get(tasks, skeys + vkeys + rkeys, sync=False, **where(addr))
             series.update(zip(skeys, futs[:len(skeys)], strict=True))
-            for k, f in zip(vkeys, futs[len(skeys):], strict=True):
-                valid.setdefault((k[1], k[2]), {})[q] = f
+            for keys, into, off in ((vkeys, valid, len(skeys)),
+                                    (rkeys, resid, len(skeys) + len(vkeys))):
+                for k, f in zip(keys, futs[off:off + len(keys)], strict=True):
+                    into.setdefault((k[1], k[2]), {})[q] = f
         prev: dict = {}
         for addr, pairs in parts:
             links = plan.link_tasks(q, pairs, st["prev"], series)
@@ -359,6 +367,14 @@ def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
                 start()
         ends_ij = {ij: [ends[lane][ij] for lane in sorted(ends)] for ij in ends[0]}
         refs = {key: [v[q] for q in sorted(v)] for key, v in valid.items()}
+        if bases is not None:
+            e_refs = {key: [v[q] for q in sorted(v)] for key, v in resid.items()}
+            tasks, rows, cols, vkeys = plan.candidate_graph(strip, ends_ij, refs, e_refs,
+                                                            float(slack))
+            order = sorted(vkeys)
+            res = client.get(tasks, rows + cols + [vkeys[k] for k in order], sync=True)
+            return {"rows": res[:len(rows)], "cols": res[len(rows):len(rows) + len(cols)],
+                    "valid": dict(zip(order, res[len(rows) + len(cols):], strict=True))}
         out = plan.reduce_graph(strip, ends_ij, refs)
         names = list(out)
         res = client.compute([out[k] for k in names], sync=True)
@@ -369,7 +385,8 @@ def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
 
 
 def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
-                  memory_fraction: float = MEMORY_FRACTION) -> dict[str, np.ndarray]:
+                  memory_fraction: float = MEMORY_FRACTION, bases: Sequence | None = None,
+                  slack: float | None = None) -> dict[str, Any]:
     """Run a :class:`~cfhdask.cfh.groupsum.GroupPlan` on ``client`` in memory-bounded pieces.
 
     The batches of each lane are submitted one after another, two in flight;
@@ -391,11 +408,16 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
         The longest concatenated time axis of a batch (for the memory bound).
     memory_fraction : float
         Share of the workers' memory the sums and series in flight may take.
+    bases, slack : optional
+        A low-rank sum (:mod:`cfhdask.cfh.lowrank_group`): one Future of each
+        subject's basis, and the bound's slack.
 
     Returns
     -------
     dict of NumPy arrays
-        As :func:`~cfhdask.cfh.groupsum.group_sum_graph` computes them.
+        As :func:`~cfhdask.cfh.groupsum.group_sum_graph` computes them; for a
+        low-rank sum, ``left``/``right`` (:class:`CandidateSet` of every voxel)
+        and ``left_valid``/``right_valid``.
     """
     cap = cluster_capacity(client)
     budget = cap.memory * memory_fraction if cap.memory > 0 else float("inf")
@@ -405,9 +427,18 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
              "hemisphere", len(plan.batches), len(plan.lanes), n_active, len(strips))
     parts = []
     for k, strip in enumerate(strips):
-        parts.append(_run_strip(plan, client, strip, n_active, workers))
+        parts.append(_run_strip(plan, client, strip, n_active, workers, bases, slack))
         if len(strips) > 1:
             log.info("Group sum: row strip %d/%d done", k + 1, len(strips))
+    if bases is not None:
+        n_b = len(plan.b_ranges)
+        return {"left": concat_candidates([cs for p in parts for cs in p["rows"]]),
+                "right": concat_candidates([combine_candidates([p["cols"][j] for p in parts])
+                                            for j in range(n_b)]),
+                "left_valid": np.concatenate([p["valid"][("a", i)] for p, st in
+                                              zip(parts, strips, strict=True) for i in st]),
+                "right_valid": np.concatenate([parts[0]["valid"][("b", j)]
+                                               for j in range(n_b)])}
     out = {key: np.concatenate([p[key] for p in parts]) for key in
            ("left_sum", "left_arg", "left_valid")}
     m = np.where(np.isnan(parts[0]["right_sum"]), -np.inf, parts[0]["right_sum"])
@@ -433,7 +464,24 @@ def _compute(store, reference: Reference, cfg, client) -> dict:
                           token=(src.url, reference.fingerprint()))
     lengths = [int(src.subject_attrs(s).get("n_volumes") or 0) for s in reference.subjects]
     t_batch = max(sum(lengths[b[0]:b[-1] + 1]) for b in plan.batches)
-    res = run_group_sum(plan, client, t_batch=t_batch)
+    kernel = cfg.kernel if cfg.backend == "numpy" else "full"
+    res, facts = None, {"kernel": cfg.kernel, "kernel_used": "full"}
+    if kernel != "full":
+        bases, ranks = subject_bases(client, reader, len(reference.subjects), n_lr, plan.tok)
+        try:
+            res = lowrank_group_sum(plan, client, bases, ranks, kernel=kernel,
+                                    run_group_sum=run_group_sum)
+            facts = {**facts, "kernel_used": "lowrank", **res.pop("lowrank")}
+        except LowRankDeclined as exc:
+            log.info("Group counterpart: the full-rank sum instead (%s)", exc)
+            facts["reason"] = str(exc)
+        finally:
+            client.cancel(bases)
+    elif cfg.kernel != "full":
+        log.info("Group counterpart: the low-rank sum runs on the CPU; the %s backend runs "
+                 "the full-rank sum", cfg.backend)
+    if res is None:
+        res = run_group_sum(plan, client, t_batch=t_batch)
     index = np.full(store.n_voxels, -1, dtype=np.int32)
     summed = np.full(store.n_voxels, np.nan, dtype=np.float32)
     la, ra = res["left_arg"], res["right_arg"]
@@ -441,7 +489,8 @@ def _compute(store, reference: Reference, cfg, client) -> dict:
     index[store.right] = np.where(ra >= 0, ra, -1)
     summed[store.left] = res["left_sum"]
     summed[store.right] = res["right_sum"]
-    return {"index": index, "summed_r": summed, "n_blocks": [len(left), len(right)]}
+    return {"index": index, "summed_r": summed, "n_blocks": [len(left), len(right)],
+            "kernel": facts}
 
 
 def ensure_group_counterpart(store, cfg, *, participants=None, client, overwrite: bool = False,
@@ -504,7 +553,7 @@ def ensure_group_counterpart(store, cfg, *, participants=None, client, overwrite
     attrs = {"fingerprint": fp, "reference": spec,
              "params": {"block": cfg.block, "split_every": cfg.split_every,
                         "subject_batch": cfg.subject_batch, "constant_rtol": CONSTANT_RTOL,
-                        "n_blocks": res["n_blocks"]},
+                        "n_blocks": res["n_blocks"], **res.get("kernel", {})},
              "seconds": round(time.perf_counter() - t0, 3),
              "median_displacement_mm": float(np.nanmedian(disp)) if np.isfinite(disp).any()
              else None}

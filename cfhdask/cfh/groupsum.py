@@ -38,6 +38,7 @@ from dask.base import tokenize
 
 from cfhdask._compat import Task, TaskRef
 from cfhdask.backend import to_backend, to_numpy
+from cfhdask.cfh import lowrank_group
 from cfhdask.cfh.graph import (
     _check_engine,
     _cols,
@@ -54,6 +55,12 @@ from cfhdask.cfh.kernels import (
     moments,
     reduce_block,
 )
+from cfhdask.cfh.lowrank_group import (
+    bounded_candidates,
+    combine_candidates,
+    project_batch,
+    residual_bound,
+)
 from cfhdask.cfh.reductions import BlockSum, MaxArgmax
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.settings import settings
@@ -63,12 +70,18 @@ __all__ = ["GroupPlan", "group_sum_graph"]
 
 # ----------------------------------------------------------------------------- tasks
 def _batch_series_task(read: Callable, subjects: tuple, start: int, stop: int,
-                       backend: str = "numpy"):
+                       backend: str = "numpy", *bases):
     """One voxel block of a batch of subjects, standardised and concatenated along time.
 
     Returns the float32 ``(stop - start, sum T_s)`` concatenation and whether
-    each voxel is valid (not constant) in at least one of the subjects.
+    each voxel is valid (not constant) in at least one of the subjects.  With
+    the subjects' ``bases`` (:class:`~cfhdask.cfh.lowrank_group.SubjectBasis`)
+    the concatenation holds their low-rank coefficients instead, and a third
+    item the summed squared residual norms
+    (:func:`~cfhdask.cfh.lowrank_group.project_batch`).
     """
+    if bases:
+        return project_batch([read(s, start, stop) for s in subjects], bases)
     parts = [to_backend(read(s, start, stop), backend) for s in subjects]
     mom = [moments(x) for x in parts]
     z = concat_standardized(parts, [m[0] for m in mom], [m[1] for m in mom])
@@ -80,6 +93,19 @@ def _batch_series_task(read: Callable, subjects: tuple, start: int, stop: int,
 
 def _valid_of(series):
     return series[1]
+
+
+def _resid_of(series):
+    return series[2]
+
+
+def _residual_bound(*parts):
+    return residual_bound(sum(parts[1:], parts[0]))
+
+
+def _candidates_summed(s, e, f, a_valid, b_valid, slack, a_offset, b_offset, keep):
+    """Candidates of a block of the low-rank sum (the root of the lane tree)."""
+    return bounded_candidates(s, e, f, slack, a_valid, b_valid, a_offset, b_offset, keep=keep)
 
 
 def _any_valid(*parts):
@@ -180,22 +206,36 @@ class GroupPlan:
     def valid_key(self, side: str, k: int, q: int) -> tuple:
         return (f"grp-bvalid-{self.tok}", side, k, q)
 
+    def resid_key(self, side: str, k: int, q: int) -> tuple:
+        return (f"grp-bresid-{self.tok}", side, k, q)
+
     def link_key(self, i: int, j: int, q: int) -> tuple:
         return (f"grp-link-{self.tok}", i, j, q)
 
     def series_tasks(self, q: int, a_blocks: Iterable[int],
-                     b_blocks: Iterable[int] | None = None) -> dict:
+                     b_blocks: Iterable[int] | None = None,
+                     bases: Sequence | None = None) -> dict:
         """The series tasks of batch ``q`` for side-A blocks ``a_blocks`` and side-B blocks
-        ``b_blocks`` (default every B block), with the small per-batch validity of each."""
+        ``b_blocks`` (default every B block), with the small per-batch validity of each.
+
+        ``bases`` (one Future or TaskRef of a
+        :class:`~cfhdask.cfh.lowrank_group.SubjectBasis` per subject) makes them
+        the low-rank coefficients, with their residual norms (``resid_key``).
+        """
         subs = self.batches[q]
         b_blocks = range(len(self.b_ranges)) if b_blocks is None else b_blocks
+        extra = () if bases is None else tuple(bases[s] for s in subs)
         out = {}
         for side, blocks in (("a", a_blocks), ("b", b_blocks)):
             for k in blocks:
                 s0, s1 = self._ranges(side)[k]
                 key, vkey = self.series_key(side, k, q), self.valid_key(side, k, q)
-                out[key] = Task(key, _batch_series_task, self.read, subs, s0, s1, self.backend)
+                out[key] = Task(key, _batch_series_task, self.read, subs, s0, s1, self.backend,
+                                *extra)
                 out[vkey] = Task(vkey, _valid_of, TaskRef(key))
+                if extra:
+                    rkey = self.resid_key(side, k, q)
+                    out[rkey] = Task(rkey, _resid_of, TaskRef(key))
         return out
 
     def pairs(self, a_blocks: Iterable[int]) -> list[tuple[int, int]]:
@@ -287,6 +327,55 @@ class GroupPlan:
                                             [(vname, side, k) for k in blocks], None, chunks,
                                             bool, vname)
         return out
+
+    def candidate_graph(self, a_blocks: Sequence[int], ends: dict[tuple[int, int], list],
+                        valid: dict[tuple[str, int], list], resid: dict[tuple[str, int], list],
+                        slack: float, keep: int | None = None) -> tuple[dict, list, list, dict]:
+        """The reduction of a low-rank sum's lanes to candidates, for side-A blocks ``a_blocks``.
+
+        As :meth:`reduce_graph`, with ``resid[(side, k)]`` the per-batch squared
+        residual norms of each block (``resid_key``) and ``slack``
+        (:func:`~cfhdask.cfh.lowrank_group.group_slack`); ``ends`` and the
+        references are Futures; ``keep`` candidates per voxel (default
+        :data:`~cfhdask.cfh.lowrank_group.KEEP`).  Each summed block gives its
+        :func:`~cfhdask.cfh.lowrank_group.bounded_candidates`, merged across
+        blocks by :func:`~cfhdask.cfh.lowrank_group.combine_candidates`.
+
+        Returns
+        -------
+        (tasks, row_keys, col_keys, valid_keys)
+            A task dict; the keys of the candidate sets of each A block and of
+            each B block, and of each block's validity (``{(side, k): key}``).
+        """
+        keep = lowrank_group.KEEP if keep is None else int(keep)
+        tok = tokenize(self.tok, tuple(a_blocks), slack, keep,
+                       [str(getattr(r, "key", r)) for v in ends.values() for r in v])
+        vname, ename, sname = f"grp-valid-{tok}", f"grp-e-{tok}", f"grp-csum-{tok}"
+        tasks: dict = {}
+        for (side, k), refs in valid.items():
+            tasks[(vname, side, k)] = Task((vname, side, k), _any_valid, *refs)
+        for (side, k), refs in resid.items():
+            tasks[(ename, side, k)] = Task((ename, side, k), _residual_bound, *refs)
+        a0, b0 = self.a_ranges[0][0], self.b_ranges[0][0]
+        n_b = len(self.b_ranges)
+        row_leaves: dict[int, list] = {i: [] for i in a_blocks}
+        col_leaves: dict[int, list] = {j: [] for j in range(n_b)}
+        for i in a_blocks:
+            for j in range(n_b):
+                root = _tree(tasks, sname, (i, j), list(ends[(i, j)]), BlockSum().combine, 2,
+                             final=_candidates_summed,
+                             final_args=(TaskRef((ename, "a", i)), TaskRef((ename, "b", j)),
+                                         TaskRef((vname, "a", i)), TaskRef((vname, "b", j)),
+                                         float(slack), self.a_ranges[i][0] - a0,
+                                         self.b_ranges[j][0] - b0, int(keep)))
+                row_leaves[i].append(TaskRef(root))
+                col_leaves[j].append(TaskRef(root))
+        rows = [_tree(tasks, f"grp-crows-{tok}", i, row_leaves[i], combine_candidates,
+                      self.split_every, pick=_rows) for i in a_blocks]
+        cols = [_tree(tasks, f"grp-ccols-{tok}", j, col_leaves[j], combine_candidates,
+                      self.split_every, pick=_cols) for j in range(n_b)]
+        vkeys = {sk: (vname, *sk) for sk in valid}
+        return tasks, rows, cols, vkeys
 
 
 def group_sum_graph(

@@ -29,7 +29,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from cfhdask.backend import array_module
+from cfhdask.backend import array_module, to_numpy
 from cfhdask.cfh.reductions import (
     GROUP_ROWS,
     BlockCount,
@@ -45,7 +45,7 @@ __all__ = [
     "DenseProduct", "GemmProduct", "apply_moments", "autonomy_index", "block_counts",
     "block_maxcorr", "combine_many", "combine_max", "concat_standardized", "dense_product",
     "fisher_z", "moments",
-    "paired_corr", "paired_correlations", "reduce_block", "standardize",
+    "pair_correlations", "paired_corr", "paired_correlations", "reduce_block", "standardize",
 ]
 
 #: A series whose standard deviation is at most this fraction of its mean
@@ -185,19 +185,70 @@ def paired_corr(za: Any, zb: Any) -> Any:
 
 
 @numba.njit(cache=True, nogil=True)
-def _paired_sums(x, partner, mean, scale, ok, out):  # pragma: no cover - compiled
-    """``out[v] = sum_t (x[v, t] - mean[v]) (x[p, t] - mean[p]) scale[v] scale[p]``, p the
-    partner of v, for every ``ok`` row: the correlation, in float64, in one pass."""
-    n, t = x.shape
-    for v in range(n):
-        if ok[v]:
-            p = partner[v]
-            mv = mean[v]
-            mp = mean[p]
-            acc = 0.0
-            for k in range(t):
-                acc += (np.float64(x[v, k]) - mv) * (np.float64(x[p, k]) - mp)
-            out[v] = acc * scale[v] * scale[p]
+def _pair_sums(x, u, w, mean, scale, out):  # pragma: no cover - compiled
+    """``out[k] = sum_t (x[a, t] - mean[a]) (x[b, t] - mean[b]) scale[a] scale[b]`` for the
+    pair ``a = u[k]``, ``b = w[k]``: the correlation, in float64, in one pass."""
+    t = x.shape[1]
+    for q in range(u.size):
+        a = u[q]
+        b = w[q]
+        ma = mean[a]
+        mb = mean[b]
+        acc = 0.0
+        for k in range(t):
+            acc += (np.float64(x[a, k]) - ma) * (np.float64(x[b, k]) - mb)
+        out[q] = acc * scale[a] * scale[b]
+
+
+def _row_moments(x: Any, rows: int, rtol: float, standardize_in_place: bool = False):
+    """:func:`moments` of (n, T) series ``rows`` at a time; optionally standardise ``x``."""
+    xp = array_module(x)
+    n = x.shape[0]
+    valid = xp.zeros(n, dtype=bool)
+    means = xp.zeros(n, dtype=xp.float64)
+    scales = xp.zeros(n, dtype=xp.float64)
+    for k0 in range(0, n, rows):
+        k1 = min(k0 + rows, n)
+        means[k0:k1], scales[k0:k1], valid[k0:k1] = moments(x[k0:k1], rtol=rtol)
+        if standardize_in_place:
+            apply_moments(x[k0:k1], means[k0:k1], scales[k0:k1], out=x[k0:k1])
+    return means, scales, valid
+
+
+def pair_correlations(x: Any, u: Any, w: Any, rows: int = 4096,
+                      rtol: float = CONSTANT_RTOL) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 correlations of the pairs of series ``(u[k], w[k])`` of one set (CPU).
+
+    Parameters
+    ----------
+    x : float array (n, T)
+        Raw series (left unchanged).
+    u, w : int arrays (m,)
+        Rows of each pair.
+    rows : int
+        Rows per block of the :func:`moments`.
+    rtol : float
+        See :func:`moments`.
+
+    Returns
+    -------
+    r : float64 array (m,)
+        0 where either series is constant (such a pair adds nothing to a sum
+        over subjects).
+    valid : bool array (n,)
+        False for constant series.
+    """
+    z = np.ascontiguousarray(to_numpy(x))
+    means, scales, valid = _row_moments(z, rows, rtol)
+    u = np.asarray(u, dtype=np.int64)
+    w = np.asarray(w, dtype=np.int64)
+    r = np.zeros(u.size, dtype=np.float64)
+    sel = np.flatnonzero(valid[u] & valid[w]) if u.size else u
+    if sel.size:
+        out = np.empty(sel.size, dtype=np.float64)
+        _pair_sums(z, u[sel], w[sel], means, scales, out)
+        r[sel] = out
+    return r, valid
 
 
 def paired_correlations(x: Any, partner: Any, rows: int = 4096,
@@ -232,20 +283,16 @@ def paired_correlations(x: Any, partner: Any, rows: int = 4096,
     n = x.shape[0]
     cpu = xp is np
     z = np.ascontiguousarray(x) if cpu else xp.ascontiguousarray(x, dtype=xp.float32)
-    valid = xp.zeros(n, dtype=bool)
-    means = xp.zeros(n, dtype=xp.float64)
-    scales = xp.zeros(n, dtype=xp.float64)
-    for k0 in range(0, n, rows):
-        k1 = min(k0 + rows, n)
-        means[k0:k1], scales[k0:k1], valid[k0:k1] = moments(z[k0:k1], rtol=rtol)
-        if not cpu:
-            apply_moments(z[k0:k1], means[k0:k1], scales[k0:k1], out=z[k0:k1])
+    means, scales, valid = _row_moments(z, rows, rtol, standardize_in_place=not cpu)
     partner = xp.asarray(partner, dtype=xp.int64)
     ok = (partner >= 0) & valid
     ok[ok] &= valid[partner[ok]]
     if cpu:
         r64 = np.full(n, np.nan)
-        _paired_sums(z, partner, means, scales, ok, r64)
+        sel = np.flatnonzero(ok)
+        out = np.empty(sel.size, dtype=np.float64)
+        _pair_sums(z, sel, partner[sel], means, scales, out)
+        r64[sel] = out
         return r64.astype(np.float32), valid
     r = xp.full(n, xp.nan, dtype=xp.float32)
     for k0 in range(0, n, rows):

@@ -1,0 +1,188 @@
+"""The group counterpart from a low-rank sum, exact: bases, bounded sum, exact candidates.
+
+Three passes on the cluster (:mod:`cfhdask.cfh.lowrank_group` has the
+arithmetic and why it is exact):
+
+1. one task per reference subject reads its series once and chooses its
+   temporal basis and rank (:func:`~cfhdask.cfh.lowrank_group.subject_basis`);
+2. the group sum of :func:`~cfhdask.cfh.group.run_group_sum` over the
+   concatenated coefficients (``sum_s k_s`` columns instead of
+   ``sum_s T_s``), reduced to each voxel's candidate counterparts;
+3. one task per subject correlates the candidate pairs exactly (float64), the
+   results are tree-summed in subject order, and each voxel takes the
+   candidate of largest exact sum, ties to the smaller index.
+
+The result is the group counterpart of the full-rank sum; its summed
+correlation is exact in float64 (rounded to float32).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from dask.base import tokenize
+
+from cfhdask._compat import Task, TaskRef
+from cfhdask.cfh.graph import _tree
+from cfhdask.cfh.groupsum import GroupPlan
+from cfhdask.cfh.kernels import pair_correlations, standardize
+from cfhdask.cfh.lowrank_group import (
+    CandidateSet,
+    SubjectBasis,
+    group_slack,
+    overflowed,
+    select_counterpart,
+    subject_basis,
+)
+from cfhdask.cfh.reductions import sum_parts
+from cfhdask.errors import CfhdaskInputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_OVERFLOW_FRACTION", "MIN_SAVING", "LowRankDeclined", "exact_candidates",
+           "lowrank_group_sum", "subject_bases"]
+
+#: ``auto`` runs the full-rank sum when the coefficients keep more than this
+#: fraction of the concatenated time axis (too little to gain).
+MIN_SAVING = 0.8
+
+#: A low-rank sum whose overflowed voxels (checked against the whole other
+#: hemisphere, one float64 row per subject each) exceed this fraction of the
+#: voxels is abandoned for full rank (at 3 mm, 0.2 % is about 100 voxels: some
+#: 3 million exact pairs per subject).
+MAX_OVERFLOW_FRACTION = 0.002
+
+
+class LowRankDeclined(Exception):
+    """The low-rank sum would not pay (or pruned badly): run the full-rank sum."""
+
+
+def _basis_task(read: Callable, s: int, n_all: int) -> SubjectBasis:
+    z, valid = standardize(read(s, 0, n_all))
+    return subject_basis(z, valid)
+
+
+def _rank_of(basis: SubjectBasis) -> tuple[int, bool, int]:
+    n_t = int(basis.rank if basis.vectors is None else basis.vectors.shape[0])
+    return int(basis.rank), basis.vectors is None, n_t
+
+
+def subject_bases(client, read: Callable, n_subjects: int, n_all: int, token: Any
+                  ) -> tuple[list, list[tuple[int, bool, int]]]:
+    """Pass 1: every subject's basis, as Futures kept on the workers, and (rank, full rank,
+    T) of each."""
+    tok = tokenize(token, n_subjects, n_all)
+    bases = [client.submit(_basis_task, read, s, n_all, key=f"grp-basis-{tok}-{s}")
+             for s in range(n_subjects)]
+    ranks = client.gather(client.map(_rank_of, bases, key=[f"grp-rank-{tok}-{s}"
+                                                           for s in range(n_subjects)]))
+    return bases, [tuple(r) for r in ranks]
+
+
+def _pairs(left: CandidateSet, right: CandidateSet, n_left: int, n_right: int
+           ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every pair (reader indices) whose exact sum is needed, and where each voxel's are."""
+    us, ws, where = [], [], {}
+    off = 0
+    for label, cs, base, other, n_other in (("left", left, 0, n_left, n_right),
+                                            ("right", right, n_left, 0, n_left)):
+        over = overflowed(cs)
+        idx = np.where(over[:, None], -1, cs.idx)
+        rows, slots = np.nonzero(idx >= 0)
+        us.append(rows + base)
+        ws.append(idx[rows, slots] + other)
+        where[label] = (off, rows, slots)
+        off += rows.size
+        orows = np.flatnonzero(over)
+        us.append(np.repeat(orows + base, n_other))
+        ws.append(np.tile(np.arange(n_other) + other, orows.size))
+        where[label + "_over"] = (off, orows, n_other)
+        off += orows.size * n_other
+    return np.concatenate(us), np.concatenate(ws), where
+
+
+def _exact_task(read: Callable, s: int, n_all: int, u, w) -> np.ndarray:
+    return pair_correlations(read(s, 0, n_all), u, w)[0]
+
+
+def exact_candidates(client, read: Callable, n_subjects: int, n_all: int, u, w, *,
+                     split_every: int, token: Any) -> np.ndarray:
+    """Pass 3: ``sum_s r_s(u[k], w[k])`` in float64, tree-summed in subject order."""
+    tok = tokenize(token, n_subjects, n_all, u, w)
+    uf, wf = client.scatter([u, w], broadcast=True, hash=False)
+    tasks = {(f"grp-exact-{tok}", s): Task((f"grp-exact-{tok}", s), _exact_task, read, s,
+                                           n_all, uf, wf) for s in range(n_subjects)}
+    root = _tree(tasks, f"grp-exsum-{tok}", 0, [TaskRef(k) for k in tasks], sum_parts,
+                 split_every)
+    try:
+        return np.asarray(client.get(tasks, root, sync=True), dtype=np.float64)
+    finally:
+        client.cancel([uf, wf])
+
+
+def _select(cs: CandidateSet, exact: np.ndarray, where: dict, label: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+    off, rows, slots = where[label]
+    vals = np.zeros(cs.idx.shape, dtype=np.float64)
+    vals[rows, slots] = exact[off:off + rows.size]
+    summed, arg = select_counterpart(np.where(overflowed(cs)[:, None], -1, cs.idx), vals)
+    off, orows, n_other = where[label + "_over"]
+    if orows.size:
+        full = exact[off:off + orows.size * n_other].reshape(orows.size, n_other)
+        best = np.argmax(full, axis=1)  # the first maximum: ties to the smaller index
+        summed[orows] = full[np.arange(orows.size), best].astype(np.float32)
+        arg[orows] = best
+    return summed, arg
+
+
+def lowrank_group_sum(plan: GroupPlan, client, bases: Sequence, ranks: Sequence[tuple], *,
+                      kernel: str, run_group_sum: Callable) -> dict[str, Any]:
+    """Passes 2 and 3 for the bases of pass 1; the outputs of ``run_group_sum``.
+
+    Raises :class:`LowRankDeclined` when ``kernel`` is ``auto`` and the
+    low-rank sum would not pay (coefficients over :data:`MIN_SAVING` of the
+    time axis) or pruned badly (overflowed voxels over
+    :data:`MAX_OVERFLOW_FRACTION`).
+    """
+    k_total = sum(r for r, _, _ in ranks)
+    t_total = sum(t for _, _, t in ranks)
+    batch_k = [sum(ranks[s][0] for s in b) for b in plan.batches]
+    n_full = sum(1 for _, full, _ in ranks if full)
+    rk = np.array([r for r, _, _ in ranks])
+    log.info("Group counterpart, low-rank sum: %d of %d time points kept (%.0f %%); ranks "
+             "median %d (%d-%d), %d subject(s) at full rank", k_total, t_total,
+             100.0 * k_total / max(t_total, 1), int(np.median(rk)), int(rk.min()),
+             int(rk.max()), n_full)
+    if kernel == "auto" and k_total > MIN_SAVING * t_total:
+        raise LowRankDeclined(f"the coefficients keep {k_total} of {t_total} time points")
+    slack = group_slack(batch_k, plan.n_subjects)
+    res = run_group_sum(plan, client, t_batch=max(batch_k), bases=bases, slack=slack)
+    left, right = res["left"], res["right"]
+    n_left, n_right = left.lb.size, right.lb.size
+    n_over = int(overflowed(left).sum() + overflowed(right).sum())
+    n_cand = int((left.idx >= 0).sum() + (right.idx >= 0).sum())
+    n_valid = int(res["left_valid"].sum() + res["right_valid"].sum())
+    log.info("Group counterpart, low-rank sum: %.3f candidates per voxel, %d voxel(s) "
+             "checked against the whole other hemisphere", n_cand / max(n_valid, 1), n_over)
+    if n_over > MAX_OVERFLOW_FRACTION * max(n_valid, 1):
+        if kernel == "auto":
+            raise LowRankDeclined(f"{n_over} voxels overflowed their candidates")
+        raise CfhdaskInputError(f"--kernel lowrank: the bound keeps too many candidates for "
+                                f"{n_over} voxels; use --kernel auto or full")
+    u, w, where = _pairs(left, right, n_left, n_right)
+    exact = exact_candidates(client, plan.read, plan.n_subjects, n_left + n_right, u, w,
+                             split_every=plan.split_every, token=plan.tok)
+    out: dict[str, Any] = {}
+    for label, cs in (("left", left), ("right", right)):
+        summed, arg = _select(cs, exact, where, label)
+        valid = res[f"{label}_valid"]
+        out[f"{label}_sum"] = np.where(valid & (arg >= 0), summed, np.nan).astype(np.float32)
+        out[f"{label}_arg"] = np.where(valid, arg, -1)
+        out[f"{label}_valid"] = valid
+    out["lowrank"] = {"time_points": k_total, "of": t_total, "full_rank_subjects": n_full,
+                      "candidates_per_voxel": round(n_cand / max(n_valid, 1), 4),
+                      "overflowed": n_over, "median_rank": int(np.median(rk))}
+    return out
