@@ -55,7 +55,10 @@ def run_in_flight(client, items: Iterable[Any], submit: Callable[[Any], Any],
 
     On any exception (``KeyboardInterrupt`` included) the futures in flight
     are cancelled and the exception re-raised; they are cancelled too when
-    ``lost`` stops the loop.
+    ``lost`` stops the loop.  Dask cannot interrupt a task that is already
+    running: such a unit still finishes on its worker after this returns (each
+    unit writes whole and marks its completion last, so the store is never
+    half-written, and a rerun skips it).
     """
     from distributed import as_completed
 

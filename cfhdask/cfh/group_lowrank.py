@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,9 @@ def lowrank_group_sum(plan: GroupPlan, client, bases: Sequence, ranks: Sequence[
     if kernel == "auto" and k_total > MIN_SAVING * t_total:
         raise LowRankDeclined(f"the coefficients keep {k_total} of {t_total} time points")
     slack = group_slack(batch_k, plan.n_subjects)
+    # task names of their own: a full-rank sum of the same plan (a fallback) must never
+    # meet these coefficients under the same keys
+    plan = replace(plan, token=("lowrank", plan.token, [getattr(b, "key", b) for b in bases]))
     res = run_group_sum(plan, client, t_batch=max(batch_k), bases=bases, slack=slack)
     left, right = res["left"], res["right"]
     n_left, n_right = left.lb.size, right.lb.size

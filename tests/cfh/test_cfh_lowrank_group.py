@@ -222,3 +222,20 @@ def test_group_mode_uses_the_low_rank_sum_where_it_pays(tmp_path, rng, local_cli
     params = other.group_counterpart()["params"]
     assert params["kernel_used"] == "full" and "time points" in params["reason"]
     assert "the full-rank sum instead" in caplog.text
+
+
+def test_a_low_rank_sum_that_prunes_badly_falls_back_to_full_rank(tmp_path, rng, local_client,
+                                                                   monkeypatch):
+    """auto: too many overflowed voxels after the sum -> the full-rank sum, under task names
+    of its own (never the low-rank coefficients), with the same counterparts."""
+    st = make_banded_store(tmp_path / "banded.zarr", rng, unfiltered=())
+    ref = compute_cfh(str(st.url), block=24, kernel="full", client=local_client,
+                      show_progress=False)["group_counterpart"].values
+    monkeypatch.setattr(lowrank_group, "KEEP", 1)
+    monkeypatch.setattr(group_lowrank, "group_slack", lambda ranks, n: 0.5)
+    monkeypatch.setattr(group_lowrank, "MAX_OVERFLOW_FRACTION", 0.0)
+    ds = compute_cfh(str(st.url), block=24, client=local_client, overwrite=True,
+                     show_progress=False)
+    params = st.group_counterpart()["params"]
+    assert params["kernel_used"] == "full" and "overflowed" in params["reason"]
+    np.testing.assert_array_equal(ds["group_counterpart"].values, ref)
