@@ -88,6 +88,18 @@ def reference_group(subjects: list[tuple[np.ndarray, np.ndarray]]):
     return larg, rarg, s, left_r, right_r
 
 
+def check_group(res, subjects, **tol):
+    """A group sum's counterparts and summed r against :func:`reference_group` (``tol``:
+    of ``assert_allclose``); NaN / -1 where a voxel is valid in no subject."""
+    larg, rarg, s, _, _ = reference_group(subjects)
+    assert_same_counterparts(res["left_arg"], larg, s)
+    assert_same_counterparts(res["right_arg"], rarg, s.T)
+    ok = larg >= 0
+    np.testing.assert_allclose(res["left_sum"][ok], s[ok, larg[ok]], **tol)
+    assert np.isnan(res["left_sum"][~ok]).all() and (res["left_arg"][~ok] == -1).all()
+    return larg, rarg
+
+
 def assert_same_counterparts(arg, ref_arg, summed_rows, tie=1e-6):
     """Same counterpart unless the two best summed correlations are within ``tie``."""
     arg = np.asarray(arg)
