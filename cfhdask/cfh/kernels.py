@@ -61,6 +61,47 @@ STRIP_ROWS = 1024
 
 
 # ----------------------------------------------------------------------------- series
+@numba.njit(cache=True, nogil=True)
+def _row_moments_cpu(x, rtol, mean, scale, valid):  # pragma: no cover - compiled
+    """:func:`moments` of every row of a 2-D array, two float64 passes per row."""
+    n, t = x.shape
+    root_t = np.sqrt(max(t, 1))
+    for v in range(n):
+        acc = 0.0
+        for k in range(t):
+            acc += np.float64(x[v, k])
+        m = acc / t
+        ss = 0.0
+        for k in range(t):
+            d = np.float64(x[v, k]) - m
+            ss += d * d
+        std = np.sqrt(ss / t)
+        ok = np.isfinite(std) and std > 0 and std > rtol * abs(m)
+        valid[v] = ok
+        mean[v] = m if ok else 0.0
+        scale[v] = 1.0 / std / root_t if ok else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _standardize_cpu(x, mean, scale, valid, out):  # pragma: no cover - compiled
+    """``out = float32((x - mean) * scale)`` in float64 per row, zeros for invalid rows."""
+    n, t = x.shape
+    for v in range(n):
+        if valid[v]:
+            m = mean[v]
+            s = scale[v]
+            for k in range(t):
+                out[v, k] = np.float32((np.float64(x[v, k]) - m) * s)
+        else:
+            for k in range(t):
+                out[v, k] = np.float32(0.0)
+
+
+def _cpu_rows(x: Any, axis: int) -> bool:
+    return (isinstance(x, np.ndarray) and x.ndim == 2 and axis in (-1, 1) and x.shape[1] > 0
+            and x.dtype in (np.float32, np.float64))
+
+
 def moments(x: Any, axis: int = -1, rtol: float = CONSTANT_RTOL) -> tuple[Any, Any, Any]:
     """Mean and standardising scale of every series, in float64.
 
@@ -83,6 +124,12 @@ def moments(x: Any, axis: int = -1, rtol: float = CONSTANT_RTOL) -> tuple[Any, A
     mean, scale : float64 arrays, ``x``'s shape without ``axis``
     valid : bool array, ``x``'s shape without ``axis``
     """
+    if _cpu_rows(x, axis):  # one compiled pass per row (the same definition)
+        n = x.shape[0]
+        mean, scale = np.empty(n), np.empty(n)
+        valid = np.empty(n, dtype=bool)
+        _row_moments_cpu(x, float(rtol), mean, scale, valid)
+        return mean, scale, valid
     xp = array_module(x)
     x64 = xp.asarray(x, dtype=xp.float64)
     n_t = x64.shape[axis]
@@ -114,8 +161,12 @@ def standardize(x: Any, axis: int = -1, rtol: float = CONSTANT_RTOL) -> tuple[An
     valid : bool array, ``x``'s shape without ``axis``
         False for constant series.
     """
-    xp = array_module(x)
     mean, scale, valid = moments(x, axis=axis, rtol=rtol)
+    if _cpu_rows(x, axis):
+        z = np.empty(x.shape, dtype=np.float32)
+        _standardize_cpu(x, mean, scale, valid, z)
+        return z, valid
+    xp = array_module(x)
     x64 = xp.asarray(x, dtype=xp.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         z = (x64 - xp.expand_dims(mean, axis)) * xp.expand_dims(scale, axis)

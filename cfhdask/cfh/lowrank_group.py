@@ -281,7 +281,8 @@ def bounded_candidates(c: Any, e: Any, f: Any, slack: float, a_valid: Any = None
         row_lb = (lo.max(axis=1) if nb else np.full(na, -np.inf, np.float32)) - s
         col_lb = (lo.max(axis=0) if na else np.full(nb, -np.inf, np.float32)) - s
     del lo
-    ub = hi + s
+    ub = hi
+    ub += s
     row_m = (ub >= row_lb[:, None]) & np.isfinite(ub)
     col_m = (ub >= col_lb[None, :]) & np.isfinite(ub)
     ri, ru, rd = _keep(row_m, ub, np.arange(nb, dtype=np.int64) + b_offset, keep)
