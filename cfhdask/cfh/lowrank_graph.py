@@ -147,7 +147,10 @@ def _forced_task(plan: SubjectPlan) -> SubjectPlan:
     """``kernel="lowrank"``: the top rung (the tightest tolerance), no pilot."""
     if plan.strategy != "lowrank":
         return plan._replace(basis=None)
-    return plan._replace(basis=None, rank=plan.ranks[-1])
+    top = plan.ranks[-1]
+    return plan._replace(basis=None, rank=top,
+                         reason=f"rank {top} of T={plan.basis.shape[0]} (the top rung, no "
+                                f"pilot)")
 
 
 # ----------------------------------------------------------------------------- blocks

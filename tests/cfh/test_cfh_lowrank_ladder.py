@@ -98,7 +98,11 @@ def test_the_engine_climbs_the_ladder_too(subject):
     # the forced kernel takes the top rung, with no pilot
     forced = dask.compute(cfh_kernel_graph(zl, zr, vl, vr, kernel="lowrank", block=100,
                                            plan_options=opts), scheduler="sync")[0]
-    assert forced["kernel"][0]["rank"] == high and forced["kernel"][0]["pilots"] == []
+    finfo = forced["kernel"][0]
+    assert finfo["rank"] == high and finfo["pilots"] == []
+    assert finfo["reason"].startswith(f"rank {high} of T={T}")
+    _check(left, right, forced["left_rmax"], forced["left_arg"], forced["right_rmax"],
+           forced["right_arg"])
 
 
 def test_plan_ladder_takes_the_first_rung_that_prunes():
