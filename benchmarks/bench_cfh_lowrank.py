@@ -13,14 +13,17 @@ one Dask worker thread runs a block):
 * ``lowrank``: :func:`cfhdask.cfh.lowrank.lowrank_maxcorr` (``mode="auto"``), everything
   included: Gram matrix, eigen-decomposition, rank choice, pilot, projection,
   low-rank product with the fused bound passes, exact candidates;
+* ``onerank``: the same with a single rank, that of
+  :data:`~cfhdask.cfh.lowrank.RESIDUAL_TOL` (the plan before the rank ladder
+  :data:`~cfhdask.cfh.lowrank.RESIDUAL_LADDER`);
 * ``full``: the same loop with ``mode="off"`` (today's kernel,
   :func:`cfhdask.cfh.kernels.block_maxcorr`);
 * ``unfiltered``: ``mode="auto"`` on the same subject without denoising (only
   the dropped volumes): the plan must fall back to full rank.
 
 Each repeat times all of them in turn; the medians and the ratios to the floor
-of this run are printed, with the rank, candidates and the largest difference
-to the full-rank kernel (values and counterparts).
+of this run are printed, with the rank, the rungs the pilot tried, candidates and
+the largest difference to the full-rank kernel (values and counterparts).
 
     python benchmarks/bench_cfh_lowrank.py              # 3 mm, T = 220 (about a minute)
     python benchmarks/bench_cfh_lowrank.py --filter ideal   # DPABI's ideal band-pass
@@ -46,7 +49,7 @@ import psutil
 from _bench_util import DROP, PeakMemory, demo_subject, gemm_floor  # benchmarks/ is sys.path[0]
 from threadpoolctl import threadpool_limits
 
-from cfhdask.cfh.lowrank import lowrank_maxcorr
+from cfhdask.cfh.lowrank import RESIDUAL_TOL, lowrank_maxcorr
 
 
 def _diff(res, ref) -> tuple[float, int]:
@@ -57,7 +60,7 @@ def _diff(res, ref) -> tuple[float, int]:
     return dr, nd
 
 
-CASES = ("floor", "lowrank", "full", "unfiltered")
+CASES = ("floor", "lowrank", "onerank", "full", "unfiltered")
 
 
 def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
@@ -78,6 +81,7 @@ def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
     scale = zl.shape[0] / n_floor
     runs = {"floor": lambda: gemm_floor(zl[:n_floor], zr),
             "lowrank": lambda: lowrank_maxcorr(zl, zr, lv, rv),
+            "onerank": lambda: lowrank_maxcorr(zl, zr, lv, rv, tol=RESIDUAL_TOL),
             "full": lambda: lowrank_maxcorr(zl, zr, lv, rv, mode="off")}
     if unfiltered is not None:
         runs["unfiltered"] = lambda: lowrank_maxcorr(*unfiltered)
@@ -115,9 +119,11 @@ def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
     if "lowrank" in out:
         res, info = out["lowrank"]
         n_vox = zl.shape[0] + zr.shape[0]
-        print(f"  exact low-rank CFH              {row('lowrank')}  ({info['strategy']}, rank "
-              f"{info['rank']}, {info['n_candidates'] / n_vox:.2f} candidates per voxel, "
-              f"{info['full_rank_blocks']} full-rank blocks)")
+        print(f"  exact low-rank CFH              {row('lowrank')}  ({_what(info, n_vox)})")
+    if "onerank" in out:
+        n_vox = zl.shape[0] + zr.shape[0]
+        print(f"  one rank (residual {RESIDUAL_TOL:g})        {row('onerank')}  "
+              f"({_what(out['onerank'][1], n_vox)})")
     if "full" in out:
         print(f"  full-rank kernel (today)        {row('full')}")
     if "unfiltered" in out:
@@ -128,6 +134,18 @@ def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
         dr, nd = _diff(out["lowrank"][0], out["full"][0])
         print(f"  low rank vs full-rank kernel: {mcpu['lowrank'] / mcpu['full']:.3f}x cpu time; "
               f"max |dr| {dr:.2e}, {nd} counterparts differ")
+    if "lowrank" in out and "onerank" in out:
+        dr, nd = _diff(out["lowrank"][0], out["onerank"][0])
+        print(f"  rank ladder vs one rank: {mcpu['lowrank'] / mcpu['onerank']:.3f}x cpu time; "
+              f"max |dr| {dr:.2e}, {nd} counterparts differ")
+
+
+def _what(info: dict, n_vox: int) -> str:
+    """What a low-rank call ran: strategy, rank, the pilot's rungs, candidates."""
+    rungs = ", ".join(f"{k}: {p:.2f}" for k, p in info["pilots"])
+    return (f"{info['strategy']}, rank {info['rank']}, pilot rungs [{rungs}] candidates per "
+            f"row, {info['n_candidates'] / n_vox:.2f} candidates per voxel, "
+            f"{info['full_rank_blocks']} full-rank blocks")
 
 
 def _cases(text: str) -> tuple[str, ...]:
@@ -153,8 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fwhm", type=float, default=4.0,
                     help="smoothing FWHM in mm, 0 for none (default 4, as the paper)")
     ap.add_argument("--cases", type=_cases, default=CASES[1:],
-                    help="comma-separated cases timed with the floor: lowrank, full, "
-                         "unfiltered (default all)")
+                    help="comma-separated cases timed with the floor: lowrank, onerank "
+                         "(a single rank, as before the rank ladder), full, unfiltered "
+                         "(default all)")
     ap.add_argument("--floor-rows", type=int, default=None,
                     help="time the floor on this many left rows and scale it by rows "
                          "(default: all rows)")

@@ -34,11 +34,14 @@ series), so the row and column maxima and their arguments are those of the
 full product: the same :class:`~cfhdask.cfh.kernels.BlockMax` as
 :func:`~cfhdask.cfh.kernels.block_maxcorr`, ties to the smaller index.
 
-When the bound prunes badly (unfiltered data: the series fill all T
-dimensions, so the rank is large or the residuals are) :func:`plan_subject`
-chooses the full-rank kernel instead, from the rank and from a pilot strip;
-a block whose candidates overflow their buffer is computed full-rank too.
-Either way the results are exact.
+:func:`plan_subject` chooses the rank from a ladder of residual tolerances
+(:data:`RESIDUAL_LADDER`, loosest first: the lowest rank first).  A pilot strip
+checks each rung in turn; the first rung whose bound prunes well is taken, a
+rung that prunes badly sends the plan to the next (higher) rank.  When no rung
+prunes well (unfiltered data: the series fill all T dimensions, so the rank is
+large or the residuals are) it chooses the full-rank kernel instead; a block
+whose candidates overflow their buffer is computed full-rank too.  Either way
+the results are exact.
 
 The basis, rank and projection functions take NumPy or CuPy arrays; the block
 kernel (numba) runs on the CPU only: CuPy blocks take the full-rank kernel.
@@ -47,6 +50,7 @@ kernel (numba) runs on the CPU only: CuPy blocks take the full-rank kernel.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numba
@@ -63,6 +67,7 @@ __all__ = [
     "PILOT_ROWS",
     "RANK_SAMPLE",
     "RANK_STEP",
+    "RESIDUAL_LADDER",
     "RESIDUAL_QUANTILE",
     "RESIDUAL_TOL",
     "STRIP_ROWS",
@@ -72,22 +77,35 @@ __all__ = [
     "bound_slack",
     "choose_rank",
     "count_valid",
+    "factors_at_rank",
     "gram",
     "lowrank_block_maxcorr",
     "lowrank_maxcorr",
     "pilot_candidates",
+    "plan_ladder",
     "plan_pilot",
     "plan_rank",
     "plan_subject",
     "project",
+    "project_ladder",
     "residual_exceed_counts",
     "sample_rows",
     "temporal_basis",
 ]
 
 #: Residual norm a voxel may keep outside the basis (the rank is the smallest
-#: that leaves at most ``1 - RESIDUAL_QUANTILE`` of the voxels above it).
+#: that leaves at most ``1 - RESIDUAL_QUANTILE`` of the voxels above it): the
+#: tightest rung of :data:`RESIDUAL_LADDER`, the tolerance of a single rank.
 RESIDUAL_TOL = 0.03
+
+#: Residual tolerances of the rank ladder, loosest first (an internal tuning, not a
+#: user option: the rank sets the speed, never the result).  The first rung whose
+#: pilot keeps at most :data:`MAX_CANDIDATES_PER_ROW` candidates per row is taken.
+#: Measured on the 3 mm demo subject (T = 220, ``bench_cfh_lowrank.py``), 0.12 gives
+#: rank 80 (about 2 candidates per pilot row), 0.06 rank 88 and 0.03 rank 96 (about 1):
+#: the lower rank saves more GEMM time than its extra candidates cost, and a subject
+#: whose pilot prunes badly at rank 80 climbs to 88 or 96 instead of full rank.
+RESIDUAL_LADDER = (0.12, 0.06, RESIDUAL_TOL)
 
 #: Fraction of voxels whose residual must be at most :data:`RESIDUAL_TOL`.  The
 #: bound is per voxel, so the few voxels above it are still exact; they only get
@@ -160,7 +178,9 @@ class SubjectPlan(NamedTuple):
     ``basis`` the float64 (T, T) eigenvectors, the first ``rank`` the basis (None
     for full rank: the residual norms need all of them);
     ``pilot_candidates`` the mean row candidates per pilot row (NaN when no
-    pilot ran); ``reason`` one line for the log.
+    pilot ran); ``reason`` one line for the log; ``ranks`` the rungs of the rank
+    ladder still open (ascending; ``rank`` is the first until the pilot chose);
+    ``pilots`` the ``(rank, candidates per pilot row)`` of each rung the pilot tried.
     """
 
     strategy: str
@@ -168,6 +188,8 @@ class SubjectPlan(NamedTuple):
     basis: Any
     pilot_candidates: float
     reason: str
+    ranks: tuple = ()
+    pilots: tuple = ()
 
 
 # ----------------------------------------------------------------------------- basis
@@ -228,25 +250,30 @@ def _tail_norms2(z: Any, vectors: Any) -> Any:
     return xp.concatenate([tail, xp.zeros((tail.shape[0], 1), dtype=xp.float64)], axis=1)
 
 
-def residual_exceed_counts(z: Any, vectors: Any, tol: float = RESIDUAL_TOL) -> Any:
+def residual_exceed_counts(z: Any, vectors: Any,
+                           tol: float | Sequence[float] = RESIDUAL_TOL) -> Any:
     """For k = 0..T, how many rows of ``z`` keep a residual norm above ``tol`` with k vectors.
 
     Parameters
     ----------
     z : (n, T) standardised series
     vectors : (T, T) float64 basis from :func:`temporal_basis`
-    tol : float
+    tol : float or sequence of floats
+        A sequence (the rank ladder) counts every tolerance from one projection.
 
     Returns
     -------
-    int64 array (T + 1,)
+    int64 array (T + 1,), or (len(tol), T + 1) for a sequence
         Counts; they add up over chunks of voxels (a reduction across blocks).
     """
     xp = array_module(z, vectors)
-    counts = xp.zeros(vectors.shape[1] + 1, dtype=xp.int64)
+    tols = np.atleast_1d(np.asarray(tol, dtype=np.float64))
+    counts = xp.zeros((tols.size, vectors.shape[1] + 1), dtype=xp.int64)
     for s, e in _chunks(z.shape[0]):
-        counts += (_tail_norms2(z[s:e], vectors) > tol * tol).sum(axis=0)
-    return counts
+        tail = _tail_norms2(z[s:e], vectors)
+        for i, t in enumerate(tols.tolist()):
+            counts[i] += (tail > t * t).sum(axis=0)
+    return counts if np.ndim(tol) else counts[0]
 
 
 def choose_rank(counts: Any, n_valid: int, *, quantile: float = RESIDUAL_QUANTILE,
@@ -271,25 +298,51 @@ def project(z: Any, vectors: Any, rank: int) -> LowRankFactors:
     rounding and the float64 non-orthogonality of the basis (each well below
     ``1e-12``) are covered by adding ``1e-11``; the norm is rounded up to float32.
     """
+    f = project_ladder(z, vectors, (rank,))
+    return LowRankFactors(f.coef, f.resid[:, 0])
+
+
+def project_ladder(z: Any, vectors: Any, ranks: Sequence[int]) -> LowRankFactors:
+    """:func:`project` at every rank of a ladder from one product.
+
+    Returns
+    -------
+    LowRankFactors
+        ``coef`` (n, max(ranks)): the coefficients of every rung are its first
+        columns; ``resid`` float32 (n, len(ranks)): the rigorous residual norm at
+        each rank (as :func:`project`).  :func:`factors_at_rank` takes one rung.
+    """
     xp = array_module(z, vectors)
-    if vectors.shape[0] != z.shape[1] or vectors.shape[1] < rank:
-        raise ValueError(f"project: basis {vectors.shape} has no {rank} vectors of "
+    ranks = [int(k) for k in ranks]
+    top = max(ranks)
+    if vectors.shape[0] != z.shape[1] or vectors.shape[1] < top:
+        raise ValueError(f"project: basis {vectors.shape} has no {top} vectors of "
                          f"length T={z.shape[1]}")
-    vk = xp.ascontiguousarray(vectors[:, :rank])
+    vk = xp.ascontiguousarray(vectors[:, :top])
     n = z.shape[0]
-    coef = xp.empty((n, rank), dtype=xp.float32)
-    resid = xp.empty(n, dtype=xp.float32)
+    coef = xp.empty((n, top), dtype=xp.float32)
+    resid = xp.empty((n, len(ranks)), dtype=xp.float32)
     for s, e in _chunks(n):
         z64 = xp.asarray(z[s:e], dtype=xp.float64)
         p = z64 @ vk
         coef[s:e] = p
-        tail = (z64 * z64).sum(axis=1) - (p * p).sum(axis=1)
-        r64 = xp.sqrt(xp.maximum(tail, 0.0) + 1e-11)
-        r32 = r64.astype(xp.float32)
-        resid[s:e] = xp.where(r32.astype(xp.float64) < r64,
-                              xp.nextafter(r32, xp.float32(xp.inf)), r32)
-        resid[s:e][~xp.any(z64 != 0, axis=1)] = 0
+        z2 = (z64 * z64).sum(axis=1)
+        zero = ~xp.any(z64 != 0, axis=1)
+        p *= p
+        for q, k in enumerate(ranks):
+            r64 = xp.sqrt(xp.maximum(z2 - p[:, :k].sum(axis=1), 0.0) + 1e-11)
+            r32 = r64.astype(xp.float32)
+            r32 = xp.where(r32.astype(xp.float64) < r64,
+                           xp.nextafter(r32, xp.float32(xp.inf)), r32)
+            r32[zero] = 0
+            resid[s:e, q] = r32
     return LowRankFactors(coef, resid)
+
+
+def factors_at_rank(factors: LowRankFactors, ranks: Sequence[int], rank: int) -> LowRankFactors:
+    """The rung ``rank`` of :func:`project_ladder`'s ``factors`` (views, no copy)."""
+    q = [int(k) for k in ranks].index(int(rank))
+    return LowRankFactors(factors.coef[:, :rank], factors.resid[:, q])
 
 
 def bound_slack(rank: int, coef_a: Any, coef_b: Any) -> float:
@@ -632,7 +685,7 @@ def plan_subject(
     left_valid: Any = None,
     right_valid: Any = None,
     *,
-    tol: float = RESIDUAL_TOL,
+    tol: float | Sequence[float] = RESIDUAL_LADDER,
     quantile: float = RESIDUAL_QUANTILE,
     max_rank_fraction: float = MAX_RANK_FRACTION,
     max_candidates_per_row: float = MAX_CANDIDATES_PER_ROW,
@@ -640,18 +693,21 @@ def plan_subject(
     rank_sample: int = RANK_SAMPLE,
     g: Any = None,
 ) -> SubjectPlan:
-    """Choose low rank or full rank for one subject, from its data.
+    """Choose low rank (and which rank) or full rank for one subject, from its data.
 
     The basis is the eigen-decomposition of the Gram matrix of both
     hemispheres (``g``, computed here when not given: float32 products summed in
-    float64, see :func:`gram`); the rank is the
+    float64, see :func:`gram`).  Each tolerance of ``tol`` (a rung of the rank
+    ladder, :data:`RESIDUAL_LADDER`; a float: one rung) gives a rank, the
     smallest that leaves at most ``1 - quantile`` of the valid voxels with a
-    residual norm above ``tol`` (:func:`choose_rank`), counted on at most
+    residual norm above it (:func:`choose_rank`), counted on at most
     ``rank_sample`` voxels of each hemisphere (evenly spaced; the bound is per
-    voxel, so the rank only sets the speed, never the result).  Full rank is chosen
-    when that rank exceeds ``max_rank_fraction * T``, or when a pilot strip
-    (``pilot_rows`` left voxels evenly spaced, against the whole right
-    hemisphere) keeps more than ``max_candidates_per_row`` candidates per row.
+    voxel, so the rank only sets the speed, never the result).  Rungs above
+    ``max_rank_fraction * T`` are dropped.  A pilot strip (``pilot_rows`` left
+    voxels evenly spaced, against the whole right hemisphere) then tries the
+    rungs from the lowest rank up (:func:`plan_ladder`): the first that keeps at
+    most ``max_candidates_per_row`` candidates per row is taken.  Full rank when
+    no rung is left or none prunes well enough.
 
     Returns
     -------
@@ -664,15 +720,16 @@ def plan_subject(
 
 
 def _plan_and_right_factors(
-    left, right, left_valid=None, right_valid=None, *, tol=RESIDUAL_TOL,
+    left, right, left_valid=None, right_valid=None, *, tol=RESIDUAL_LADDER,
     quantile=RESIDUAL_QUANTILE, max_rank_fraction=MAX_RANK_FRACTION,
     max_candidates_per_row=MAX_CANDIDATES_PER_ROW, pilot_rows=PILOT_ROWS,
     rank_sample=RANK_SAMPLE, g=None,
 ) -> tuple[SubjectPlan, LowRankFactors | None]:
-    """:func:`plan_subject`, and the projection of ``right`` its pilot made (None if none).
+    """:func:`plan_subject`, and the projection of ``right`` at the chosen rank (None if full).
 
     The Gram matrix is accumulated from float32 products (the basis only sets the
-    speed, see :func:`gram`).
+    speed, see :func:`gram`); the pilot rows and the right hemisphere are
+    projected once, at every rung (:func:`project_ladder`).
     """
     g = gram(left, right, dtype=np.float32) if g is None else g
     _, vectors = temporal_basis(g)
@@ -687,58 +744,122 @@ def _plan_and_right_factors(
         return plan, None
     rows = sample_rows(left.shape[0], pilot_rows)
     lv = None if left_valid is None else to_numpy(left_valid)[rows]
-    fl = project(left[rows], vectors, plan.rank)
-    fr = project(right, vectors, plan.rank)
-    return plan_pilot(plan, pilot_candidates(fl, fr, lv, right_valid),
-                      max_candidates_per_row=max_candidates_per_row), fr
+    fl = project_ladder(left[rows], vectors, plan.ranks)
+    fr = project_ladder(right, vectors, plan.ranks)
+
+    def pilot_at(k):
+        return pilot_candidates(factors_at_rank(fl, plan.ranks, k),
+                                factors_at_rank(fr, plan.ranks, k), lv, right_valid)
+
+    plan = plan_ladder(plan, pilot_at, max_candidates_per_row=max_candidates_per_row)
+    if plan.strategy != "lowrank":
+        return plan, None
+    return plan, factors_at_rank(fr, plan.ranks, plan.rank)
 
 
-def plan_rank(counts: Any, n_valid: int, vectors: Any, *, tol: float = RESIDUAL_TOL,
+def plan_rank(counts: Any, n_valid: int, vectors: Any, *,
+              tol: float | Sequence[float] = RESIDUAL_TOL,
               quantile: float = RESIDUAL_QUANTILE,
               max_rank_fraction: float | None = MAX_RANK_FRACTION) -> SubjectPlan:
-    """The first half of :func:`plan_subject`: the rank, and full rank when it is too large.
+    """The first half of :func:`plan_subject`: the ranks, and full rank when they are too large.
 
     Parameters
     ----------
-    counts : int array (T + 1,)
+    counts : int array (T + 1,), or (len(tol), T + 1) for a ladder
         :func:`residual_exceed_counts` summed over the sampled voxels.
     n_valid : int
         Valid voxels among them.
     vectors : (T, T) float64
         The basis (:func:`temporal_basis`).
-    tol, quantile : float
-        As :func:`plan_subject` (``tol`` only names the tolerance in the reason).
+    tol : float or sequence of floats
+        The tolerance(s) of ``counts`` (a sequence: the rank ladder, loosest first).
+    quantile : float
+        As :func:`plan_subject`.
     max_rank_fraction : float or None
+        Rungs above this fraction of T are dropped; full rank when none is left.
         None: low rank whatever the rank (the ``lowrank`` kernel).
 
     Returns
     -------
     SubjectPlan
-        ``lowrank`` (pilot not yet run: NaN) or ``full``.
+        ``lowrank`` (pilot not yet run: NaN; ``rank`` the lowest rung, ``ranks``
+        every rung left, ascending and distinct) or ``full``.
     """
     n_t = int(vectors.shape[0])
-    rank = choose_rank(counts, n_valid, quantile=quantile)
-    if max_rank_fraction is not None and rank > max_rank_fraction * n_t:
-        return SubjectPlan("full", rank, None, float("nan"),
-                           f"rank {rank} of T={n_t} for residual {tol} exceeds "
-                           f"{max_rank_fraction:g} T")
-    return SubjectPlan("lowrank", rank, vectors, float("nan"), f"rank {rank} of T={n_t}")
+    tols = [float(t) for t in np.atleast_1d(np.asarray(tol, dtype=np.float64))]
+    c = np.atleast_2d(to_numpy(counts))
+    if c.shape[0] != len(tols):
+        raise ValueError(f"plan_rank: {c.shape[0]} rows of counts for {len(tols)} "
+                         f"tolerance(s)")
+    ranks = sorted({choose_rank(row, n_valid, quantile=quantile) for row in c})
+    kept = [k for k in ranks if max_rank_fraction is None or k <= max_rank_fraction * n_t]
+    if not kept:
+        return SubjectPlan("full", ranks[-1], None, float("nan"),
+                           f"rank {ranks[0]} of T={n_t} for residual {max(tols):g} exceeds "
+                           f"{max_rank_fraction:g} T", tuple(ranks))
+    ladder = "" if len(kept) == 1 else f" (ladder {'/'.join(map(str, kept))})"
+    return SubjectPlan("lowrank", kept[0], vectors, float("nan"),
+                       f"rank {kept[0]} of T={n_t}{ladder}", tuple(kept))
 
 
 def plan_pilot(plan: SubjectPlan, pilot: float, *,
                max_candidates_per_row: float = MAX_CANDIDATES_PER_ROW) -> SubjectPlan:
-    """The second half of :func:`plan_subject`: full rank when the pilot keeps too many candidates.
+    """One rung of the second half of :func:`plan_subject`, at ``plan.rank``.
 
-    ``pilot`` is :func:`pilot_candidates` of the pilot rows against the other hemisphere.
+    ``pilot`` is :func:`pilot_candidates` of the pilot rows against the other
+    hemisphere at that rank; full rank when it keeps too many candidates.
+    """
+    return plan_ladder(plan, lambda k: pilot,
+                       max_candidates_per_row=max_candidates_per_row,
+                       ranks=(plan.rank,))
+
+
+def plan_ladder(plan: SubjectPlan, pilot_at: Callable[[int], float], *,
+                max_candidates_per_row: float = MAX_CANDIDATES_PER_ROW,
+                ranks: Sequence[int] | None = None) -> SubjectPlan:
+    """The second half of :func:`plan_subject`: climb the rank ladder until the bound prunes.
+
+    Parameters
+    ----------
+    plan : SubjectPlan
+        From :func:`plan_rank` (a ``full`` plan is returned as it is).
+    pilot_at : callable
+        ``pilot_at(k)``: :func:`pilot_candidates` of the pilot rows at rank ``k``.
+    max_candidates_per_row : float
+        A rung keeping more candidates per pilot row prunes badly: the next rung.
+    ranks : sequence of int, optional
+        The rungs, ascending (default ``plan.ranks``, or ``(plan.rank,)``).
+
+    Returns
+    -------
+    SubjectPlan
+        ``lowrank`` at the first rung that prunes well (``pilots``: every rung
+        tried; the reason names each with its candidates), else ``full``.
     """
     if plan.strategy != "lowrank":
         return plan
-    if not pilot <= max_candidates_per_row:
-        return SubjectPlan("full", plan.rank, None, pilot,
-                           f"{plan.reason}: the bound keeps {pilot:.1f} candidates per row "
-                           f"(> {max_candidates_per_row:g})")
-    return plan._replace(pilot_candidates=pilot,
-                         reason=f"{plan.reason}, {pilot:.2f} candidates per pilot row")
+    ranks = tuple(int(k) for k in (ranks or plan.ranks or (plan.rank,)))
+    tried: list[tuple[int, float]] = []
+    n_t = int(plan.basis.shape[0]) if plan.basis is not None else None
+    for k in ranks:
+        pilot = float(pilot_at(k))
+        tried.append((k, pilot))
+        if pilot <= max_candidates_per_row:
+            where = f"rank {k} of T={n_t}" if n_t is not None else plan.reason
+            climbed = "" if len(tried) == 1 else (
+                f" (rank {_per_rung(tried[:-1])} candidates per row > "
+                f"{max_candidates_per_row:g})")
+            return plan._replace(rank=k, pilot_candidates=pilot, pilots=tuple(tried),
+                                 reason=f"{where}{climbed}, {pilot:.2f} candidates per "
+                                        f"pilot row")
+    return SubjectPlan("full", ranks[-1], None, tried[-1][1],
+                       f"{plan.reason}: the bound keeps rank {_per_rung(tried)} candidates "
+                       f"per row (> {max_candidates_per_row:g})", ranks, tuple(tried))
+
+
+def _per_rung(tried: Sequence[tuple[int, float]]) -> str:
+    """``80: 10.6, 88: 5.2`` for the log."""
+    return ", ".join(f"{k}: {p:.1f}" for k, p in tried)
 
 
 def sample_rows(n: int, size: int) -> np.ndarray:
@@ -811,7 +932,8 @@ def lowrank_maxcorr(
     (BlockMax, dict)
         Row results for the left voxels (arguments index ``right``), column
         results for the right voxels; and ``strategy``, ``rank``,
-        ``n_candidates``, ``full_rank_blocks``, ``reason``.
+        ``n_candidates``, ``full_rank_blocks``, ``pilot_candidates``, ``pilots``
+        (``[rank, candidates per pilot row]`` of each rung tried), ``reason``.
     """
     if mode not in ("auto", "off"):
         raise ValueError(f"lowrank mode must be 'auto' or 'off', got {mode!r}")
@@ -853,6 +975,6 @@ def lowrank_maxcorr(
                                                        strict=True))
     info = {"strategy": plan.strategy, "rank": plan.rank, "n_candidates": int(n_cand),
             "full_rank_blocks": int(n_full), "pilot_candidates": plan.pilot_candidates,
-            "reason": plan.reason}
+            "pilots": [[int(k), float(p)] for k, p in plan.pilots], "reason": plan.reason}
     return BlockMax(row_max, row_arg, col_max, col_arg), info
 

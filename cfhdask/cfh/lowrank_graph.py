@@ -10,11 +10,13 @@
 3. per block, the residual counts of evenly spaced sample rows
    (:func:`~cfhdask.cfh.lowrank.residual_exceed_counts`), then one small task
    choosing the rank (:func:`~cfhdask.cfh.lowrank.plan_rank`);
-4. per block, the projection on the basis
-   (:func:`~cfhdask.cfh.lowrank.project`: coefficients and residual norms);
+4. per block, the projection on the basis at every rung of the rank ladder
+   (:func:`~cfhdask.cfh.lowrank.project_ladder`: coefficients at the top rung,
+   residual norms at each);
 5. ``kernel="auto"`` only: a pilot of evenly spaced left rows against the
-   whole right hemisphere (:func:`~cfhdask.cfh.lowrank.plan_pilot`), which
-   may still choose full rank;
+   whole right hemisphere climbs the ladder
+   (:func:`~cfhdask.cfh.lowrank.plan_ladder`): the lowest rank whose bound
+   prunes well, else full rank (``kernel="lowrank"``: the top rung);
 6. the block tasks of :func:`cfhdask.cfh.graph.block_graph`, each returning
    the same max/argmax pair as the fused GEMM (plus its candidate count), the
    row and column trees and outputs of :func:`cfhdask.cfh.graph.cfh_outputs`;
@@ -52,17 +54,18 @@ from cfhdask.cfh.lowrank import (
     MAX_RANK_FRACTION,
     PILOT_ROWS,
     RANK_SAMPLE,
+    RESIDUAL_LADDER,
     RESIDUAL_QUANTILE,
-    RESIDUAL_TOL,
     LowRankFactors,
     SubjectPlan,
     count_valid,
+    factors_at_rank,
     gram,
     lowrank_block_maxcorr,
     pilot_candidates,
-    plan_pilot,
+    plan_ladder,
     plan_rank,
-    project,
+    project_ladder,
     residual_exceed_counts,
     sample_rows,
     temporal_basis,
@@ -81,11 +84,11 @@ def _gram_task(z, blas_threads):
     return _with_blas_limit(blas_threads, lambda: gram(z, dtype=np.float32))
 
 
-def _counts_task(z, valid, rows: np.ndarray, vectors_pair, tol: float, blas_threads):
+def _counts_task(z, valid, rows: np.ndarray, vectors_pair, tol, blas_threads):
     """Residual counts of the sample rows of one block, and how many of them are valid."""
     vectors = vectors_pair[1]
     if rows.size == 0:
-        return np.zeros(vectors.shape[1] + 1, dtype=np.int64), 0
+        return np.zeros(np.shape(tol) + (vectors.shape[1] + 1,), dtype=np.int64), 0
     counts = _with_blas_limit(blas_threads, residual_exceed_counts, z[rows], vectors, tol)
     return counts, count_valid(np.asarray(valid)[rows], rows.size)
 
@@ -105,7 +108,7 @@ def _rank_task(vectors_pair, options: dict, *parts) -> SubjectPlan:
 def _project_task(z, plan: SubjectPlan, blas_threads):
     if plan.strategy != "lowrank":
         return None
-    return _with_blas_limit(blas_threads, project, z, plan.basis, plan.rank)
+    return _with_blas_limit(blas_threads, project_ladder, z, plan.basis, plan.ranks)
 
 
 def _pilot_rows_task(factors, valid, rows: np.ndarray):
@@ -128,16 +131,26 @@ def _pilot_task(plan: SubjectPlan, n_left: int, options: dict, *parts) -> Subjec
     left = [p for p in parts[:n_left] if p is not None]
     right = list(zip(parts[n_left::2], parts[n_left + 1::2], strict=True))
     if not left:
-        return plan._replace(basis=None)
+        return _forced_task(plan)
     fl, lv = _concat(left)
     fr, rv = _concat(right)
-    out = plan_pilot(plan, pilot_candidates(fl, fr, lv, rv),
-                     max_candidates_per_row=options["max_candidates_per_row"])
+
+    def pilot_at(k):
+        return pilot_candidates(factors_at_rank(fl, plan.ranks, k),
+                                factors_at_rank(fr, plan.ranks, k), lv, rv)
+
+    out = plan_ladder(plan, pilot_at, max_candidates_per_row=options["max_candidates_per_row"])
     return out._replace(basis=None)
 
 
 def _forced_task(plan: SubjectPlan) -> SubjectPlan:
-    return plan._replace(basis=None)
+    """``kernel="lowrank"``: the top rung (the tightest tolerance), no pilot."""
+    if plan.strategy != "lowrank":
+        return plan._replace(basis=None)
+    top = plan.ranks[-1]
+    return plan._replace(basis=None, rank=top,
+                         reason=f"rank {top} of T={plan.basis.shape[0]} (the top rung, no "
+                                f"pilot)")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -148,6 +161,7 @@ def _lowrank_block_task(reduction, a, b, a_valid, b_valid, a_offset, b_offset, d
         rows, cols = _fused_task(reduction, a, b, a_valid, b_valid, a_offset, b_offset,
                                  diagonal, blas_threads)
         return rows, cols, np.array([0, 1], dtype=np.int64)
+    fa, fb = (factors_at_rank(f, plan.ranks, plan.rank) for f in (fa, fb))
     out = _with_blas_limit(blas_threads, lowrank_block_maxcorr, a, b, fa, fb, a_valid, b_valid,
                            a_offset, b_offset)
     m = out.block
@@ -173,6 +187,7 @@ def _info_task(totals, plan: SubjectPlan, kernel: str, n_blocks: int,
             "n_blocks": n_blocks,
             "pilot_candidates": None if not np.isfinite(plan.pilot_candidates)
             else round(float(plan.pilot_candidates), 4),
+            "pilots": [[int(k), round(float(p), 4)] for k, p in plan.pilots],
             "reason": plan.reason}], dtype=object)
 
 
@@ -213,7 +228,9 @@ def cfh_kernel_graph(
         is (a block whose candidates overflow is still computed full rank).
     plan_options : dict, optional
         ``tol``, ``quantile``, ``max_rank_fraction``, ``max_candidates_per_row``,
-        ``rank_sample``, ``pilot_rows`` of :func:`cfhdask.cfh.lowrank.plan_subject`.
+        ``rank_sample``, ``pilot_rows`` of :func:`cfhdask.cfh.lowrank.plan_subject`
+        (``tol``: a float, one rank, or the rank ladder, default
+        :data:`~cfhdask.cfh.lowrank.RESIDUAL_LADDER`).
 
     Returns
     -------
@@ -222,7 +239,8 @@ def cfh_kernel_graph(
         a one-element object array holding a dict: ``kernel`` (asked), ``kernel_used``
         (``lowrank`` or ``full``), ``rank``, ``n_candidates``,
         ``candidates_per_voxel``, ``full_rank_blocks``, ``n_blocks``,
-        ``pilot_candidates``, ``reason``.
+        ``pilot_candidates``, ``pilots`` (``[rank, candidates per pilot row]`` of each
+        rung tried), ``reason``.
     """
     if kernel not in KERNELS:
         raise CfhdaskInputError(f"cfh kernel must be one of {', '.join(KERNELS)}, got "
@@ -230,7 +248,7 @@ def cfh_kernel_graph(
     if kernel == "full":
         return cfh_graph(left, right, left_valid, right_valid, block=block,
                          split_every=split_every, blas_threads=blas_threads)
-    opts = {"tol": RESIDUAL_TOL, "quantile": RESIDUAL_QUANTILE,
+    opts = {"tol": RESIDUAL_LADDER, "quantile": RESIDUAL_QUANTILE,
             "max_rank_fraction": MAX_RANK_FRACTION,
             "max_candidates_per_row": MAX_CANDIDATES_PER_ROW, "rank_sample": RANK_SAMPLE,
             "pilot_rows": PILOT_ROWS, **(plan_options or {})}
@@ -268,7 +286,7 @@ def cfh_kernel_graph(
         for i in range(len(chunks)):
             key = (names["counts"], s, i)
             counts[key] = Task(key, _counts_task, TaskRef((z.name, i, 0)), TaskRef((v.name, i)),
-                               rows[i], TaskRef(bkey), float(opts["tol"]), blas_threads)
+                               rows[i], TaskRef(bkey), opts["tol"], blas_threads)
     g.add(names["counts"], counts, {names["basis"]} | series_layers | valid_layers)
     pkey = (names["rank"], 0)
     g.add(names["rank"], {pkey: Task(pkey, _rank_task, TaskRef(bkey), opts,
