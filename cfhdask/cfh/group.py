@@ -38,6 +38,7 @@ from cfhdask.cfh.groupsum import GroupPlan
 from cfhdask.cfh.kernels import CONSTANT_RTOL
 from cfhdask.cfh.mirror import counterpart_displacement
 from cfhdask.cfh.reductions import combine_max
+from cfhdask.cluster.restrictions import rescue_loose_restrictions
 from cfhdask.cluster.waves import MEMORY_FRACTION, cluster_capacity
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import ID_COLUMN, match_subjects
@@ -397,6 +398,7 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
     dict of NumPy arrays
         As :func:`~cfhdask.cfh.groupsum.group_sum_graph` computes them.
     """
+    rescue_loose_restrictions(client)  # the pinned links survive every worker leaving
     cap = cluster_capacity(client)
     budget = cap.memory * memory_fraction if cap.memory > 0 else float("inf")
     workers = list(cap.nthreads)
