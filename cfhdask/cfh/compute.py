@@ -166,6 +166,12 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
     set each subject's completion flag; the client receives only the
     one-line summaries.
 
+    Each unit is its own generation on the scheduler (``fifo_timeout=0``), so
+    the units run in submission order, not interleaved task by task: when
+    workers leave (``--lifetime``, lost jobs) and their in-memory results are
+    recomputed, the oldest units still finish one after another instead of
+    every unit in flight being half done.
+
     Parameters
     ----------
     todo : sequence of str
@@ -195,7 +201,7 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
 
     def start(unit: list[str]):
         task = dask.delayed(_write_unit, pure=False)(write, unit, [submit(s) for s in unit])
-        fut = client.compute(task)
+        fut = client.compute(task, fifo_timeout=0)  # older units first (see above)
         progress([fut], show_progress and len(units) == 1)
         return fut
 

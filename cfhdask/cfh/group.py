@@ -40,6 +40,7 @@ from cfhdask.cfh.kernels import CONSTANT_RTOL
 from cfhdask.cfh.lowrank_group import combine_candidates, concat_candidates
 from cfhdask.cfh.mirror import counterpart_displacement
 from cfhdask.cfh.reductions import combine_max
+from cfhdask.cluster.restrictions import rescue_loose_restrictions
 from cfhdask.cluster.waves import MEMORY_FRACTION, cluster_capacity
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import ID_COLUMN, match_subjects
@@ -419,6 +420,7 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
         low-rank sum, ``left``/``right`` (:class:`CandidateSet` of every voxel)
         and ``left_valid``/``right_valid``.
     """
+    rescue_loose_restrictions(client)  # the pinned links survive every worker leaving
     cap = cluster_capacity(client)
     budget = cap.memory * memory_fraction if cap.memory > 0 else float("inf")
     workers = list(cap.nthreads)

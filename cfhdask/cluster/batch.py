@@ -179,6 +179,28 @@ def _job_class(base: type) -> type:
     return RecordingJob
 
 
+def _cluster_class(base: type) -> type:
+    """``base`` (SLURMCluster, PBSCluster) whose worker jobs never reuse a name.
+
+    distributed's ``SpecCluster.new_worker_spec`` hands out the lowest free
+    number, so a replacement job may get the name of the job it replaces; and
+    ``distributed.deploy.lost-worker-timeout`` (15 s) after a worker left, the
+    cluster closes whatever job has its name when no worker of that name is
+    connected: the replacement, if it has not joined yet (seen with 1-minute
+    jobs: replacements cancelled 4-7 s after submission).  Here each job gets
+    a new number.
+    """
+
+    class UniqueNames(base):
+        def new_worker_spec(self):
+            spec = super().new_worker_spec()
+            self._i += 1  # the next job gets a new name, even if this one is freed
+            return spec
+
+    UniqueNames.__name__ = UniqueNames.__qualname__ = base.__name__
+    return UniqueNames
+
+
 def _last_error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower() or "failure" in ln.lower()]
@@ -231,7 +253,7 @@ def start_jobqueue(kind: str, config: ClusterSettings):
                  "(cfhdask.cluster.jobqueue.interface chooses another)", host)
     base = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
     job_cls = _job_class(base.job_cls)
-    cluster = base(job_cls=job_cls, **kwargs)
+    cluster = _cluster_class(base)(job_cls=job_cls, **kwargs)
     try:
         _preflight(cluster, kind, jq)
         cluster.scale(jobs=jobs)

@@ -281,7 +281,7 @@ def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
             else:
                 failed(job.inp.subject, fut.exception())
 
-        run_waves(client, jobs, lambda job: client.compute(start(job)), ended,
+        run_waves(client, jobs, lambda job: client.compute(start(job), fifo_timeout=0), ended,
                   unit_bytes=SUBJECT_MEMORY_FACTOR * max(j.nbytes for j in jobs),
                   what="ingest: subjects")
         return failures

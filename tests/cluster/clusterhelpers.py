@@ -48,11 +48,11 @@ def study_config(cohort, out, **stats) -> dict:
             "stats": {"n_perm": 40, "seed": 1, **stats}}
 
 
-def assert_same_cfh(store, ref) -> None:
-    """Every subject's CFH results are identical, bit for bit."""
+def assert_same_cfh(store, ref, metric: str = "cfh") -> None:
+    """Every subject's CFH results (of ``metric``) are identical, bit for bit."""
     store, ref = open_store(str(store)), open_store(str(ref))
-    assert store.subjects("cfh") == ref.subjects("cfh") and ref.subjects("cfh")
-    for var in METRICS["cfh"]:
+    assert store.subjects(metric) == ref.subjects(metric) and ref.subjects(metric)
+    for var in METRICS[metric]:
         np.testing.assert_array_equal(store.cfh_maps(var=var).values,
                                       ref.cfh_maps(var=var).values)
 

@@ -149,3 +149,22 @@ def test_shipped_slurm_settings_are_valid():
     assert isinstance(settings(), Settings)
     assert (jq.cores, jq.processes, jq.threads, jq.jobs) == (16, 4, 4, 8)
     assert jq.prologue and jq.interface == "ib0"
+
+
+def test_replacement_jobs_never_reuse_a_name():
+    """A freed name is not handed out again: distributed closes the job that has the name
+    of a worker gone for ``lost-worker-timeout``, which would be the replacement."""
+    from cfhdask.cluster.batch import _cluster_class
+
+    kwargs, _ = jobqueue_kwargs(_job(cores=1, processes=1))
+    kwargs["scheduler_options"] = {**kwargs["scheduler_options"], "host": "127.0.0.1"}
+    with _cluster_class(dask_jobqueue.SLURMCluster)(**kwargs) as cluster:
+        assert type(cluster).__name__ == "SLURMCluster"
+        names = []
+        for _ in range(3):
+            spec = cluster.new_worker_spec()
+            cluster.worker_spec.update(spec)
+            names += list(spec)
+            del cluster.worker_spec[names[-1]]  # the job ended and was scaled down
+        assert len(set(names)) == 3, names
+        assert cluster.job_script()  # still a working SLURMCluster
