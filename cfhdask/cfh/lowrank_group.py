@@ -32,7 +32,7 @@ A voxel keeps at most ``keep`` candidates; when more reach its bound (the
 bound prunes badly for it) it is marked *overflowed* and computed exactly
 against the whole other hemisphere.
 
-Pure array code (NumPy), no Dask, no I/O.
+Pure array code (NumPy; the candidate passes compiled with numba), no Dask, no I/O.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 
 from cfhdask.cfh.kernels import standardize
@@ -215,35 +216,115 @@ def group_slack(batch_ranks: Sequence[int], n_subjects: int) -> float:
 
 
 # ----------------------------------------------------------------------------- candidates
-def _keep(m: np.ndarray, values: np.ndarray, partners: np.ndarray, keep: int
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of the mask ``m``, the ``keep`` flagged entries of largest value."""
-    n = m.shape[0]
-    idx = np.full((n, keep), -1, dtype=np.int64)
-    ub = np.full((n, keep), -np.inf, dtype=np.float32)
-    drop = np.full(n, -np.inf, dtype=np.float32)
-    counts = m.sum(axis=1)
-    small = np.flatnonzero((counts > 0) & (counts <= keep))
-    if small.size:
-        rr, cc = np.nonzero(m[small])
-        slot = np.arange(rr.size) - np.searchsorted(rr, rr)  # rank of each hit in its row
-        rows = small[rr]
-        idx[rows, slot] = partners[cc]
-        ub[rows, slot] = values[rows, cc]
-    for r in np.flatnonzero(counts > keep):
-        cols = np.flatnonzero(m[r])
-        v = values[r, cols]
-        order = np.lexsort((partners[cols], -v))
-        idx[r] = partners[cols[order[:keep]]]
-        ub[r] = v[order[:keep]]
-        drop[r] = v[order[keep]]
-    return idx, ub, drop
+@numba.njit(cache=True, nogil=True)
+def _lower_bounds(c, e, f, va, vb, s, row_lb, col_lb):  # pragma: no cover - compiled
+    """``max lo - s`` per row and per column, ``lo = c - e f`` (float32, no contraction)."""
+    na, nb = c.shape
+    col_lb[:] = -np.inf
+    for i in range(na):
+        m = np.float32(-np.inf)
+        if va[i]:
+            ei = e[i]
+            for j in range(nb):
+                if vb[j]:
+                    lo = c[i, j] - ei * f[j]
+                    if lo > m:
+                        m = lo
+                    if lo > col_lb[j]:
+                        col_lb[j] = lo
+        row_lb[i] = m - s
+    for j in range(nb):
+        col_lb[j] = col_lb[j] - s
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _insert(r, u, p, idx, ub, count, drop):  # pragma: no cover - compiled
+    """Insert partner ``p`` of upper bound ``u`` into voxel ``r``'s top ``keep`` (value desc).
+
+    Partners arrive in increasing order, so a tie goes after the kept ones of
+    equal value (ties to the smaller index); ``drop`` keeps the largest value
+    that did not fit.
+    """
+    keep = idx.shape[1]
+    n = min(count[r], keep)
+    count[r] += 1
+    slot = n
+    while slot > 0 and u > ub[r, slot - 1]:
+        slot -= 1
+    if n == keep:
+        if slot == keep:
+            if u > drop[r]:
+                drop[r] = u
+            return
+        if ub[r, keep - 1] > drop[r]:
+            drop[r] = ub[r, keep - 1]
+        n = keep - 1
+    for q in range(n, slot, -1):
+        ub[r, q] = ub[r, q - 1]
+        idx[r, q] = idx[r, q - 1]
+    ub[r, slot] = u
+    idx[r, slot] = p
+
+
+@numba.njit(cache=True, nogil=True)
+def _by_index(idx, ub, count):  # pragma: no cover - compiled
+    """Voxels whose candidates all fit list them by partner index."""
+    keep = idx.shape[1]
+    for r in range(idx.shape[0]):
+        n = count[r]
+        if n <= keep:
+            for a in range(1, n):
+                q = a
+                while q > 0 and idx[r, q - 1] > idx[r, q]:
+                    idx[r, q - 1], idx[r, q] = idx[r, q], idx[r, q - 1]
+                    ub[r, q - 1], ub[r, q] = ub[r, q], ub[r, q - 1]
+                    q -= 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _candidate_pass(c, e, f, va, vb, s, row_lb, col_lb, a_offset, b_offset,
+                    ri, ru, rn, rd, ci, cu, cn, cd):  # pragma: no cover - compiled
+    """Every pair whose upper bound ``c + e f + s`` reaches its row's or column's lower bound."""
+    na, nb = c.shape
+    for i in range(na):
+        if not va[i]:
+            continue
+        ei = e[i]
+        lbi = row_lb[i]
+        for j in range(nb):
+            if not vb[j]:
+                continue
+            u = (c[i, j] + ei * f[j]) + s
+            if not np.isfinite(u):
+                continue
+            if u >= lbi:
+                _insert(i, u, j + b_offset, ri, ru, rn, rd)
+            if u >= col_lb[j]:
+                _insert(j, u, i + a_offset, ci, cu, cn, cd)
+    _by_index(ri, ru, rn)
+    _by_index(ci, cu, cn)
+
+
+def _validity(valid: Any, n: int) -> np.ndarray:
+    return np.ones(n, dtype=bool) if valid is None else np.ascontiguousarray(valid, dtype=bool)
+
+
+def _empty_set(n: int, keep: int) -> list[np.ndarray]:
+    return [np.full((n, keep), -1, dtype=np.int64), np.full((n, keep), -np.inf, np.float32),
+            np.zeros(n, dtype=np.int64), np.full(n, -np.inf, dtype=np.float32)]
 
 
 def bounded_candidates(c: Any, e: Any, f: Any, slack: float, a_valid: Any = None,
                        b_valid: Any = None, a_offset: int = 0, b_offset: int = 0, *,
                        keep: int = KEEP) -> tuple[CandidateSet, CandidateSet]:
     """Candidates of the rows and of the columns of one summed low-rank block.
+
+    Two compiled passes over the block (no block-sized temporaries): the lower
+    bounds ``max (S~ - E F) - s`` of every row and column, then every pair
+    whose upper bound ``S~ + E F + s`` reaches its row's or its column's lower
+    bound, kept by largest upper bound (ties to the smaller index).  Each
+    bound is rounded in float32 without contraction, as :func:`group_slack`
+    counts it.
 
     Parameters
     ----------
@@ -258,38 +339,27 @@ def bounded_candidates(c: Any, e: Any, f: Any, slack: float, a_valid: Any = None
     a_offset, b_offset : int
         Global index of the first row / column (candidates are global).
     keep : int
-        Candidates kept per voxel.
+        Candidates kept per voxel; when all of a voxel's candidates fit they
+        are listed by partner index, otherwise by decreasing upper bound.
 
     Returns
     -------
     (rows, cols) : CandidateSet
     """
-    c = np.asarray(c, dtype=np.float32)
+    c = np.ascontiguousarray(c, dtype=np.float32)
     na, nb = c.shape
-    ef = np.asarray(e, dtype=np.float32)[:, None] * np.asarray(f, dtype=np.float32)[None, :]
+    e = np.ascontiguousarray(e, dtype=np.float32)
+    f = np.ascontiguousarray(f, dtype=np.float32)
+    va, vb = _validity(a_valid, na), _validity(b_valid, nb)
     s = np.float32(slack)
-    lo = c - ef
-    hi = np.add(c, ef, out=ef)
-    bad_a = None if a_valid is None else ~np.asarray(a_valid, dtype=bool)
-    bad_b = None if b_valid is None else ~np.asarray(b_valid, dtype=bool)
-    for arr in (lo, hi):
-        if bad_a is not None:
-            arr[bad_a] = -np.inf
-        if bad_b is not None:
-            arr[:, bad_b] = -np.inf
-    with np.errstate(invalid="ignore"):
-        row_lb = (lo.max(axis=1) if nb else np.full(na, -np.inf, np.float32)) - s
-        col_lb = (lo.max(axis=0) if na else np.full(nb, -np.inf, np.float32)) - s
-    del lo
-    ub = hi
-    ub += s
-    row_m = (ub >= row_lb[:, None]) & np.isfinite(ub)
-    col_m = (ub >= col_lb[None, :]) & np.isfinite(ub)
-    ri, ru, rd = _keep(row_m, ub, np.arange(nb, dtype=np.int64) + b_offset, keep)
-    ci, cu, cd = _keep(col_m.T, np.ascontiguousarray(ub.T), np.arange(na, dtype=np.int64)
-                       + a_offset, keep)
-    return (CandidateSet(row_lb.astype(np.float32), ri, ru, rd),
-            CandidateSet(col_lb.astype(np.float32), ci, cu, cd))
+    row_lb = np.empty(na, dtype=np.float32)
+    col_lb = np.empty(nb, dtype=np.float32)
+    _lower_bounds(c, e, f, va, vb, s, row_lb, col_lb)
+    rows, cols = _empty_set(na, keep), _empty_set(nb, keep)
+    _candidate_pass(c, e, f, va, vb, s, row_lb, col_lb, int(a_offset), int(b_offset),
+                    *rows, *cols)
+    return (CandidateSet(row_lb, rows[0], rows[1], rows[3]),
+            CandidateSet(col_lb, cols[0], cols[1], cols[3]))
 
 
 def combine_candidates(parts: Sequence[CandidateSet]) -> CandidateSet:

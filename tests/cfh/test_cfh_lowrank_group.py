@@ -234,3 +234,59 @@ def test_a_low_rank_sum_that_prunes_badly_falls_back_to_full_rank(tmp_path, rng,
     params = st.group_counterpart()["params"]
     assert params["kernel_used"] == "full" and "overflowed" in params["reason"]
     np.testing.assert_array_equal(ds["group_counterpart"].values, ref)
+
+
+def _numpy_candidates(c, e, f, s, va, vb, a_offset, b_offset, keep):
+    """The bounds and candidates from full block-sized matrices (the reference)."""
+    ef = e[:, None] * f[None, :]
+    lo, hi = c - ef, c + ef
+    for arr in (lo, hi):
+        arr[~va] = -np.inf
+        arr[:, ~vb] = -np.inf
+    s = np.float32(s)
+    ub = hi + s
+
+    def one_side(lb, vals, partners):
+        n, m = vals.shape
+        idx = np.full((n, keep), -1, dtype=np.int64)
+        top = np.full((n, keep), -np.inf, dtype=np.float32)
+        drop = np.full(n, -np.inf, dtype=np.float32)
+        for r in range(n):
+            cols = np.flatnonzero((vals[r] >= lb[r]) & np.isfinite(vals[r]))
+            if cols.size > keep:
+                order = np.lexsort((partners[cols], -vals[r, cols]))
+                drop[r] = vals[r, cols[order[keep]]]
+                cols = cols[order[:keep]]
+            idx[r, :cols.size], top[r, :cols.size] = partners[cols], vals[r, cols]
+        return CandidateSet(lb, idx, top, drop)
+
+    row_lb, col_lb = lo.max(axis=1) - s, lo.max(axis=0) - s
+    return (one_side(row_lb, ub, np.arange(c.shape[1]) + b_offset),
+            one_side(col_lb, ub.T, np.arange(c.shape[0]) + a_offset))
+
+
+@pytest.mark.parametrize("keep", [1, 3, 8])
+def test_compiled_candidates_match_the_bound_matrices(rng, keep):
+    """The two compiled passes give the reference's bounds and candidates bit for bit."""
+    na, nb = 37, 29
+    # coarse values: many exact ties between partners, in rows and in columns
+    c = (rng.integers(0, 6, (na, nb)) / 4.0).astype(np.float32)
+    e = (rng.integers(0, 3, na) / 16.0).astype(np.float32)
+    f = (rng.integers(0, 3, nb) / 16.0).astype(np.float32)
+    e[:5] = 0.0
+    va, vb = rng.random(na) > 0.15, rng.random(nb) > 0.15
+    for slack in (0.0, 1e-3):
+        got = bounded_candidates(c, e, f, slack, va, vb, 11, 5, keep=keep)
+        ref = _numpy_candidates(c, e, f, slack, va, vb, 11, 5, keep)
+        for g, r in zip(got, ref, strict=True):
+            for a, b in zip(g, r, strict=True):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+    # with continuous values as well (few ties), and no validity masks
+    c = rng.standard_normal((na, nb)).astype(np.float32)
+    e, f = rng.random(na).astype(np.float32) * 0.3, rng.random(nb).astype(np.float32) * 0.3
+    got = bounded_candidates(c, e, f, 1e-4, keep=keep)
+    ref = _numpy_candidates(c, e, f, 1e-4, np.ones(na, bool), np.ones(nb, bool), 0, 0, keep)
+    for g, r in zip(got, ref, strict=True):
+        for a, b in zip(g, r, strict=True):
+            np.testing.assert_array_equal(a, b)
