@@ -41,8 +41,9 @@ from cfhdask.settings import resolve
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MapRun", "assemble_maps", "compute_cfh", "kernel_facts", "run_subjects",
-           "series_bytes", "start_maps", "subject_graph", "subject_units"]
+__all__ = ["WHOLE_UNIT_BYTES", "MapRun", "assemble_maps", "compute_cfh", "kernel_facts",
+           "run_subjects", "series_bytes", "start_maps", "subject_graph", "subject_units",
+           "whole_units"]
 
 
 # ----------------------------------------------------------------------------- shared
@@ -148,10 +149,41 @@ def subject_units(todo: Sequence[str], nbytes: int, threads: int) -> list[list[s
                                                             per_unit * nbytes)]
 
 
+#: Units of small subjects whose series weigh at most this many bytes together are each one
+#: task that builds its subjects' graphs on the worker and computes them there, in the task's
+#: thread (when the cohort has at least a unit per worker thread): the client then builds and
+#: schedules no per-block graph.  Larger units are one graph each, spread over the cluster.
+WHOLE_UNIT_BYTES = 2 * MIN_UNIT_BYTES
+
+
 def _write_unit(write: Callable[[str, dict], str], subjects: list[str],
                 results: list[dict]) -> list[tuple[str, str]]:
     """On a worker: write each subject of a unit (arrays, then its flag); summaries back."""
     return [(s, write(s, res)) for s, res in zip(subjects, results, strict=True)]
+
+
+def _compute_write_unit(submit: Callable[[str], dict], write: Callable[[str, dict], str],
+                        subjects: list[str]) -> list[tuple[str, str]]:
+    """On a worker: each subject's graph built and computed here, then written.
+
+    The same graph as on the cluster (the same tasks and reductions, so the
+    same values bit for bit), run by Dask's synchronous scheduler in this
+    worker thread, one subject at a time.
+    """
+    import dask
+
+    out = []
+    for s in subjects:
+        (res,) = dask.compute(submit(s), scheduler="synchronous")
+        out.append((s, write(s, res)))
+    return out
+
+
+def whole_units(units: Sequence[Sequence[str]], nbytes: int, threads: int) -> bool:
+    """Whether the units run as one task each (:data:`WHOLE_UNIT_BYTES`): small, and enough
+    of them to give every worker thread one."""
+    return (nbytes * max(len(u) for u in units) <= WHOLE_UNIT_BYTES
+            and len(units) >= max(1, threads))
 
 
 def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict],
@@ -164,7 +196,10 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
     one unit.  Each unit ends in a task that calls ``write`` **on a worker**:
     the workers write the maps into the store (local or object store) and
     set each subject's completion flag; the client receives only the
-    one-line summaries.
+    one-line summaries.  Units of small subjects, when there are at least as
+    many as worker threads (:func:`whole_units`), are each a single task that
+    builds and computes its subjects' graphs on its worker: the client builds
+    no per-subject graph and the scheduler sees one task a unit.
 
     Each unit is its own generation on the scheduler (``fifo_timeout=0``), so
     the units run in submission order, not interleaved task by task: when
@@ -177,7 +212,8 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
     todo : sequence of str
     client : distributed.Client
     submit : callable subject -> dict of dask collections
-        The lazy results of one subject.
+        The lazy results of one subject.  It may be called on a worker (it is
+        pickled with the units that are one task: keep what it refers to small).
     write : callable (subject, dict of computed results) -> str
         Writes the subject (then marks it complete) and returns a log summary.
         It runs on a worker (it is pickled: a :class:`~cfhdask.io.store.CohortStore`
@@ -193,15 +229,22 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
     if not todo:
         return
     nbytes = int(subject_bytes or 64 * 2**20)
-    units = subject_units(list(todo), nbytes, cluster_capacity(client).threads)
-    log.info("%s of %d subject(s) in %d unit(s) on %s; dashboard %s", what, len(todo),
-             len(units), getattr(client.scheduler, "address", client), client.dashboard_link)
+    threads = cluster_capacity(client).threads
+    units = subject_units(list(todo), nbytes, threads)
+    whole = whole_units(units, nbytes, threads)
+    log.info("%s of %d subject(s) in %d unit(s)%s on %s; dashboard %s", what, len(todo),
+             len(units), ", each one task built and computed on a worker" if whole else "",
+             getattr(client.scheduler, "address", client), client.dashboard_link)
     t0 = time.perf_counter()
     done = 0
 
     def start(unit: list[str]):
-        task = dask.delayed(_write_unit, pure=False)(write, unit, [submit(s) for s in unit])
-        fut = client.compute(task, fifo_timeout=0)  # older units first (see above)
+        if whole:
+            fut = client.submit(_compute_write_unit, submit, write, unit, pure=False,
+                                fifo_timeout=0)
+        else:
+            task = dask.delayed(_write_unit, pure=False)(write, unit, [submit(s) for s in unit])
+            fut = client.compute(task, fifo_timeout=0)  # older units first (see above)
         progress([fut], show_progress and len(units) == 1)
         return fut
 

@@ -1258,10 +1258,10 @@ class CohortStore:
         self.subjects_attrs(subjects)  # each one ingested: one read of every document at once
         return SeriesReader(self.url, subjects, self.storage_options)
 
-    def series_readers(self, subjects: Sequence[str]) -> dict[str, SeriesReader]:
+    def series_readers(self, subjects: Sequence[str]) -> SubjectReaders:
         """:meth:`series_reader` of each subject alone, the subjects checked at once."""
         self.subjects_attrs(subjects)
-        return {s: SeriesReader(self.url, [s], self.storage_options) for s in subjects}
+        return SubjectReaders(self.url, self.storage_options)
 
     def same_voxels(self, other: CohortStore) -> bool:
         """Whether ``other`` has the same grid, affine and voxel table."""
@@ -1329,6 +1329,22 @@ class SeriesReader:
 
     def __repr__(self) -> str:
         return f"SeriesReader({self.url!r}, {len(self.subjects)} subjects)"
+
+
+class SubjectReaders:
+    """Each checked subject's :class:`SeriesReader`, made when asked for (picklable).
+
+    What a task that reads one of many subjects may carry, whatever the
+    cohort's size: the store's URL and options, not one reader per subject
+    (:meth:`CohortStore.series_readers` checked the subjects).
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = str(url)
+        self._options = dict(storage_options or {})
+
+    def __getitem__(self, subject: str) -> SeriesReader:
+        return SeriesReader(self.url, [subject], self._options)
 
 
 def _copy_array(grp: zarr.Group, src: str, dst: str) -> None:
