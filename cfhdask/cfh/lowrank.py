@@ -557,15 +557,6 @@ def _dot64(x, y):  # pragma: no cover - compiled
     return acc
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _dot32(x, y):  # pragma: no cover - compiled
-    """Float32 dot product of two coefficient rows (as the rank-k product)."""
-    acc = np.float32(0.0)
-    for t in range(x.size):
-        acc += x[t] * y[t]
-    return acc
-
-
 @numba.njit(cache=True, nogil=True)
 def _update(r, i, j, row_max, row_arg, col_max, col_arg):  # pragma: no cover - compiled
     if r > row_max[i] or (r == row_max[i] and j < row_arg[i]):
@@ -599,30 +590,68 @@ def _exact(a, b, ca, cb, e, f, cand_i, cand_j, group_rows, group_max, group_e, c
         done += 1
     n_groups = group_max.shape[0]
     thr = col_lo - slack2
+    tile = np.zeros((ca.shape[1], group_rows), dtype=np.float32)
+    acc = np.empty(group_rows, dtype=np.float32)
+    hits = np.empty(nb, dtype=np.int64)
     for g in range(n_groups):  # rows of group_max read contiguously; the order of
         ge = group_e[g]        # updates does not matter (ties to the smaller index)
         gm = group_max[g]
-        for j0 in range(0, nb, _LANE):  # 64 columns tested at once, then rescanned
-            j1 = min(j0 + _LANE, nb)
-            if j1 - j0 == _LANE and not _group_hits(gm, ge, f, thr, j0):
-                continue
-            for j in range(j0, j1):
-                if gm[j] + ge * f[j] < thr[j]:
-                    continue
-                for i in range(g * group_rows, min((g + 1) * group_rows, na)):
-                    if _dot32(ca[i], cb[j]) + e[i] * f[j] >= thr[j]:
-                        _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
-                        done += 1
+        i0, i1 = g * group_rows, min((g + 1) * group_rows, na)
+        n_hits = _group_columns(gm, ge, f, thr, hits)
+        if n_hits:  # the group's coefficients, transposed: its rows at once per column
+            _load_tile(ca, i0, i1, tile)
+        for q in range(n_hits):
+            j = hits[q]
+            _tile_dot(tile, cb[j], acc)
+            for i in range(i0, i1):
+                if acc[i - i0] + e[i] * f[j] >= thr[j]:
+                    _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
+                    done += 1
     return done
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _group_hits(gm, ge, f, thr, j0):  # pragma: no cover - compiled
-    """Columns ``j0..j0 + 64`` whose group upper bound ``gm + ge f`` reaches ``thr`` (packed)."""
-    hit = 0
-    for j in range(_LANE):
-        hit += gm[j0 + j] + ge * f[j0 + j] >= thr[j0 + j]
-    return hit
+def _group_columns(gm, ge, f, thr, hits):  # pragma: no cover - compiled
+    """Store in ``hits`` the columns whose group bound ``gm + ge f`` reaches ``thr``; their count.
+
+    64 columns are counted at once (packed), only lanes with a hit rescanned.
+    """
+    nb = gm.size
+    n_full = nb // _LANE
+    n = 0
+    for k in range(n_full + 1):
+        j0 = k * _LANE
+        if k < n_full:
+            h = 0
+            for j in range(_LANE):
+                h += gm[j0 + j] + ge * f[j0 + j] >= thr[j0 + j]
+            if h == 0:
+                continue
+        for j in range(j0, min(j0 + _LANE, nb)):
+            if gm[j] + ge * f[j] >= thr[j]:
+                hits[n] = j
+                n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _load_tile(ca, i0, i1, tile):  # pragma: no cover - compiled
+    """``tile[:, r] = ca[i0 + r]`` for the rows of one group (zeros past ``i1``)."""
+    for r in range(tile.shape[1]):
+        for t in range(tile.shape[0]):
+            tile[t, r] = ca[i0 + r, t] if i0 + r < i1 else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _tile_dot(tile, y, acc):  # pragma: no cover - compiled
+    """``acc[r] = sum_t tile[t, r] y[t]`` in float32: the rank-k values of a group's rows
+    with one column, all rows at once (packed over the rows)."""
+    acc[:] = 0
+    for t in range(tile.shape[0]):
+        yt = y[t]
+        row = tile[t]
+        for r in range(acc.size):
+            acc[r] += row[r] * yt
 
 
 def _group_max(c: np.ndarray, group: int) -> np.ndarray:
