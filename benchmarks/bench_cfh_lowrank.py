@@ -90,7 +90,7 @@ def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
         runs["unfiltered"] = lambda: lowrank_maxcorr(*unfiltered)
 
     def timed(key):
-        with PeakMemory() as mem:
+        with PeakMemory(children=False) as mem:  # no child processes here
             t0, c0 = time.perf_counter(), time.process_time()
             out[key] = runs[key]()
             times[key].append((time.perf_counter() - t0) * (scale if key == "floor" else 1))

@@ -410,9 +410,14 @@ def bound_slack(rank: int, coef_a: Any, coef_b: Any) -> float:
     xp = array_module(coef_a, coef_b)
 
     def max_norm(c):
-        if c.shape[0] == 0:
+        # float32 sums of k squares (any order): the true sum is at most the computed
+        # one / (1 - gamma_k), gamma_k = k u / (1 - k u)
+        if c.shape[0] == 0 or c.shape[1] == 0:
             return 0.0
-        return float(xp.sqrt((xp.asarray(c, dtype=xp.float64) ** 2).sum(axis=1)).max())
+        c = xp.asarray(c, dtype=xp.float32)
+        n2 = float(xp.einsum("ij,ij->i", c, c).max())
+        gamma = c.shape[1] * _U32 / (1.0 - c.shape[1] * _U32)
+        return math.sqrt(n2 / (1.0 - gamma))
 
     m = (rank + 2) * _U32
     s = m / (1.0 - m) * max_norm(coef_a) * max_norm(coef_b) * (1.0 + 1e-6)

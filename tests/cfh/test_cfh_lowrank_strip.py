@@ -160,3 +160,16 @@ def test_stage_times_fill_only_while_active(factors):
     before = dict(stages)
     lr.lowrank_block_maxcorr(zl, zr, fl, fr, lv, rv)
     assert stages == before and lr._STAGES is None
+
+
+def test_bound_slack_covers_the_float64_norms(rng):
+    """The float32 norms of the slack are rounded up: never below the float64 formula."""
+    for k in (1, 8, 80, 200):
+        ca = (rng.standard_normal((300, k)) * rng.random((300, 1)) * 3).astype(np.float32)
+        cb = rng.standard_normal((70, k)).astype(np.float32)
+        na = np.sqrt((ca.astype(np.float64) ** 2).sum(axis=1)).max()
+        nb = np.sqrt((cb.astype(np.float64) ** 2).sum(axis=1)).max()
+        m = (k + 2) * 2.0**-24
+        exact = 2.0 * m / (1.0 - m) * na * nb + 16.0 * 2.0**-24 * 2.0
+        assert exact <= lr.bound_slack(k, ca, cb) <= exact * (1 + 1e-4)
+    assert lr.bound_slack(8, ca[:0, :8], cb[:, :8]) == 16.0 * 2.0**-24 * 2.0
