@@ -19,7 +19,8 @@ slack below):
   column maxima and the group's largest ``e``; a row's maximum correlation is
   at least ``m_i - e_i max(f) - s``, a column's at least ``gmax - e_g f_j - s``
   (running over the strips); and the row candidates, ``c_ij >= m_i - 2 e_i
-  max(f) - 2 s``, testing 64 columns at once;
+  max(f) - 2 s``, testing 64 columns at once (the maxima and the tests are
+  packed SIMD code: :func:`_maxnum`, fixed-width compare-and-counts);
 * after the last strip, a column's candidates are searched only in the groups
   whose upper bound ``gmax + e_g f_j`` reaches the column's lower bound.
 
@@ -40,7 +41,8 @@ checks each rung in turn; the first rung whose bound prunes well is taken, a
 rung that prunes badly sends the plan to the next (higher) rank.  When no rung
 prunes well (unfiltered data: the series fill all T dimensions, so the rank is
 large or the residuals are) it chooses the full-rank kernel instead; a block
-whose candidates overflow their buffer is computed full-rank too.  Either way
+with more than :data:`CANDIDATES_PER_ROW_LIMIT` row candidates per row is
+computed full-rank too (below that, the candidate buffer grows).  Either way
 the results are exact.
 
 The basis, rank and projection functions take NumPy or CuPy arrays; the block
@@ -405,6 +407,8 @@ def bound_slack(rank: int, coef_a: Any, coef_b: Any) -> float:
     ``|c_ij - <alpha_i, alpha_j>| <= (k + 2) u / (1 - (k + 2) u) * ||alpha_i|| ||alpha_j||``
     (coefficients rounded to float32, then a float32 sum of ``k`` products in any order)
     plus the rounding of the bound arithmetic in float32 (``8 u`` of values at most 2).
+    The norms are float32 sums of squares rounded up (divided by ``1 - gamma_k``,
+    ``gamma_k = k u / (1 - k u)``: a bound of any summation order).
     Returned for both sides of the comparison (``2 s``).
     """
     xp = array_module(coef_a, coef_b)
