@@ -35,7 +35,10 @@ the largest difference to the full-rank kernel (values and counterparts).
         --cases lowrank --floor-rows 11125 --repeats 1
 
 The peak RSS of this process during each call is printed too (the data are included:
-compare it with the RSS printed before the runs).
+compare it with the RSS printed before the runs).  ``--profile`` adds one more
+``lowrank`` call after the timed ones, with the kernel's stage timers on
+(:func:`cfhdask.cfh.lowrank.stage_times`), and prints each stage's CPU time as a share
+of the floor's median CPU time.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import psutil
 from _bench_util import DROP, PeakMemory, demo_subject, gemm_floor  # benchmarks/ is sys.path[0]
 from threadpoolctl import threadpool_limits
 
-from cfhdask.cfh.lowrank import RESIDUAL_TOL, lowrank_maxcorr
+from cfhdask.cfh.lowrank import RESIDUAL_TOL, lowrank_maxcorr, stage_times
 
 
 def _diff(res, ref) -> tuple[float, int]:
@@ -64,7 +67,7 @@ CASES = ("floor", "lowrank", "onerank", "full", "unfiltered")
 
 
 def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
-             floor_rows: int | None = None) -> None:
+             floor_rows: int | None = None, profile: bool = False) -> None:
     """Time ``cases`` (always with the floor) on one subject, interleaved, and print the ratios.
 
     ``floor_rows``: the floor is timed on that many left rows and scaled by
@@ -87,7 +90,7 @@ def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
         runs["unfiltered"] = lambda: lowrank_maxcorr(*unfiltered)
 
     def timed(key):
-        with PeakMemory() as mem:
+        with PeakMemory(children=False) as mem:  # no child processes here
             t0, c0 = time.perf_counter(), time.process_time()
             out[key] = runs[key]()
             times[key].append((time.perf_counter() - t0) * (scale if key == "floor" else 1))
@@ -101,6 +104,11 @@ def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
         for _ in range(repeats):
             for key in keys:
                 timed(key)
+        if profile:
+            with stage_times() as stages:
+                c0 = time.process_time()
+                lowrank_maxcorr(zl, zr, lv, rv)
+                stages["total"] = time.process_time() - c0
     med = {k: float(np.median(v)) for k, v in times.items()}
     mcpu = {k: float(np.median(v)) for k, v in cpu.items()}
     n_t = zl.shape[1]
@@ -138,6 +146,23 @@ def run_case(label: str, subject, unfiltered, repeats: int, cases=CASES,
         dr, nd = _diff(out["lowrank"][0], out["onerank"][0])
         print(f"  rank ladder vs one rank: {mcpu['lowrank'] / mcpu['onerank']:.3f}x cpu time; "
               f"max |dr| {dr:.2e}, {nd} counterparts differ")
+    if profile:
+        _print_stages(stages, mcpu["floor"])
+
+
+def _print_stages(stages: dict, floor_cpu: float) -> None:
+    """Stage CPU times of one profiled ``lowrank`` call as shares of the floor's CPU time."""
+    total = stages.pop("total")
+    plan = {k: v for k, v in stages.items() if k.startswith("plan.")}
+    rest = total - sum(stages.values())
+    print(f"  stages of one more lowrank call (timers on), cpu time / floor cpu time: "
+          f"total {total / floor_cpu:.3f}")
+    print("    plan " + f"{sum(plan.values()) / floor_cpu:.3f} (" + ", ".join(
+        f"{k[5:]} {v / floor_cpu:.3f}" for k, v in plan.items()) + ")")
+    for k, v in stages.items():
+        if k not in plan:
+            print(f"    {k:<11} {v / floor_cpu:.3f}")
+    print(f"    rest        {rest / floor_cpu:.3f} (outside the timed stages)")
 
 
 def _what(info: dict, n_vox: int) -> str:
@@ -181,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="band-pass of the denoising (default butterworth, as nilearn; "
                          "ideal: DPABI's, whose band rank is exact)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats (median; default 3)")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more lowrank call with the kernel's stage timers: each "
+                         "stage's share of the floor")
     args = ap.parse_args(argv)
     grid = args.grid or ("6mm" if args.quick else "3mm")
     volumes = 230 if args.volumes is None else args.volumes
@@ -194,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     if "unfiltered" in args.cases:
         unfiltered = demo_subject(grid, volumes, args.tr, denoise=False)
     run_case(f"{grid} T={volumes - DROP} {args.filter}", subject, unfiltered,
-             1 if args.quick else args.repeats, args.cases, args.floor_rows)
+             1 if args.quick else args.repeats, args.cases, args.floor_rows, args.profile)
     if args.hcp:
         del subject, unfiltered
         print("simulating a 2 mm, T = 1200 subject ...", flush=True)

@@ -19,7 +19,8 @@ slack below):
   column maxima and the group's largest ``e``; a row's maximum correlation is
   at least ``m_i - e_i max(f) - s``, a column's at least ``gmax - e_g f_j - s``
   (running over the strips); and the row candidates, ``c_ij >= m_i - 2 e_i
-  max(f) - 2 s``, testing 64 columns at once;
+  max(f) - 2 s``, testing 64 columns at once (the maxima and the tests are
+  packed SIMD code: :func:`_maxnum`, fixed-width compare-and-counts);
 * after the last strip, a column's candidates are searched only in the groups
   whose upper bound ``gmax + e_g f_j`` reaches the column's lower bound.
 
@@ -40,7 +41,8 @@ checks each rung in turn; the first rung whose bound prunes well is taken, a
 rung that prunes badly sends the plan to the next (higher) rank.  When no rung
 prunes well (unfiltered data: the series fill all T dimensions, so the rank is
 large or the residuals are) it chooses the full-rank kernel instead; a block
-whose candidates overflow their buffer is computed full-rank too.  Either way
+with more than :data:`CANDIDATES_PER_ROW_LIMIT` row candidates per row is
+computed full-rank too (below that, the candidate buffer grows).  Either way
 the results are exact.
 
 The basis, rank and projection functions take NumPy or CuPy arrays; the block
@@ -49,17 +51,23 @@ kernel (numba) runs on the CPU only: CuPy blocks take the full-rank kernel.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from cfhdask.backend import array_module, to_numpy
 from cfhdask.cfh.kernels import BlockMax, block_maxcorr, combine_many
 
 __all__ = [
+    "CANDIDATES_PER_ROW_LIMIT",
     "CHUNK_ROWS",
     "GROUP_ROWS",
     "MAX_CANDIDATES_PER_ROW",
@@ -90,6 +98,7 @@ __all__ = [
     "project_ladder",
     "residual_exceed_counts",
     "sample_rows",
+    "stage_times",
     "temporal_basis",
 ]
 
@@ -130,9 +139,14 @@ RANK_SAMPLE = 8192
 PILOT_ROWS = 256
 
 #: Rows of one strip of the low-rank product (written by the GEMM, then read
-#: once, row by row, by the fused bound pass :func:`_strip_pass`; 512 rows of a
-#: 4096-column block were the fastest measured here: an 8 MiB strip in L3).
-STRIP_ROWS = 512
+#: once, row by row, by the fused bound pass :func:`_strip_pass`; 256 rows of a
+#: 4096-column block, a 4 MiB strip, were the fastest measured here with the
+#: packed maxima).
+STRIP_ROWS = 256
+
+#: Row candidates per row of a block above which it is computed full rank
+#: (:func:`lowrank_block_maxcorr`); below, the candidate buffer grows.
+CANDIDATES_PER_ROW_LIMIT = 64
 
 #: Rows of a strip sharing one record of the columns' upper bounds; a column's
 #: candidates are searched only in the groups whose record reaches its bound.
@@ -143,6 +157,48 @@ CHUNK_ROWS = 4096
 
 #: Unit roundoff of float32.
 _U32 = 2.0**-24
+
+#: The dict :func:`stage_times` fills while it is active (None: no timers).
+_STAGES: dict[str, float] | None = None
+
+
+@contextlib.contextmanager
+def stage_times() -> Iterator[dict[str, float]]:
+    """Accumulate this process's CPU seconds per stage of the kernel while active.
+
+    The stages: ``plan`` (Gram matrix, eigen-decomposition, rank counts, the
+    pilot and its projections), ``projection``, ``gemm`` (the rank-``k``
+    strips), ``strip`` (the fused bound pass), ``exact`` (the candidates),
+    ``block`` (per-block set-up, buffer growth, scatter), ``full`` (blocks
+    computed full rank).  A profiling aid of ``bench_cfh_lowrank.py --profile``
+    (one process-wide dict: not for concurrent calls); without it the kernel
+    reads no clock.
+
+    Yields
+    ------
+    dict
+        Stage name to CPU seconds, filled as the kernel runs.
+    """
+    global _STAGES
+    previous, _STAGES = _STAGES, {}
+    try:
+        yield _STAGES
+    finally:
+        _STAGES = previous
+
+
+def _clock() -> float:
+    """CPU time now when :func:`stage_times` is active (else 0, no clock read)."""
+    return 0.0 if _STAGES is None else time.process_time()
+
+
+def _lap(stage: str, t0: float) -> float:
+    """Add the CPU time since ``t0`` to ``stage`` when timers are active; the time now."""
+    if _STAGES is None:
+        return 0.0
+    t = time.process_time()
+    _STAGES[stage] = _STAGES.get(stage, 0.0) + (t - t0)
+    return t
 
 
 class LowRankFactors(NamedTuple):
@@ -351,14 +407,21 @@ def bound_slack(rank: int, coef_a: Any, coef_b: Any) -> float:
     ``|c_ij - <alpha_i, alpha_j>| <= (k + 2) u / (1 - (k + 2) u) * ||alpha_i|| ||alpha_j||``
     (coefficients rounded to float32, then a float32 sum of ``k`` products in any order)
     plus the rounding of the bound arithmetic in float32 (``8 u`` of values at most 2).
+    The norms are float32 sums of squares rounded up (divided by ``1 - gamma_k``,
+    ``gamma_k = k u / (1 - k u)``: a bound of any summation order).
     Returned for both sides of the comparison (``2 s``).
     """
     xp = array_module(coef_a, coef_b)
 
     def max_norm(c):
-        if c.shape[0] == 0:
+        # float32 sums of k squares (any order): the true sum is at most the computed
+        # one / (1 - gamma_k), gamma_k = k u / (1 - k u)
+        if c.shape[0] == 0 or c.shape[1] == 0:
             return 0.0
-        return float(xp.sqrt((xp.asarray(c, dtype=xp.float64) ** 2).sum(axis=1)).max())
+        c = xp.asarray(c, dtype=xp.float32)
+        n2 = float(xp.einsum("ij,ij->i", c, c).max())
+        gamma = c.shape[1] * _U32 / (1.0 - c.shape[1] * _U32)
+        return math.sqrt(n2 / (1.0 - gamma))
 
     m = (rank + 2) * _U32
     s = m / (1.0 - m) * max_norm(coef_a) * max_norm(coef_b) * (1.0 + 1e-6)
@@ -372,9 +435,43 @@ def bound_slack(rank: int, coef_a: Any, coef_b: Any) -> float:
 #: accurate and is covered by the slack.  Infinities are kept (no ``ninf``).
 _FASTMATH = {"nnan", "nsz", "reassoc", "contract", "arcp"}
 
-#: Columns tested at once in the row-candidate test (a vectorised test, then a
-#: scalar rescan of the few groups that hold a candidate).
+#: Columns tested at once in the candidate tests (a packed compare-and-count of a
+#: fixed number of lanes, then a scalar rescan of the few lanes that hold a
+#: candidate; a boolean ``hit |= ...`` over a variable range compiled to scalar
+#: code, 8x slower).
 _LANE = 64
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _append_row(row, t, i, cand_i, cand_j, n_cand):  # pragma: no cover - compiled
+    """Append the pairs ``(i, j)`` with ``row[j] >= t`` from ``n_cand``.
+
+    Stores at most ``cand_i.size`` pairs; returns the new count (which may
+    exceed the capacity: the pairs past it are counted, not stored).
+    """
+    nb = row.size
+    n_full = nb // _LANE
+    for k in range(n_full):
+        j0 = k * _LANE
+        hit = 0
+        for j in range(_LANE):
+            hit += row[j0 + j] >= t
+        if hit:
+            n_cand = _append_lanes(row, t, i, j0, j0 + _LANE, cand_i, cand_j, n_cand)
+    return _append_lanes(row, t, i, n_full * _LANE, nb, cand_i, cand_j, n_cand)
+
+
+@numba.njit(cache=True, nogil=True)
+def _append_lanes(row, t, i, j0, j1, cand_i, cand_j, n_cand):  # pragma: no cover - compiled
+    """The scalar rescan of :func:`_append_row`: columns ``j0..j1`` of ``row``."""
+    cap = cand_i.size
+    for j in range(j0, j1):
+        if row[j] >= t:
+            if n_cand < cap:
+                cand_i[n_cand] = i
+                cand_j[n_cand] = j
+            n_cand += 1
+    return n_cand
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -384,23 +481,47 @@ def _row_candidates(c, thr, row0, cand_i, cand_j, n_cand):  # pragma: no cover -
     Stores at most ``cand_i.size`` pairs; returns the new count (which may
     exceed the capacity: the caller then falls back).
     """
-    m, nb = c.shape
-    cap = cand_i.size
-    for i in range(m):
-        t = thr[i]
-        for j0 in range(0, nb, _LANE):
-            j1 = min(j0 + _LANE, nb)
-            hit = False
-            for j in range(j0, j1):
-                hit |= c[i, j] >= t
-            if hit:
-                for j in range(j0, j1):
-                    if c[i, j] >= t:
-                        if n_cand < cap:
-                            cand_i[n_cand] = row0 + i
-                            cand_j[n_cand] = j
-                        n_cand += 1
+    for i in range(c.shape[0]):
+        n_cand = _append_row(c[i], thr[i], row0 + i, cand_i, cand_j, n_cand)
     return n_cand
+
+
+@intrinsic
+def _maxnum(typingctx, x, y):  # pragma: no cover - compiled
+    """``max(x, y)`` of two float32 as LLVM's ``llvm.maxnum.f32`` (fast-math flags).
+
+    A comparison (``if v > m``) or numba's ``max`` compile to scalar code (a
+    select that the loop vectoriser does not take as a reduction); ``maxnum``
+    is a max that LLVM vectorises (packed ``vmaxps``), in elementwise loops and
+    in reductions.  For NaN-free inputs it is the maximum (exact; only the sign
+    of a zero may differ, which no comparison sees).
+    """
+    if x != types.float32 or y != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = llvm_ir.FloatType()
+        fn = cgutils.get_or_insert_function(
+            builder.module, llvm_ir.FunctionType(f32, [f32, f32]), "llvm.maxnum.f32")
+        return builder.call(fn, args, fastmath=("fast",))
+
+    return types.float32(types.float32, types.float32), codegen
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _row_max(row):  # pragma: no cover - compiled
+    """Largest value of a float32 row (a packed ``vmaxps`` reduction)."""
+    mx = np.float32(-np.inf)
+    for j in range(row.size):
+        mx = _maxnum(mx, row[j])
+    return mx
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _max_into(acc, row):  # pragma: no cover - compiled
+    """``acc = max(acc, row)`` elementwise, float32 (packed ``vmaxps``)."""
+    for j in range(row.size):
+        acc[j] = _maxnum(acc[j], row[j])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -413,41 +534,26 @@ def _strip_pass(c, e, f, two_fmax, slack2, group, row0, gmax, ge, col_lo, cand_i
     ``c_ij >= m_i - 2 e_i max(f) - 2 s`` appended from ``n_cand`` (as
     :func:`_row_candidates`).  After each group, ``ge[g]`` (its largest ``e``)
     and the columns' lower bounds ``col_lo_j = max(col_lo_j, gmax[g, j] - ge[g] f_j)``.
-    The float32 arithmetic is that of the vectorised passes it replaces.
-    Returns the new candidate count (which may exceed the capacity).
+    The maxima are packed (:func:`_maxnum`): the row maximum and the column
+    maxima are two loops over the row, which stays in L1.
+    Returns the new candidate count (which may exceed the capacity: the
+    pairs past it are counted, not stored).
     """
     m, nb = c.shape
-    cap = cand_i.size
     n_groups = (m + group - 1) // group
     for g in range(n_groups):
         gm = gmax[g]
-        for j in range(nb):
-            gm[j] = -np.inf
+        gm[:] = -np.inf
         emax = np.float32(0.0)
         for i in range(g * group, min((g + 1) * group, m)):
             row = c[i]
-            mx = np.float32(-np.inf)
-            for j in range(nb):
-                v = row[j]
-                mx = max(mx, v)
-                gm[j] = max(gm[j], v)
-            t = mx - two_fmax * e[i] - slack2
+            _max_into(gm, row)
+            t = _row_max(row) - two_fmax * e[i] - slack2
             emax = max(emax, e[i])
-            for j0 in range(0, nb, _LANE):
-                j1 = min(j0 + _LANE, nb)
-                hit = False
-                for j in range(j0, j1):
-                    hit |= row[j] >= t
-                if hit:
-                    for j in range(j0, j1):
-                        if row[j] >= t:
-                            if n_cand < cap:
-                                cand_i[n_cand] = row0 + i
-                                cand_j[n_cand] = j
-                            n_cand += 1
+            n_cand = _append_row(row, t, row0 + i, cand_i, cand_j, n_cand)
         ge[g] = emax
         for j in range(nb):
-            col_lo[j] = max(col_lo[j], gm[j] - emax * f[j])
+            col_lo[j] = _maxnum(col_lo[j], gm[j] - emax * f[j])
     return n_cand
 
 
@@ -457,15 +563,6 @@ def _dot64(x, y):  # pragma: no cover - compiled
     acc = 0.0
     for t in range(x.size):
         acc += np.float64(x[t]) * np.float64(y[t])
-    return acc
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _dot32(x, y):  # pragma: no cover - compiled
-    """Float32 dot product of two coefficient rows (as the rank-k product)."""
-    acc = np.float32(0.0)
-    for t in range(x.size):
-        acc += x[t] * y[t]
     return acc
 
 
@@ -502,24 +599,68 @@ def _exact(a, b, ca, cb, e, f, cand_i, cand_j, group_rows, group_max, group_e, c
         done += 1
     n_groups = group_max.shape[0]
     thr = col_lo - slack2
+    tile = np.zeros((ca.shape[1], group_rows), dtype=np.float32)
+    acc = np.empty(group_rows, dtype=np.float32)
+    hits = np.empty(nb, dtype=np.int64)
     for g in range(n_groups):  # rows of group_max read contiguously; the order of
         ge = group_e[g]        # updates does not matter (ties to the smaller index)
         gm = group_max[g]
-        for j0 in range(0, nb, _LANE):  # 64 columns tested at once, then rescanned
-            j1 = min(j0 + _LANE, nb)
-            hit = False
-            for j in range(j0, j1):
-                hit |= gm[j] + ge * f[j] >= thr[j]
-            if not hit:
-                continue
-            for j in range(j0, j1):
-                if gm[j] + ge * f[j] < thr[j]:
-                    continue
-                for i in range(g * group_rows, min((g + 1) * group_rows, na)):
-                    if _dot32(ca[i], cb[j]) + e[i] * f[j] >= thr[j]:
-                        _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
-                        done += 1
+        i0, i1 = g * group_rows, min((g + 1) * group_rows, na)
+        n_hits = _group_columns(gm, ge, f, thr, hits)
+        if n_hits:  # the group's coefficients, transposed: its rows at once per column
+            _load_tile(ca, i0, i1, tile)
+        for q in range(n_hits):
+            j = hits[q]
+            _tile_dot(tile, cb[j], acc)
+            for i in range(i0, i1):
+                if acc[i - i0] + e[i] * f[j] >= thr[j]:
+                    _update(_dot64(a[i], b[j]), i, j, row_max, row_arg, col_max, col_arg)
+                    done += 1
     return done
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _group_columns(gm, ge, f, thr, hits):  # pragma: no cover - compiled
+    """Store in ``hits`` the columns whose group bound ``gm + ge f`` reaches ``thr``; their count.
+
+    64 columns are counted at once (packed), only lanes with a hit rescanned.
+    """
+    nb = gm.size
+    n_full = nb // _LANE
+    n = 0
+    for k in range(n_full + 1):
+        j0 = k * _LANE
+        if k < n_full:
+            h = 0
+            for j in range(_LANE):
+                h += gm[j0 + j] + ge * f[j0 + j] >= thr[j0 + j]
+            if h == 0:
+                continue
+        for j in range(j0, min(j0 + _LANE, nb)):
+            if gm[j] + ge * f[j] >= thr[j]:
+                hits[n] = j
+                n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _load_tile(ca, i0, i1, tile):  # pragma: no cover - compiled
+    """``tile[:, r] = ca[i0 + r]`` for the rows of one group (zeros past ``i1``)."""
+    for r in range(tile.shape[1]):
+        for t in range(tile.shape[0]):
+            tile[t, r] = ca[i0 + r, t] if i0 + r < i1 else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _tile_dot(tile, y, acc):  # pragma: no cover - compiled
+    """``acc[r] = sum_t tile[t, r] y[t]`` in float32: the rank-k values of a group's rows
+    with one column, all rows at once (packed over the rows)."""
+    acc[:] = 0
+    for t in range(tile.shape[0]):
+        yt = y[t]
+        row = tile[t]
+        for r in range(acc.size):
+            acc[r] += row[r] * yt
 
 
 def _group_max(c: np.ndarray, group: int) -> np.ndarray:
@@ -574,6 +715,7 @@ def lowrank_block_maxcorr(
     strip_rows: int = STRIP_ROWS,
     group_rows: int = GROUP_ROWS,
     max_candidates: int | None = None,
+    initial_capacity: int | None = None,
 ) -> LowRankBlock:
     """Exact row and column max/argmax of ``a @ b.T`` from its rank-``k`` part and a bound.
 
@@ -595,9 +737,14 @@ def lowrank_block_maxcorr(
         Rows of ``a`` per strip of the product, and per group sharing one record
         of the column upper bounds (results do not depend on them).
     max_candidates : int, optional
-        Capacity of the row-candidate buffer (default ``4 na + 4096``).
-        More candidates: the block is computed by
+        Most row candidates kept (default :data:`CANDIDATES_PER_ROW_LIMIT` per
+        valid row).  More: the block is computed by
         :func:`~cfhdask.cfh.kernels.block_maxcorr` instead (``full_rank``).
+        The buffer starts at ``4 na + 4096`` pairs (or ``initial_capacity``)
+        and grows as needed below that limit (the strip that overflowed it is
+        passed again).
+    initial_capacity : int, optional
+        The buffer's first size (a test hook for the growth path).
 
     Returns
     -------
@@ -608,6 +755,7 @@ def lowrank_block_maxcorr(
     """
     if array_module(a, b, fa.coef, fb.coef) is not np:
         return LowRankBlock(block_maxcorr(a, b, a_valid, b_valid, a_offset, b_offset), 0, True)
+    t0 = _clock()
     na, nb = a.shape[0], b.shape[0]
     ia, ib = _valid_index(a_valid, na), _valid_index(b_valid, nb)
     a_s = np.ascontiguousarray(a if ia is None else a[ia], dtype=np.float32)
@@ -618,7 +766,8 @@ def lowrank_block_maxcorr(
     eb = np.ascontiguousarray(fb.resid if ib is None else fb.resid[ib], dtype=np.float32)
     ma, mb = a_s.shape[0], b_s.shape[0]
     slack2 = np.float32(bound_slack(ca.shape[1], ca, cb) if slack is None else slack)
-    cap = int(4 * ma + 4096 if max_candidates is None else max_candidates)
+    limit = int(CANDIDATES_PER_ROW_LIMIT * ma if max_candidates is None else max_candidates)
+    cap = min(limit, int(4 * ma + 4096 if initial_capacity is None else initial_capacity))
     group = max(1, int(group_rows))
 
     row_max = np.full(ma, -np.inf)
@@ -638,22 +787,43 @@ def lowrank_block_maxcorr(
         cbt = cb.T
         two_fmax = np.float32(2.0 * float(eb.max()))
         n_cand = 0
+        t0 = _lap("block", t0)
         for r0 in range(0, ma, strip):
             r1 = min(r0 + strip, ma)
             c = np.matmul(ca[r0:r1], cbt, out=buf[: r1 - r0])
+            t0 = _lap("gemm", t0)
             g0, g1 = r0 // group, -(-r1 // group)
-            n_cand = _strip_pass(c, ea[r0:r1], eb, two_fmax, slack2, group, r0,
-                                 group_max[g0:g1], group_e[g0:g1], col_lo, cand_i, cand_j,
-                                 n_cand)
-            if n_cand > cap:
-                block = block_maxcorr(a, b, a_valid, b_valid, a_offset, b_offset)
-                return LowRankBlock(block, n_cand, True)
+            while True:  # a strip that overflows the buffer is passed again into a larger one
+                n_new = _strip_pass(c, ea[r0:r1], eb, two_fmax, slack2, group, r0,
+                                    group_max[g0:g1], group_e[g0:g1], col_lo, cand_i, cand_j,
+                                    n_cand)
+                if n_new <= cap:
+                    break
+                if n_new > limit:
+                    t0 = _lap("strip", t0)
+                    block = block_maxcorr(a, b, a_valid, b_valid, a_offset, b_offset)
+                    _lap("full", t0)
+                    return LowRankBlock(block, n_new, True)
+                cap = min(limit, max(2 * cap, n_new))
+                cand_i, cand_j = _grown(cand_i, n_cand, cap), _grown(cand_j, n_cand, cap)
+            n_cand = n_new
+            t0 = _lap("strip", t0)
         del buf
         n_done = _exact(a_s, b_s, ca, cb, ea, eb, cand_i[:n_cand], cand_j[:n_cand], group,
                         group_max, group_e, col_lo, slack2, row_max, row_arg, col_max,
                         col_arg)
-    return LowRankBlock(_scatter(row_max, row_arg, col_max, col_arg, ia, ib, na, nb,
-                                 a_offset, b_offset), int(n_done), False)
+        t0 = _lap("exact", t0)
+    out = LowRankBlock(_scatter(row_max, row_arg, col_max, col_arg, ia, ib, na, nb,
+                                a_offset, b_offset), int(n_done), False)
+    _lap("block", t0)
+    return out
+
+
+def _grown(buf: np.ndarray, n: int, size: int) -> np.ndarray:
+    """A buffer of ``size`` entries holding the first ``n`` of ``buf``."""
+    out = np.empty(size, dtype=buf.dtype)
+    out[:n] = buf[:n]
+    return out
 
 
 def _scatter(row_max, row_arg, col_max, col_arg, ia, ib, na, nb, a_offset, b_offset) -> BlockMax:
@@ -731,8 +901,11 @@ def _plan_and_right_factors(
     speed, see :func:`gram`); the pilot rows and the right hemisphere are
     projected once, at every rung (:func:`project_ladder`).
     """
+    t0 = _clock()
     g = gram(left, right, dtype=np.float32) if g is None else g
+    t0 = _lap("plan.gram", t0)
     _, vectors = temporal_basis(g)
+    t0 = _lap("plan.eigh", t0)
     sl, sr = sample_rows(left.shape[0], rank_sample), sample_rows(right.shape[0], rank_sample)
     counts = residual_exceed_counts(left[sl], vectors, tol) + residual_exceed_counts(
         right[sr], vectors, tol)
@@ -740,18 +913,21 @@ def _plan_and_right_factors(
         + count_valid(None if right_valid is None else to_numpy(right_valid)[sr], sr.size)
     plan = plan_rank(counts, n_valid, vectors, tol=tol, quantile=quantile,
                      max_rank_fraction=max_rank_fraction)
+    t0 = _lap("plan.counts", t0)
     if plan.strategy != "lowrank":
         return plan, None
     rows = sample_rows(left.shape[0], pilot_rows)
     lv = None if left_valid is None else to_numpy(left_valid)[rows]
     fl = project_ladder(left[rows], vectors, plan.ranks)
     fr = project_ladder(right, vectors, plan.ranks)
+    t0 = _lap("plan.projection", t0)
 
     def pilot_at(k):
         return pilot_candidates(factors_at_rank(fl, plan.ranks, k),
                                 factors_at_rank(fr, plan.ranks, k), lv, right_valid)
 
     plan = plan_ladder(plan, pilot_at, max_candidates_per_row=max_candidates_per_row)
+    _lap("plan.pilot", t0)
     if plan.strategy != "lowrank":
         return plan, None
     return plan, factors_at_rank(fr, plan.ranks, plan.rank)
@@ -948,10 +1124,12 @@ def lowrank_maxcorr(
     lv = np.ones(nl, bool) if left_valid is None else np.asarray(to_numpy(left_valid), bool)
     rv = np.ones(nr, bool) if right_valid is None else np.asarray(to_numpy(right_valid), bool)
     factors = None
+    t0 = _clock()
     if plan.strategy == "lowrank":
         factors = (project(left, plan.basis, plan.rank),
                    project(right, plan.basis, plan.rank) if right_factors is None
                    else right_factors)
+        t0 = _lap("projection", t0)
     rows, cols = [], [[] for _ in range(0, nr, block)]
     n_cand = n_full = 0
     for i0 in range(0, nl, block):
@@ -960,7 +1138,9 @@ def lowrank_maxcorr(
         for jb, j0 in enumerate(range(0, nr, block)):
             j1 = min(j0 + block, nr)
             if factors is None:
+                t0 = _clock()
                 res = block_maxcorr(left[i0:i1], right[j0:j1], lv[i0:i1], rv[j0:j1], i0, j0)
+                _lap("full", t0)
             else:
                 fl = LowRankFactors(factors[0].coef[i0:i1], factors[0].resid[i0:i1])
                 fr = LowRankFactors(factors[1].coef[j0:j1], factors[1].resid[j0:j1])
