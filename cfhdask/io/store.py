@@ -203,6 +203,17 @@ def _array_metadata(shape: tuple, chunks: tuple, dtype: str, dims: tuple, fill: 
                              compressors=_compressors(np.dtype(dtype))).metadata
 
 
+def _new_subject_attrs(subject: str, attrs: dict) -> dict:
+    """A new subject's attributes: no completion flag (written at publication)."""
+    attrs = dict(attrs)
+    attrs.pop(INGEST_FLAG, None)
+    for metric in METRICS:
+        attrs.pop(f"{metric}_complete", None)
+    attrs.setdefault("subject", subject)
+    attrs.setdefault("ingested", now_iso())
+    return attrs
+
+
 def _finish_on_worker(store: CohortStore, subject: str, attrs: dict, bold: zarr.Array,
                       written: Any) -> str:
     """On a worker, after the chunk writes: publish a new subject (see
@@ -812,12 +823,7 @@ class CohortStore:
         if subject in subjects and subjects[subject].attrs.get(INGEST_FLAG) is True:
             name = self._staged(subject)
         _remove_node(subjects.store, self._subject_path(name))
-        attrs = dict(attrs)
-        attrs.pop(INGEST_FLAG, None)
-        for metric in METRICS:
-            attrs.pop(f"{metric}_complete", None)
-        attrs.setdefault("subject", subject)
-        attrs.setdefault("ingested", now_iso())
+        attrs = _new_subject_attrs(subject, attrs)
         bold = _unpublished_array(
             subjects.store, _join(self._subject_path(name), "bold"),
             (self.n_voxels, int(n_time)), (self.voxel_chunk, int(n_time)), np.float32,
@@ -872,6 +878,54 @@ class CohortStore:
         # bound first: dask.delayed would walk the Zarr array's metadata looking for collections
         finish = functools.partial(_finish_on_worker, self, subject, attrs, bold)
         return dask.delayed(finish, pure=False)(written)
+
+    def is_published(self, subject: str) -> bool:
+        """Whether a group document of ``subject`` exists (one read): published, by this run
+        or an earlier one."""
+        return _group_attributes(self._subject_documents([subject]).get(subject)) is not None
+
+    def write_bold_whole(self, subject: str, bold: np.ndarray, attrs: dict) -> bool:
+        """Write and publish a new subject in one call, on a worker (ingest's batch tasks).
+
+        What an interrupted write of ``subject`` left (chunks without metadata) is
+        removed, the ``bold`` chunks are written, then the ``bold`` metadata and the
+        group document (attributes and ``ingest_complete``): readers see the subject
+        complete or not at all.  Deterministic: a rerun writes the same bytes.
+
+        Returns
+        -------
+        bool
+            False when ``subject`` was already published (a rerun of the task after a
+            lost worker): it is left as it is and nothing is written.
+
+        Raises
+        ------
+        ValueError
+            ``bold`` is not (n_voxels, n_time); nothing is published.
+        """
+        self._require_writable()
+        if self.is_published(subject):
+            return False
+        bold = np.asarray(bold, dtype=np.float32)
+        if bold.ndim != 2 or bold.shape[0] != self.n_voxels:
+            raise ValueError(f"store {self.url}: subject {subject!r} has shape {bold.shape}, "
+                             f"the store expects ({self.n_voxels}, n_time)")
+        path = self._subject_path(subject)
+        _remove_node(self._root.store, path)
+        target = _unpublished_array(
+            self._root.store, _join(path, "bold"), bold.shape, (self.voxel_chunk, bold.shape[1]),
+            np.float32, ("voxel", "time"), np.float32("nan"))
+        attrs = _new_subject_attrs(subject, attrs)
+        target[...] = bold  # returns once every chunk is stored; only then published
+        self._publish_subject(subject, subject, attrs, target)
+        return True
+
+    def forget_listings(self) -> None:
+        """Drop this process's cached listings of the store (s3fs keeps them): subjects
+        that other processes (the workers) published are listed from now on."""
+        fs = getattr(self._root.store, "fs", None)
+        if fs is not None and hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache()
 
     def is_pending(self, subject: str) -> bool:
         """Whether ``subject`` was begun here and still awaits :meth:`finish_subject`."""
