@@ -176,3 +176,20 @@ def test_workers_read_the_headers_first_bad_file_is_one_line(local_client, paths
     workers = set(local_client.scheduler_info()["workers"])
     reads = {t["worker"] for t in ts.data if "read_headers" in str(t["key"])}
     assert reads and reads <= workers
+
+
+def test_subject_preprocessed_otherwise_fails_alone(local_client, paths, mask_file, tmp_path):
+    def odd(inp, info):  # sub-02 would be preprocessed another way; pickled by value
+        series, attrs = load_series(inp, info)
+        if inp.subject == "sub-02":
+            attrs = {**attrs, "preprocessing": {"pipeline": "other"}}
+        return series, attrs
+
+    url = str(tmp_path / "cohort.zarr")
+    with pytest.raises(SubjectsFailed, match=r"sub-02: .*sub-02_bold\.nii\.gz: would be "
+                                             r"preprocessed with other.*one store holds one"):
+        ingest(paths[:4], url, mask=mask_file, prepare=odd, client=local_client)
+    store = open_store(url)
+    assert store.subjects() == ["sub-00", "sub-01", "sub-03"]
+    assert store.attrs["preprocessing"] == preprocessing_setting(
+        store.subject_attrs("sub-00")["preprocessing"])
