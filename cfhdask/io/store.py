@@ -1009,8 +1009,37 @@ class CohortStore:
         if SUBJECTS in self._root:
             _remove_node(self._root.store, self._subject_path(subject))
 
+    def subject_listing(self) -> dict[str, tuple[dict | None, frozenset[str]]]:
+        """Every folder under ``subjects/``, read at once: one listing of the keys and one
+        concurrent read of the group documents (not a metadata read per node).
+
+        Returns
+        -------
+        dict name -> (attributes or None, names under it)
+            Sorted by name; None: no group document (a write not finished).
+        """
+        if SUBJECTS not in self._root:
+            return {}
+        store = self._root.store
+        prefix = _join(self._root.path, SUBJECTS) + "/"
+
+        async def keys() -> list[str]:
+            return [k async for k in store.list_prefix(prefix)]
+
+        children: dict[str, set[str]] = {}
+        for key in _zarr_sync(keys()):
+            parts = key[len(prefix):].split("/")
+            if len(parts) >= 2 and not parts[0].endswith(".partial"):
+                children.setdefault(parts[0], set()).add(parts[1])
+        docs = self._subject_documents(list(children))
+        return {name: (_group_attributes(docs.get(name)), frozenset(children[name]))
+                for name in sorted(children)}
+
     def cleanup_incomplete(self) -> list[str]:
         """Remove interrupted subjects and interrupted CFH results.
+
+        The store is listed once (:meth:`subject_listing`); only the nodes there are
+        removed.
 
         Returns
         -------
@@ -1018,22 +1047,25 @@ class CohortStore:
             Subjects whose group was removed.
         """
         self._require_writable()
-        removed = []
-        for name in self._unpublished_subjects():
-            _remove_node(self._root.store, self._subject_path(name))
-            removed.append(name)
-        for name, grp in self._all_subject_groups().items():
-            if name.startswith(STAGED_PREFIX) and grp.attrs.get(STAGED_FLAG) is True:
-                self._swap_in(name.removeprefix(STAGED_PREFIX))  # interrupted swap
+        removed, swapped = [], set()
+        store = self._root.store
+        for name, (attrs, children) in self.subject_listing().items():
+            if name in swapped:
                 continue
-            if grp.attrs.get(INGEST_FLAG) is not True:
-                _remove_node(grp.store, grp.path)
+            path = self._subject_path(name)
+            if attrs is not None and name.startswith(STAGED_PREFIX) \
+                    and attrs.get(STAGED_FLAG) is True:
+                swapped.add(name.removeprefix(STAGED_PREFIX))
+                self._swap_in(name.removeprefix(STAGED_PREFIX))  # interrupted swap
+            elif attrs is None or attrs.get(INGEST_FLAG) is not True:
+                _remove_node(store, path)
                 removed.append(name)
             else:
                 for metric, names in METRICS.items():
-                    if grp.attrs.get(self._flag(metric)) is not True:
-                        for var in names:  # published, or chunks without metadata
-                            _remove_node(grp.store, _join(grp.path, self._array_name(var)))
+                    if attrs.get(self._flag(metric)) is not True:
+                        for var in map(self._array_name, names):
+                            if var in children:  # published, or chunks without metadata
+                                _remove_node(store, _join(path, var))
         if removed:
             log.warning("Removed %d interrupted subject(s) from %s: %s",
                         len(removed), self.url, ", ".join(sorted(removed)))
