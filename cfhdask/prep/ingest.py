@@ -53,6 +53,10 @@ from cfhdask.io.urls import check_writable, url_to_fs
 from cfhdask.prep.confounds import check_tr, sidecar_tr
 from cfhdask.prep.mask import GM_THRESHOLD, resolve_mask
 
+__all__ = ["HEADERS_ON_CLIENT", "SUBJECT_MEMORY_FACTOR", "PrepareFn", "StoreInfo",
+           "SubjectsFailed", "as_subject_inputs", "check_out", "ingest", "ingest_batch",
+           "load_series", "prepare_subject", "read_headers", "store_info", "subject_tr"]
+
 log = logging.getLogger(__name__)
 
 
@@ -422,6 +426,10 @@ def _run_writes(store: CohortStore, units: Sequence[_Job | _Batch], client, begu
             exc = fut.exception()
             results = [(inp.subject, None if store.is_published(inp.subject) else exc, "")
                        for inp, _ in batch.items]
+        seen = {subject for subject, _, _ in results}
+        results += [(inp.subject, CfhdaskInputError(
+            f"{inp.bold}: its batch task was cancelled before it"), "")
+            for inp, _ in batch.items if inp.subject not in seen]  # never silently dropped
         for subject, exc, where in results:
             if exc is None:
                 begun.append(subject)
