@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CAPACITY_REFRESH_S", "MEMORY_FRACTION", "Capacity", "batch_units",
-           "cluster_capacity", "in_flight_limit", "run_waves"]
+__all__ = ["BATCHES_PER_THREAD", "CAPACITY_REFRESH_S", "MEMORY_FRACTION", "WHOLE_TASK_BYTES",
+           "Capacity", "batch_units", "cluster_batches", "cluster_capacity", "in_flight_limit",
+           "run_waves"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,14 @@ UNBOUNDED_PER_THREAD = 4
 #: Seconds between two reads of the cluster's capacity from the scheduler while units run
 #: (one read per finished unit cost the client ~10 ms a subject on 1000-subject cohorts).
 CAPACITY_REFRESH_S = 1.0
+#: A subject whose stored series weighs at most this is done whole by one task (load,
+#: prepare, write, publish on a worker) in a batch of such subjects; larger ones are
+#: split into a chunked graph.
+WHOLE_TASK_BYTES = 16 * 2**20
+#: Batches per worker thread when a cohort of small subjects is split into batches: enough
+#: for the last ones to even out the workers' load, few enough to keep the client's cost
+#: per subject small.
+BATCHES_PER_THREAD = 4
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,25 @@ def batch_units(sizes: Sequence[int], min_bytes: int) -> list[list[int]]:
     if current:
         units.append(current)
     return units
+
+
+def cluster_batches(n_items: int, capacity: Capacity,
+                    per_thread: int = BATCHES_PER_THREAD) -> list[range]:
+    """Split ``n_items`` consecutive items into batches sized to the cluster.
+
+    ``per_thread`` batches per worker thread (fewer when there are fewer
+    items), of sizes differing by at most one.  Returns index ranges, in order.
+    """
+    if n_items <= 0:
+        return []
+    n = max(1, min(n_items, per_thread * max(1, capacity.threads)))
+    size, extra = divmod(n_items, n)
+    out, start = [], 0
+    for i in range(n):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(range(start, stop))
+        start = stop
+    return out
 
 
 def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],

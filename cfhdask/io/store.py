@@ -203,6 +203,17 @@ def _array_metadata(shape: tuple, chunks: tuple, dtype: str, dims: tuple, fill: 
                              compressors=_compressors(np.dtype(dtype))).metadata
 
 
+def _new_subject_attrs(subject: str, attrs: dict) -> dict:
+    """A new subject's attributes: no completion flag (written at publication)."""
+    attrs = dict(attrs)
+    attrs.pop(INGEST_FLAG, None)
+    for metric in METRICS:
+        attrs.pop(f"{metric}_complete", None)
+    attrs.setdefault("subject", subject)
+    attrs.setdefault("ingested", now_iso())
+    return attrs
+
+
 def _finish_on_worker(store: CohortStore, subject: str, attrs: dict, bold: zarr.Array,
                       written: Any) -> str:
     """On a worker, after the chunk writes: publish a new subject (see
@@ -812,12 +823,7 @@ class CohortStore:
         if subject in subjects and subjects[subject].attrs.get(INGEST_FLAG) is True:
             name = self._staged(subject)
         _remove_node(subjects.store, self._subject_path(name))
-        attrs = dict(attrs)
-        attrs.pop(INGEST_FLAG, None)
-        for metric in METRICS:
-            attrs.pop(f"{metric}_complete", None)
-        attrs.setdefault("subject", subject)
-        attrs.setdefault("ingested", now_iso())
+        attrs = _new_subject_attrs(subject, attrs)
         bold = _unpublished_array(
             subjects.store, _join(self._subject_path(name), "bold"),
             (self.n_voxels, int(n_time)), (self.voxel_chunk, int(n_time)), np.float32,
@@ -872,6 +878,54 @@ class CohortStore:
         # bound first: dask.delayed would walk the Zarr array's metadata looking for collections
         finish = functools.partial(_finish_on_worker, self, subject, attrs, bold)
         return dask.delayed(finish, pure=False)(written)
+
+    def is_published(self, subject: str) -> bool:
+        """Whether a group document of ``subject`` exists (one read): published, by this run
+        or an earlier one."""
+        return _group_attributes(self._subject_documents([subject]).get(subject)) is not None
+
+    def write_bold_whole(self, subject: str, bold: np.ndarray, attrs: dict) -> bool:
+        """Write and publish a new subject in one call, on a worker (ingest's batch tasks).
+
+        What an interrupted write of ``subject`` left (chunks without metadata) is
+        removed, the ``bold`` chunks are written, then the ``bold`` metadata and the
+        group document (attributes and ``ingest_complete``): readers see the subject
+        complete or not at all.  Deterministic: a rerun writes the same bytes.
+
+        Returns
+        -------
+        bool
+            False when ``subject`` was already published (a rerun of the task after a
+            lost worker): it is left as it is and nothing is written.
+
+        Raises
+        ------
+        ValueError
+            ``bold`` is not (n_voxels, n_time); nothing is published.
+        """
+        self._require_writable()
+        if self.is_published(subject):
+            return False
+        bold = np.asarray(bold, dtype=np.float32)
+        if bold.ndim != 2 or bold.shape[0] != self.n_voxels:
+            raise ValueError(f"store {self.url}: subject {subject!r} has shape {bold.shape}, "
+                             f"the store expects ({self.n_voxels}, n_time)")
+        path = self._subject_path(subject)
+        _remove_node(self._root.store, path)
+        target = _unpublished_array(
+            self._root.store, _join(path, "bold"), bold.shape, (self.voxel_chunk, bold.shape[1]),
+            np.float32, ("voxel", "time"), np.float32("nan"))
+        attrs = _new_subject_attrs(subject, attrs)
+        target[...] = bold  # returns once every chunk is stored; only then published
+        self._publish_subject(subject, subject, attrs, target)
+        return True
+
+    def forget_listings(self) -> None:
+        """Drop this process's cached listings of the store (s3fs keeps them): subjects
+        that other processes (the workers) published are listed from now on."""
+        fs = getattr(self._root.store, "fs", None)
+        if fs is not None and hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache()
 
     def is_pending(self, subject: str) -> bool:
         """Whether ``subject`` was begun here and still awaits :meth:`finish_subject`."""
@@ -955,8 +1009,37 @@ class CohortStore:
         if SUBJECTS in self._root:
             _remove_node(self._root.store, self._subject_path(subject))
 
+    def subject_listing(self) -> dict[str, tuple[dict | None, frozenset[str]]]:
+        """Every folder under ``subjects/``, read at once: one listing of the keys and one
+        concurrent read of the group documents (not a metadata read per node).
+
+        Returns
+        -------
+        dict name -> (attributes or None, names under it)
+            Sorted by name; None: no group document (a write not finished).
+        """
+        if SUBJECTS not in self._root:
+            return {}
+        store = self._root.store
+        prefix = _join(self._root.path, SUBJECTS) + "/"
+
+        async def keys() -> list[str]:
+            return [k async for k in store.list_prefix(prefix)]
+
+        children: dict[str, set[str]] = {}
+        for key in _zarr_sync(keys()):
+            parts = key[len(prefix):].split("/")
+            if len(parts) >= 2 and not parts[0].endswith(".partial"):
+                children.setdefault(parts[0], set()).add(parts[1])
+        docs = self._subject_documents(list(children))
+        return {name: (_group_attributes(docs.get(name)), frozenset(children[name]))
+                for name in sorted(children)}
+
     def cleanup_incomplete(self) -> list[str]:
         """Remove interrupted subjects and interrupted CFH results.
+
+        The store is listed once (:meth:`subject_listing`); only the nodes there are
+        removed.
 
         Returns
         -------
@@ -964,22 +1047,25 @@ class CohortStore:
             Subjects whose group was removed.
         """
         self._require_writable()
-        removed = []
-        for name in self._unpublished_subjects():
-            _remove_node(self._root.store, self._subject_path(name))
-            removed.append(name)
-        for name, grp in self._all_subject_groups().items():
-            if name.startswith(STAGED_PREFIX) and grp.attrs.get(STAGED_FLAG) is True:
-                self._swap_in(name.removeprefix(STAGED_PREFIX))  # interrupted swap
+        removed, swapped = [], set()
+        store = self._root.store
+        for name, (attrs, children) in self.subject_listing().items():
+            if name in swapped:
                 continue
-            if grp.attrs.get(INGEST_FLAG) is not True:
-                _remove_node(grp.store, grp.path)
+            path = self._subject_path(name)
+            if attrs is not None and name.startswith(STAGED_PREFIX) \
+                    and attrs.get(STAGED_FLAG) is True:
+                swapped.add(name.removeprefix(STAGED_PREFIX))
+                self._swap_in(name.removeprefix(STAGED_PREFIX))  # interrupted swap
+            elif attrs is None or attrs.get(INGEST_FLAG) is not True:
+                _remove_node(store, path)
                 removed.append(name)
             else:
                 for metric, names in METRICS.items():
-                    if grp.attrs.get(self._flag(metric)) is not True:
-                        for var in names:  # published, or chunks without metadata
-                            _remove_node(grp.store, _join(grp.path, self._array_name(var)))
+                    if attrs.get(self._flag(metric)) is not True:
+                        for var in map(self._array_name, names):
+                            if var in children:  # published, or chunks without metadata
+                                _remove_node(store, _join(path, var))
         if removed:
             log.warning("Removed %d interrupted subject(s) from %s: %s",
                         len(removed), self.url, ", ".join(sorted(removed)))

@@ -4,23 +4,32 @@ Steps:
 
 1. name each input (BIDS ``sub-<label>[_ses-<label>]``, else the file stem);
 2. read and check every header (4D, enough volumes, one grid) before anything
-   is written;
+   is written (on a cluster the workers read them, one task per worker thread);
 3. resolve the mask (``gm`` template or a user mask) and create the store, or
    open the existing one, drop its interrupted subjects and skip complete ones
    unless ``overwrite``;
-4. per subject, a Dask graph ``prepare`` (load -> drop volumes -> mask ->
-   float32; pluggable, e.g. denoising) -> chunk-aligned Zarr write done by the
-   workers; the cohort runs in memory-bounded waves sized to the cluster
-   (:mod:`cfhdask.cluster.waves`), and each subject is marked complete as soon as it
-   is written.  A failed subject is removed, the others are kept, and ingest
-   raises at the end listing the failures.
+4. ``prepare`` (load -> drop volumes -> mask -> float32; pluggable, e.g.
+   denoising) and a chunk-aligned Zarr write done by the workers; the cohort
+   runs in memory-bounded waves sized to the cluster
+   (:mod:`cfhdask.cluster.waves`), and each subject is marked complete as soon
+   as it is written.  Small new subjects (at most
+   :data:`~cfhdask.cluster.waves.WHOLE_TASK_BYTES` stored) go in batches sized to
+   the cluster, each batch one task that prepares, writes and publishes its
+   subjects on a worker (:func:`ingest_batch`); the client builds nothing per
+   subject.  Large subjects, replacements (``overwrite``) and ``memory://``
+   stores are one chunked Dask graph per subject, built in the client.  A failed
+   subject is removed, the others are kept, and ingest raises at the end listing
+   the failures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import pickle
 import posixpath
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +38,7 @@ import dask.array as da
 import numpy as np
 
 from cfhdask._version import __version__
+from cfhdask.cluster.waves import WHOLE_TASK_BYTES, cluster_batches, cluster_capacity
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.inputs import SubjectInput, subject_id
 from cfhdask.io.nifti import NiftiInfo, check_bold, check_same_grid, masked_series, read_header
@@ -42,6 +52,10 @@ from cfhdask.io.store import (
 from cfhdask.io.urls import check_writable, url_to_fs
 from cfhdask.prep.confounds import check_tr, sidecar_tr
 from cfhdask.prep.mask import GM_THRESHOLD, resolve_mask
+
+__all__ = ["HEADERS_ON_CLIENT", "SUBJECT_MEMORY_FACTOR", "PrepareFn", "StoreInfo",
+           "SubjectsFailed", "as_subject_inputs", "check_out", "ingest", "ingest_batch",
+           "load_series", "prepare_subject", "read_headers", "store_info", "subject_tr"]
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +241,7 @@ SUBJECT_MEMORY_FACTOR = 4
 
 @dataclass
 class _Job:
-    """One subject to write: its prepared series and attributes."""
+    """One subject to write as a chunked graph: its prepared series and attributes."""
 
     inp: SubjectInput
     series: da.Array
@@ -238,21 +252,154 @@ class _Job:
         return int(np.prod(self.series.shape, dtype=np.int64)) * 4
 
 
-def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
-                begun: list[str]) -> dict[str, BaseException]:
+@dataclass
+class _Batch:
+    """Small new subjects prepared, written and published by one task on a worker."""
+
+    items: list[tuple[SubjectInput, NiftiInfo]]
+
+
+def store_info(store: CohortStore, header: NiftiInfo, drop_volumes: int,
+               storage_options: dict | None) -> StoreInfo:
+    """The :class:`StoreInfo` of one subject of ``store``."""
+    return StoreInfo(url=store.url, grid_shape=store.grid_shape, affine=store.affine,
+                     ijk=store.ijk, drop_volumes=drop_volumes, header=header,
+                     storage_options=dict(storage_options or {}))
+
+
+def prepare_subject(prepare: PrepareFn, inp: SubjectInput, info: StoreInfo,
+                    n_voxels: int) -> tuple[da.Array, dict]:
+    """``prepare(inp, info)``, its series' shape checked, its attributes completed with the
+    subject's source and provenance.
+
+    Raises
+    ------
+    CfhdaskInputError
+        Any problem with the subject's inputs, or a series of the wrong shape (naming
+        the file).
+    """
+    series, attrs = prepare(inp, info)
+    if series.ndim != 2 or series.shape[0] != n_voxels:
+        raise CfhdaskInputError(
+            f"{inp.bold}: prepared series has shape {series.shape}, "
+            f"expected ({n_voxels}, n_time)")
+    header = info.header
+    return series, {
+        "subject": inp.subject,
+        "source": {"bold": inp.bold, "confounds": inp.confounds,
+                   "realign": inp.realign, "sidecar": inp.sidecar, **inp.extra},
+        "input_shape": list(header.shape),
+        "input_bytes": header.nbytes,
+        "input_dtype": str(header.dtype),
+        "cfhdask_version": __version__,
+        "ingested": now_iso(),
+        **attrs,
+    }
+
+
+def _task_cancelled() -> bool:
+    """On a worker: whether the task running in this thread was cancelled or released
+    (its client gone, or it cancelled it).  False outside a Dask worker task."""
+    try:
+        from distributed import get_worker
+        from distributed.worker import thread_state
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return False
+    key = getattr(thread_state, "key", None)
+    if key is None:
+        return False
+    ts = worker.state.tasks.get(key)
+    return ts is None or ts.state in ("cancelled", "released", "forgotten")
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """``exc``, or a plain error of the same message when it cannot travel to the client."""
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        return CfhdaskInputError(str(exc))
+    return exc
+
+
+def ingest_batch(store: CohortStore, items: Sequence[tuple[SubjectInput, NiftiInfo]],
+                 prepare: PrepareFn, drop_volumes: int, storage_options: dict | None,
+                 setting: dict | None) -> list[tuple[str, BaseException | None, str]]:
+    """On a worker: prepare, write and publish each small new subject of a batch, in turn.
+
+    Each subject is published (:meth:`~cfhdask.io.store.CohortStore.write_bold_whole`)
+    as soon as it is written; a subject already published (this task rerun after
+    a lost worker) is left as it is.  A failing subject is removed and reported,
+    the others go on.  Between two subjects the batch stops if its task was
+    cancelled or released (its client was killed): finished subjects are kept,
+    the rest is never begun.
+
+    Parameters
+    ----------
+    store : CohortStore
+        Opened for writing.
+    items : sequence of (SubjectInput, NiftiInfo)
+        The subjects and their validated headers.
+    prepare : callable
+        The ``prepare`` hook of :func:`ingest`.
+    drop_volumes : int
+    storage_options : dict, optional
+    setting : dict, optional
+        The preprocessing setting of this ingest
+        (:func:`~cfhdask.io.store.preprocessing_setting`); a subject prepared
+        otherwise fails.
+
+    Returns
+    -------
+    list of (subject, error or None, worker traceback)
+        One entry per subject done (in order); fewer than ``items`` when cancelled.
+    """
+    out: list[tuple[str, BaseException | None, str]] = []
+    for inp, header in items:
+        if _task_cancelled():
+            break
+        try:
+            series, attrs = prepare_subject(
+                prepare, inp, store_info(store, header, drop_volumes, storage_options),
+                store.n_voxels)
+            if setting is not None and preprocessing_setting(attrs.get("preprocessing")) \
+                    != setting:
+                got = preprocessing_setting(attrs.get("preprocessing"))
+                raise CfhdaskInputError(
+                    f"{inp.bold}: would be preprocessed with {describe_setting(got)}, the "
+                    f"other runs with {describe_setting(setting)} ({settings_differ(setting, got)}"
+                    "); one store holds one preprocessing")
+            (values,) = dask.compute(series, scheduler="sync")
+            store.write_bold_whole(inp.subject, values, attrs)
+        except Exception as exc:  # this subject fails, the others go on
+            where = traceback.format_exc()
+            with contextlib.suppress(Exception):  # what is left is invisible, cleaned later
+                store.abort_subject(inp.subject)
+            out.append((inp.subject, _picklable(exc), where))
+        else:
+            out.append((inp.subject, None, ""))
+    return out
+
+
+def _run_writes(store: CohortStore, units: Sequence[_Job | _Batch], client, begun: list[str],
+                unit_bytes: int, batch_args: tuple) -> dict[str, BaseException]:
     """Write every subject's series; mark each complete as it finishes.
 
     On a Dask client the cohort runs in memory-bounded waves
-    (:func:`cfhdask.cluster.waves.run_waves`): a subject's (unpublished) array is
-    prepared just before its write graph is submitted, the workers write its
-    chunks, and a last task on a worker publishes a new subject, flagged
-    complete (:meth:`~cfhdask.io.store.CohortStore.finish_graph`): the client
-    writes no metadata per new subject (a replacement is swapped in by the
-    client once written).  ``begun`` lists the subjects begun (the
-    caller aborts the unpublished ones on an interruption).
+    (:func:`cfhdask.cluster.waves.run_waves`).  A :class:`_Batch` is one task
+    (:func:`ingest_batch`) that writes and publishes its subjects on the worker.
+    A :class:`_Job`'s (unpublished) array is prepared just before its write
+    graph is submitted, the workers write its chunks, and a last task on a
+    worker publishes a new subject, flagged complete
+    (:meth:`~cfhdask.io.store.CohortStore.finish_graph`); a replacement is
+    swapped in by the client once written.  ``begun`` lists the subjects begun
+    (the caller aborts the unpublished ones on an interruption) and written.
+    ``batch_args`` are the last arguments of :func:`ingest_batch`.
     """
     failures: dict[str, BaseException] = {}
-    n, done = len(jobs), 0
+    n = sum(len(u.items) if isinstance(u, _Batch) else 1 for u in units)
+    done = 0
 
     def start(job: _Job):
         target = store.begin_subject(job.inp.subject, int(job.series.shape[1]), job.attrs)
@@ -266,26 +413,52 @@ def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
         done += 1
         log.info("Ingested %s (%d/%d)", subject, done, n)
 
-    def failed(subject: str, exc: BaseException) -> None:
+    def failed(subject: str, exc: BaseException, where: str = "") -> None:
         store.abort_subject(subject)
         failures[subject] = exc
         log.error("Ingest of %s failed: %s", subject, str(exc).strip().split("\n")[0])
-        log.debug("Ingest of %s failed", subject, exc_info=exc)
+        log.debug("Ingest of %s failed%s", subject, where, exc_info=exc)
+
+    def batch_ended(batch: _Batch, fut) -> None:
+        if fut.status == "finished":
+            results = fut.result()
+        else:  # the task itself failed (e.g. its workers kept dying): published ones stay
+            exc = fut.exception()
+            results = [(inp.subject, None if store.is_published(inp.subject) else exc, "")
+                       for inp, _ in batch.items]
+        seen = {subject for subject, _, _ in results}
+        results += [(inp.subject, CfhdaskInputError(
+            f"{inp.bold}: its batch task was cancelled before it"), "")
+            for inp, _ in batch.items if inp.subject not in seen]  # never silently dropped
+        for subject, exc, where in results:
+            if exc is None:
+                begun.append(subject)
+                finished(subject)
+            else:
+                failed(subject, exc, f" on a worker:\n{where}" if where else "")
 
     if client is not None:
         from cfhdask.cluster.waves import run_waves
 
-        def ended(job: _Job, fut) -> None:
-            if fut.status == "finished":
-                finished(job.inp.subject)
-            else:
-                failed(job.inp.subject, fut.exception())
+        def submit(unit: _Job | _Batch):
+            if isinstance(unit, _Batch):
+                return client.submit(ingest_batch, store, unit.items, *batch_args, pure=False,
+                                     fifo_timeout=0)
+            return client.compute(start(unit), fifo_timeout=0)
 
-        run_waves(client, jobs, lambda job: client.compute(start(job), fifo_timeout=0), ended,
-                  unit_bytes=SUBJECT_MEMORY_FACTOR * max(j.nbytes for j in jobs),
-                  what="ingest: subjects")
+        def ended(unit: _Job | _Batch, fut) -> None:
+            if isinstance(unit, _Batch):
+                batch_ended(unit, fut)
+            elif fut.status == "finished":
+                finished(unit.inp.subject)
+            else:
+                failed(unit.inp.subject, fut.exception())
+
+        run_waves(client, units, submit, ended, unit_bytes=unit_bytes,
+                  what="ingest: tasks")
         return failures
-    for job in jobs:
+    for job in units:
+        assert isinstance(job, _Job)  # batches only run on a cluster
         try:
             dask.compute(start(job))
         except Exception as exc:  # the subject fails, the others go on
@@ -293,6 +466,48 @@ def _run_writes(store: CohortStore, jobs: Sequence[_Job], client,
         else:
             finished(job.inp.subject)
     return failures
+
+
+#: Inputs whose headers the client reads itself; more are read by the workers.
+HEADERS_ON_CLIENT = 16
+
+
+def read_headers(urls: Sequence[str], storage_options: dict | None) -> list[NiftiInfo]:
+    """:func:`~cfhdask.io.nifti.read_header` of each image, in order (a worker task)."""
+    return [read_header(url, storage_options) for url in urls]
+
+
+def _read_headers(inputs: Sequence[SubjectInput], storage_options: dict, client
+                  ) -> list[NiftiInfo]:
+    """Every input's header, before anything is written: on a cluster, read by the
+    workers (one task per worker thread), else here.  The first bad file (in input
+    order) raises its one-line error."""
+    urls = [inp.bold for inp in inputs]
+    if client is None or len(urls) <= HEADERS_ON_CLIENT:
+        return read_headers(urls, storage_options)
+    parts = cluster_batches(len(urls), cluster_capacity(client), per_thread=1)
+    futures = client.map(read_headers, [urls[r.start:r.stop] for r in parts],
+                         storage_options=storage_options, pure=False)
+    try:
+        return [info for fut in futures for info in fut.result()]
+    finally:
+        client.cancel(futures)
+
+
+def _split_subjects(store: CohortStore, todo: Sequence[SubjectInput],
+                    headers: dict[str, NiftiInfo], complete: set[str], client,
+                    drop_volumes: int) -> tuple[list[SubjectInput], list[SubjectInput]]:
+    """The subjects written as one chunked graph each, and the small new ones done whole
+    in batch tasks (on a cluster, with a store the workers can reach)."""
+    if client is None or str(store.url).startswith("memory:"):
+        return list(todo), []
+
+    def whole(inp: SubjectInput) -> bool:
+        n_time = max(0, headers[inp.subject].n_volumes - drop_volumes)
+        return inp.subject not in complete and store.n_voxels * n_time * 4 <= WHOLE_TASK_BYTES
+
+    small = [inp for inp in todo if whole(inp)]
+    return [inp for inp in todo if not whole(inp)], small
 
 
 def _check_preprocessing(store: CohortStore, new_attrs: Sequence[dict]) -> dict | None:
@@ -385,7 +600,9 @@ def ingest(
     if drop_volumes < 0:
         raise CfhdaskInputError(f"--drop-volumes {drop_volumes}: must be >= 0")
     subject_inputs = as_subject_inputs(inputs)
-    headers = {inp.subject: read_header(inp.bold, so) for inp in subject_inputs}
+    client = client or _default_client()
+    headers = dict(zip((inp.subject for inp in subject_inputs),
+                       _read_headers(subject_inputs, so, client), strict=True))
     for info in headers.values():
         check_bold(info, drop_volumes)
 
@@ -418,40 +635,48 @@ def ingest(
         log.info("Skipping %d subject(s) already in the store: %s", len(skipped),
                  ", ".join(skipped))
 
-    ijk = store.ijk
     writes: list[str] = []
     failures: dict[str, BaseException] = {}
     prepared: list[_Job] = []
-    try:
-        for inp in todo:
-            header = headers[inp.subject]
-            info = StoreInfo(url=store.url, grid_shape=store.grid_shape, affine=store.affine,
-                             ijk=ijk, drop_volumes=drop_volumes, header=header,
-                             storage_options=so)
-            try:
-                series, attrs = prepare(inp, info)
-                if series.ndim != 2 or series.shape[0] != store.n_voxels:
-                    raise CfhdaskInputError(
-                        f"{inp.bold}: prepared series has shape {series.shape}, "
-                        f"expected ({store.n_voxels}, n_time)")
-            except CfhdaskInputError as exc:
-                failures[inp.subject] = exc
-                continue
-            attrs = {
-                "subject": inp.subject,
-                "source": {"bold": inp.bold, "confounds": inp.confounds,
-                           "realign": inp.realign, "sidecar": inp.sidecar, **inp.extra},
-                "input_shape": list(header.shape),
-                "input_bytes": header.nbytes,
-                "input_dtype": str(header.dtype),
-                "cfhdask_version": __version__,
-                "ingested": now_iso(),
-                **attrs,
-            }
+    chunked, small = _split_subjects(store, todo, headers, complete, client, drop_volumes)
+
+    def prepared_attrs(inp: SubjectInput, keep: bool) -> dict | None:
+        try:
+            series, attrs = prepare_subject(
+                prepare, inp, store_info(store, headers[inp.subject], drop_volumes, so),
+                store.n_voxels)
+        except CfhdaskInputError as exc:
+            failures[inp.subject] = exc
+            return None
+        if keep:
             prepared.append(_Job(inp, series, attrs))
-        setting = _check_preprocessing(store, [job.attrs for job in prepared])
-        if prepared:
-            failures.update(_run_writes(store, prepared, client or _default_client(), writes))
+        return attrs
+
+    try:
+        for inp in chunked:
+            prepared_attrs(inp, keep=True)
+        probe: list[dict] = []  # the setting of the batches: one subject prepared here
+        while small and not probe:
+            attrs = prepared_attrs(small[0], keep=False)
+            if attrs is None:
+                small = small[1:]
+            else:
+                probe.append(attrs)
+        setting = _check_preprocessing(store, [job.attrs for job in prepared] + probe)
+        batches = [_Batch([(small[i], headers[small[i].subject]) for i in r])
+                   for r in (cluster_batches(len(small), cluster_capacity(client))
+                             if small else [])]
+        if small:
+            log.info("ingest: %d subject(s) in %d batch task(s) on the workers, %d as "
+                     "chunked graphs", len(small), len(batches), len(prepared))
+        units: list[_Job | _Batch] = [*batches, *prepared]
+        if units:
+            peak = max(store.n_voxels * headers[inp.subject].n_volumes * 4 for inp in todo)
+            failures.update(_run_writes(store, units, client, writes,
+                                        SUBJECT_MEMORY_FACTOR * peak,
+                                        (prepare, drop_volumes, so, setting)))
+            if batches:  # published by the workers alone: not in this process's listings
+                store.forget_listings()
     except BaseException:
         for subject in writes:
             store.abort_subject(subject)
@@ -459,7 +684,8 @@ def ingest(
             _remove_store(store_url, so)
         raise
 
-    written = [s for s in writes if s not in failures]
+    done = set(writes) - set(failures)
+    written = [inp.subject for inp in todo if inp.subject in done]
     if not exists and not written:
         _remove_store(store_url, so)
     elif written:

@@ -7,9 +7,11 @@ import time
 import pytest
 
 from cfhdask.cluster.waves import (
+    BATCHES_PER_THREAD,
     UNBOUNDED_PER_THREAD,
     Capacity,
     batch_units,
+    cluster_batches,
     cluster_capacity,
     in_flight_limit,
     run_waves,
@@ -28,6 +30,18 @@ def test_batch_units_groups_small_items_in_order():
     assert batch_units([1, 1, 1, 1, 1], 2) == [[0, 1], [2, 3], [4]]
     assert batch_units([5, 1, 1, 3], 2) == [[0], [1, 2], [3]]
     assert batch_units([], 2) == []
+
+
+def test_cluster_batches_cover_the_items_in_order_sized_to_the_threads():
+    cap = Capacity(threads=16, memory=0, workers=16)
+    batches = cluster_batches(1000, cap)
+    assert len(batches) == 16 * BATCHES_PER_THREAD
+    assert [i for r in batches for i in r] == list(range(1000))
+    assert {len(r) for r in batches} == {15, 16}  # sizes within one
+    assert cluster_batches(5, cap) == [range(i, i + 1) for i in range(5)]  # one each
+    assert cluster_batches(7, Capacity(threads=1, memory=0, workers=1), per_thread=2) == \
+        [range(0, 4), range(4, 7)]
+    assert cluster_batches(0, cap) == []
 
 
 def test_capacity_counts_every_worker(local_client):

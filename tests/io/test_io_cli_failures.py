@@ -48,7 +48,8 @@ def test_failed_subject_is_one_line_with_the_traceback_in_the_log(make_bold, mas
     assert [ln for ln in err.splitlines() if "sub-02" in ln and "failed" in ln].__len__() == 1
     assert out.count("failed sub-02:") == 1 and "truncated" in out
     log = open(_log_path(err)).read()
-    assert "Compute Failed" in log and "Traceback" in log  # the worker's, in the file
+    # the worker's traceback (the subject's batch task), in the file
+    assert "Ingest of sub-02 failed on a worker:\nTraceback" in log and "nifti.py" in log
     assert CohortStore.open(url).subjects() == ["sub-01"]
 
 

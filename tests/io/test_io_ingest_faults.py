@@ -79,6 +79,15 @@ def _ingest_cli(*args, log):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def _wait_idle(address: str) -> None:
+    """Until no worker of the cluster at ``address`` executes a task (cancelled ones too)."""
+    from distributed import Client
+
+    with Client(address, timeout="30s") as c:
+        wait_until(lambda: not any(c.run(lambda dask_worker: len(dask_worker.state.executing))
+                                   .values()), 120, "the workers to go idle")
+
+
 @pytest.mark.slow
 def test_killed_client_rerun_keeps_finished_subjects(cohort, mask_file, tmp_path):
     ref = ingest(cohort, str(tmp_path / "ref.zarr"), mask=mask_file)
@@ -91,6 +100,7 @@ def test_killed_client_rerun_keeps_finished_subjects(cohort, mask_file, tmp_path
                        "a first complete subject")
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
+            _wait_idle(address)  # a batch running at the kill ends its subject, then stops
         kept = CohortStore.open(out).subjects()
         assert 0 < len(kept) < N_SUBJECTS, kept
         before = {s: CohortStore.open(out).subject_attrs(s)["ingested"] for s in kept}

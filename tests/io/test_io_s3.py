@@ -153,7 +153,8 @@ def test_ingest_and_cfh_on_local_cluster(s3, inputs, reference, local_client, tm
         ds = compute_cfh(url, block=BLOCK, client=local_client, show_progress=False,
                          storage_options=s3.so)
     workers = set(local_client.scheduler_info()["workers"])
-    loads = {t["worker"] for t in ts.data if "load-bold" in str(t["key"])}
+    # small subjects: read, written and published by the workers' batch tasks
+    loads = {t["worker"] for t in ts.data if "ingest_batch" in str(t["key"])}
     assert loads and loads <= workers  # the inputs were read on the workers...
     assert loads <= _workers_with_endpoint(local_client, s3.endpoint)  # ...with our options
     assert ds.attrs["computed"] == list(SUBJECTS)

@@ -396,3 +396,28 @@ def test_finish_on_a_worker_publishes_last_and_reruns_harmlessly(user_mask, tmp_
     assert again.subjects() == ["sub-01"] and again.incomplete_subjects() == []
     assert again.subject_attrs("sub-01")["tr"] == 3.0
     np.testing.assert_array_equal(again.bold("sub-01").compute(), b)
+
+
+def test_subject_listing_and_cleanup_read_the_store_once(user_mask, rng, tmp_path,
+                                                         monkeypatch):
+    """A rerun's cleanup on a big store: one listing, one read of each group document, and
+    deletes only of nodes that are there (a complete subject without maps: none)."""
+    url = str(tmp_path / "s.zarr")
+    store = _create(user_mask, url)
+    series = rng.standard_normal((store.n_voxels, 12)).astype(np.float32)
+    for s in ("sub-01", "sub-02"):
+        store.write_subject(s, series, {"tr": 2.0})
+    store.begin_subject("sub-03", 12, {})[...] = series  # killed before publication
+    store = CohortStore.open(url, mode="r+")
+    listing = store.subject_listing()
+    assert list(listing) == ["sub-01", "sub-02", "sub-03"]
+    assert listing["sub-01"][0]["tr"] == 2.0 and listing["sub-01"][1] == {"bold", "zarr.json"}
+    assert listing["sub-03"][0] is None and "bold" in listing["sub-03"][1]
+    reads = _count_local_store(monkeypatch, "get")
+    deletes = _count_local_store(monkeypatch, "delete")
+    assert store.cleanup_incomplete() == ["sub-03"]
+    assert sorted(r for r in reads if r.startswith("subjects/sub-")) == [
+        f"subjects/{s}/zarr.json" for s in ("sub-01", "sub-02", "sub-03")]
+    assert all(k.startswith("subjects/sub-03/") for k in deletes), deletes
+    assert store.subjects() == ["sub-01", "sub-02"] and not store.incomplete_subjects()
+    np.testing.assert_array_equal(np.asarray(store.bold("sub-02")), series)
