@@ -152,6 +152,20 @@ def _remove_node(store, path: str) -> None:
     _zarr_sync(store.delete_dir(path))
 
 
+def _count_keys(store, prefix: str) -> int:
+    """Keys stored under ``prefix`` (one listing)."""
+    async def keys() -> int:
+        return sum([1 async for _ in store.list_prefix(prefix)])
+
+    return _zarr_sync(keys())
+
+
+def _stored_chunks_expected(values: np.ndarray, rows: int) -> int:
+    """Chunks of ``rows`` voxels a write of ``values`` stores: all but those left at the
+    fill value, NaN (Zarr does not store an empty chunk)."""
+    return sum(bool(np.isfinite(values[a:a + rows]).any()) for a in range(0, len(values), rows))
+
+
 def _children(store, path: str) -> list[str]:
     """Names directly under ``path`` in a Zarr store (nodes, and folders without metadata)."""
     async def names() -> list[str]:
@@ -917,6 +931,14 @@ class CohortStore:
             np.float32, ("voxel", "time"), np.float32("nan"))
         attrs = _new_subject_attrs(subject, attrs)
         target[...] = bold  # returns once every chunk is stored; only then published
+        # another process may have removed chunks meanwhile (a rerun's cleanup while the
+        # batch of a killed client was still writing): never publish an incomplete subject
+        found = _count_keys(self._root.store, _join(path, "bold") + "/")
+        expected = _stored_chunks_expected(bold, self.voxel_chunk)
+        if found < expected:
+            raise RuntimeError(f"store {self.url}: subject {subject!r}: {expected - found} of "
+                               f"its {expected} series chunk(s) vanished while they were "
+                               "written (another process cleaned the store); not published")
         self._publish_subject(subject, subject, attrs, target)
         return True
 

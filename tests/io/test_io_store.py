@@ -421,3 +421,38 @@ def test_subject_listing_and_cleanup_read_the_store_once(user_mask, rng, tmp_pat
     assert all(k.startswith("subjects/sub-03/") for k in deletes), deletes
     assert store.subjects() == ["sub-01", "sub-02"] and not store.incomplete_subjects()
     np.testing.assert_array_equal(np.asarray(store.bold("sub-02")), series)
+
+
+def test_whole_write_never_publishes_a_subject_whose_chunks_vanished(user_mask, rng, tmp_path,
+                                                                     monkeypatch):
+    """A cleanup by another process while a batch writes (a killed client's batch still
+    running when the rerun starts): the subject is not published, and a rerun writes it."""
+    import cfhdask.io.store as store_mod
+
+    url = str(tmp_path / "w.zarr")
+    store = _create(user_mask, url, chunk=50)
+    a = rng.standard_normal((store.n_voxels, 6)).astype(np.float32)
+    a[:50] = np.nan  # an all-NaN chunk is not stored, and is not missed
+    real = store_mod._unpublished_array
+
+    def racing(*args, **kwargs):
+        arr = real(*args, **kwargs)
+
+        class Racing:
+            def __setitem__(self, key, values):
+                arr[key] = values
+                open_store(url, mode="r+").cleanup_incomplete()  # the other process
+
+            def __getattr__(self, name):
+                return getattr(arr, name)
+
+        return Racing()
+
+    monkeypatch.setattr(store_mod, "_unpublished_array", racing)
+    with pytest.raises(RuntimeError, match=r"sub-01.*vanished.*not published"):
+        store.write_bold_whole("sub-01", a, {"tr": 2.0})
+    monkeypatch.undo()
+    assert open_store(url).subjects() == [] and not open_store(url).is_published("sub-01")
+    assert store.write_bold_whole("sub-01", a, {"tr": 2.0}) is True
+    np.testing.assert_array_equal(open_store(url).bold("sub-01").compute(), a)
+    assert store.write_bold_whole("sub-01", a, {"tr": 9.0}) is False  # published: left as is
