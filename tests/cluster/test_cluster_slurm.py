@@ -342,16 +342,17 @@ def subject_reference(long_store, tmp_path_factory, local_client):
 
 def test_jobs_reaching_their_walltime_are_replaced_and_nothing_is_lost(
         slurm, long_store, subject_reference, tmp_path):
-    """Worker jobs of 1 minute, workers leaving after 20-40 s: the cohort still completes.
+    """Worker jobs of 1 minute, workers leaving after 5-15 s: the cohort still completes.
 
     Every job that ends is replaced while the per-subject CFH of 32 subjects
-    runs (minutes on this machine's 2 cores); the maps are those of the
-    LocalCluster, bit for bit.
+    runs (units of two or three subjects, one task each, about a second a
+    unit: some 20 s on this machine's 2 cores, so several lifetimes); the maps
+    are those of the LocalCluster, bit for bit.
     """
     store = tmp_path / "store.zarr"
     shutil.copytree(long_store[0], store)
     logs = tmp_path / "logs"
-    env = jobqueue_env(logs, walltime="00:01:00", lifetime="30s", lifetime_stagger="10s")
+    env = jobqueue_env(logs, walltime="00:01:00", lifetime="10s", lifetime_stagger="5s")
     proc = run_cli("cfh", store, "--no-progress", *WALLTIME_RUN, "--cluster", "slurm",
                    env=env, timeout=840)
     assert proc.returncode == 0, proc.stderr
