@@ -41,9 +41,8 @@ from cfhdask.settings import resolve
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WHOLE_UNIT_BYTES", "MapRun", "assemble_maps", "compute_cfh", "kernel_facts",
-           "run_subjects", "series_bytes", "start_maps", "subject_graph", "subject_units",
-           "whole_units"]
+__all__ = ["MapRun", "assemble_maps", "compute_cfh", "kernel_facts", "run_subjects",
+           "series_bytes", "start_maps", "subject_graph", "subject_units", "whole_units"]
 
 
 # ----------------------------------------------------------------------------- shared
@@ -149,13 +148,6 @@ def subject_units(todo: Sequence[str], nbytes: int, threads: int) -> list[list[s
                                                             per_unit * nbytes)]
 
 
-#: Units of small subjects whose series weigh at most this many bytes together are each one
-#: task that builds its subjects' graphs on the worker and computes them there, in the task's
-#: thread (when the cohort has at least a unit per worker thread): the client then builds and
-#: schedules no per-block graph.  Larger units are one graph each, spread over the cluster.
-WHOLE_UNIT_BYTES = 2 * MIN_UNIT_BYTES
-
-
 def _write_unit(write: Callable[[str, dict], str], subjects: list[str],
                 results: list[dict]) -> list[tuple[str, str]]:
     """On a worker: write each subject of a unit (arrays, then its flag); summaries back."""
@@ -180,10 +172,16 @@ def _compute_write_unit(submit: Callable[[str], dict], write: Callable[[str, dic
 
 
 def whole_units(units: Sequence[Sequence[str]], nbytes: int, threads: int) -> bool:
-    """Whether the units run as one task each (:data:`WHOLE_UNIT_BYTES`): small, and enough
-    of them to give every worker thread one."""
-    return (nbytes * max(len(u) for u in units) <= WHOLE_UNIT_BYTES
-            and len(units) >= max(1, threads))
+    """Whether the units run as one task each, which builds its subjects' graphs on its worker
+    and computes them there (the client then builds and schedules no per-block graph).
+
+    Subjects of at most :data:`~cfhdask.cluster.waves.WHOLE_TASK_BYTES` of series (the
+    subjects ingest writes whole in one task too), and at least a unit per worker thread;
+    otherwise each unit is one graph spread over the cluster.
+    """
+    from cfhdask.cluster.waves import WHOLE_TASK_BYTES
+
+    return nbytes <= WHOLE_TASK_BYTES and len(units) >= max(1, threads)
 
 
 def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict],

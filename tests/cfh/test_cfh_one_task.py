@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from cfhstore import make_banded_store
 
-from cfhdask.cfh import compute
 from cfhdask.cfh.autonomy import compute_autonomy
 from cfhdask.cfh.compute import compute_cfh, whole_units
 from cfhdask.cfh.vmhc import compute_vmhc
+from cfhdask.cluster import waves
 from cfhdask.io.store import open_store
 
 WHOLE = "each one task built and computed on a worker"
@@ -51,7 +51,7 @@ def test_units_as_one_task_give_the_same_maps(tmp_path, rng, local_client, monke
         whole = _run_all(st.url, local_client)
     assert caplog.text.count(WHOLE) == 4  # subject-mode CFH, group-mode maps, VMHC, AI
     caplog.clear()
-    monkeypatch.setattr(compute, "WHOLE_UNIT_BYTES", 0)  # one graph a unit, spread
+    monkeypatch.setattr(waves, "WHOLE_TASK_BYTES", 0)  # one graph a unit, spread
     with caplog.at_level(logging.INFO, logger="cfhdask"):
         graphs = _run_all(st.url, local_client)
     assert WHOLE not in caplog.text
@@ -66,8 +66,8 @@ def test_units_as_one_task_give_the_same_maps(tmp_path, rng, local_client, monke
 @pytest.mark.parametrize(("units", "nbytes", "threads", "expected"), [
     ([["a"], ["b"]], 1000, 2, True),
     ([["a"], ["b"]], 1000, 3, False),  # fewer units than threads: spread each over the cluster
-    ([["a"], ["b"]], compute.WHOLE_UNIT_BYTES + 1, 1, False),  # large subjects
-    ([["a", "b", "c"]], compute.WHOLE_UNIT_BYTES // 3, 1, True),
+    ([["a"], ["b"]], waves.WHOLE_TASK_BYTES + 1, 1, False),  # large subjects
+    ([["a", "b", "c"]], waves.WHOLE_TASK_BYTES, 1, True),
 ])
 def test_whole_units_rule(units, nbytes, threads, expected):
     assert whole_units(units, nbytes, threads) is expected
