@@ -49,6 +49,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.t_end = time.perf_counter()
         self.peak = max(self.peak, self._rss())
 
 
@@ -99,13 +100,18 @@ class BusySampler:
     """Workers busy (sampled on the scheduler) and client RSS, every ``interval`` s.
 
     A worker is busy when the scheduler has a task assigned to it
-    (``WorkerState.processing``).  ``busy`` holds one count per sample;
-    ``rss0`` / ``rss_peak`` the resident memory of this (the client) process.
+    (``WorkerState.processing``).  ``busy`` holds one count per sample and
+    ``times`` when it was taken: on a loaded machine the samples come late
+    and unevenly, so the shares are weighted by time (each count holds until
+    the next sample), not by sample.  ``rss0`` / ``rss_peak`` the resident
+    memory of this (the client) process.
     """
 
     def __init__(self, client, interval: float = 0.2):
         self.client, self.interval = client, interval
         self.busy: list[int] = []
+        self.times: list[float] = []
+        self.t_end = 0.0
         self.rss0 = psutil.Process().memory_info().rss
         self.rss_peak = self.rss0
         self.client_cpu = 0.0
@@ -125,7 +131,9 @@ class BusySampler:
         me = psutil.Process()
         while not self._stop.is_set():
             try:
-                self.busy.append(int(self.client.run_on_scheduler(self._busy)))
+                n = int(self.client.run_on_scheduler(self._busy))
+                self.times.append(time.perf_counter())
+                self.busy.append(n)
             except Exception:  # noqa: BLE001 - the client is closing
                 break
             self.rss_peak = max(self.rss_peak, me.memory_info().rss)
@@ -133,11 +141,16 @@ class BusySampler:
 
     def summary(self, n_workers: int) -> dict:
         """Median workers busy, their mean share of ``n_workers`` (overall and by tenth of
-        the samples: where the idle time is), samples, client RSS (MiB) and CPU seconds
+        the time: where the idle time is), all weighted by time, samples, client RSS (MiB) and CPU seconds
         (the sampling thread included)."""
-        busy = np.asarray(self.busy or [0])
-        share = busy / max(1, n_workers)
-        return {"busy_median": float(np.median(busy)), "busy_share": float(share.mean()),
+        busy = np.asarray(self.busy or [0], dtype=float)
+        times = np.asarray(self.times or [0.0])
+        end = max(self.t_end, times[-1])
+        # busy as a step function of time on a fine even grid: every share is time-weighted
+        grid = np.linspace(times[0], end, 2000, endpoint=False) if end > times[0] else times[:1]
+        share = busy[np.searchsorted(times, grid, side="right") - 1] / max(1, n_workers)
+        return {"busy_median": float(np.median(share) * max(1, n_workers)),
+                "busy_share": float(share.mean()),
                 "busy_tenths": [float(t.mean()) for t in np.array_split(share, 10) if t.size],
                 "samples": int(busy.size),
                 "client_rss_peak_mib": self.rss_peak / 2**20,
@@ -152,6 +165,7 @@ class BusySampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.t_end = time.perf_counter()
         self.client_cpu += self._cpu()
 
 

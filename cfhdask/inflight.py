@@ -12,16 +12,36 @@ in flight.  No I/O here (a graphs-layer module).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["run_in_flight"]
+__all__ = ["REFRESH_S", "run_in_flight", "throttled"]
+
+T = TypeVar("T")
+
+#: Seconds between two reads of the cluster's size while work runs (a scheduler round
+#: trip, 10-25 ms of client time: once per finished task it cost seconds per stage).
+REFRESH_S = 1.0
+
+
+def throttled(fn: Callable[[], T], seconds: float = REFRESH_S) -> Callable[[], T]:
+    """``fn`` called at most once every ``seconds``; in between, its last value."""
+    last: list = []  # [(when, value)]
+
+    def call() -> T:
+        now = time.monotonic()
+        if not last or now - last[0][0] >= seconds:
+            last[:] = [(now, fn())]
+        return last[0][1]
+
+    return call
 
 
 def run_in_flight(client, items: Iterable[Any], submit: Callable[[Any], Any],
-                  finished: Callable[[Any, Any], None], limit: Callable[[], int], *,
+                  finished: Callable[[Any, Any, Any], None], limit: Callable[[], int], *,
                   lost: Callable[[Any], bool] | None = None) -> list[Any]:
     """Run every item on ``client``, at most ``limit()`` in flight at once.
 
@@ -33,12 +53,16 @@ def run_in_flight(client, items: Iterable[Any], submit: Callable[[Any], Any],
     submit : callable
         ``submit(item) -> Future`` (``client.submit`` or ``client.compute``).
     finished : callable
-        ``finished(item, future)``, called in this process as each item's
-        future ends (in completion order), whatever its status; the future is
-        released after the call.
+        ``finished(item, future, result)``, called in this process as each
+        item's future ends (in completion order), whatever its status; the
+        future is released after the call.  ``result`` is the task's result
+        when ``future.status`` is ``"finished"`` (else ``None``): the results
+        of the futures that ended together are gathered in one call, not one
+        round trip to the cluster each.
     limit : callable
         ``limit() -> int``: how many futures may be in flight, asked before
-        every refill.
+        every refill while items wait to be submitted (wrap a scheduler query
+        in :func:`throttled`).
     lost : callable, optional
         ``lost(future) -> bool``: the future ended because data it needs can no
         longer be computed (a scatter whose workers all died).  Then, and
@@ -67,6 +91,8 @@ def run_in_flight(client, items: Iterable[Any], submit: Callable[[Any], Any],
     queue = as_completed()
 
     def refill() -> None:
+        if not todo:
+            return
         bound = max(1, int(limit()))
         while todo and len(running) < bound:
             entry = todo.popleft()
@@ -76,20 +102,41 @@ def run_in_flight(client, items: Iterable[Any], submit: Callable[[Any], Any],
 
     try:
         refill()
-        for fut in queue:
-            entry = running.pop(fut)
-            try:
-                if lost is not None and lost(fut):
-                    raise CancelledError
-                finished(entry[1], fut)
-            except CancelledError:
-                if lost is None:
-                    raise
-                left = sorted([entry, *running.values(), *todo], key=lambda e: e[0])
-                return [item for _, item in left]
-            fut.release()
+        for batch in queue.batches():
+            ended = [(running.pop(fut), fut) for fut in batch]
+            results = _results(client, [fut for _, fut in ended])
+            for k, (entry, fut) in enumerate(ended):
+                try:
+                    if lost is not None and lost(fut):
+                        raise CancelledError
+                    result = None
+                    if fut.status == "finished":
+                        # gone before the batch gather (its worker lost): CancelledError
+                        result = results[fut.key] if fut.key in results else fut.result()
+                    finished(entry[1], fut, result)
+                except CancelledError:
+                    if lost is None:
+                        raise
+                    rest = [e for e, _ in ended[k:]]
+                    left = sorted([*rest, *running.values(), *todo], key=lambda e: e[0])
+                    for _, f in ended[k + 1:]:
+                        f.release()
+                    return [item for _, item in left]
+                fut.release()
             refill()
         return []
     finally:
         if running:
             client.cancel(list(running))
+
+
+def _results(client, futures: list) -> dict:
+    """The results of the finished ``futures``, by key, from one gather (``{}`` when that
+    gather fails: each is then asked on its own, and its own error surfaces)."""
+    done = [f for f in futures if f.status == "finished"]
+    if not done:
+        return {}
+    try:
+        return dict(zip([f.key for f in done], client.gather(done), strict=True))
+    except Exception:  # noqa: BLE001 - e.g. a result lost with its worker
+        return {}

@@ -246,9 +246,11 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
         progress([fut], show_progress and len(units) == 1)
         return fut
 
-    def finished(unit: list[str], fut) -> None:
+    def finished(unit: list[str], fut, result) -> None:
         nonlocal done
-        for subject, summary in fut.result():  # a failed unit raises here: the run stops
+        if fut.status != "finished":
+            fut.result()  # a failed unit raises here: the run stops
+        for subject, summary in result:
             done += 1
             log.info("%s %s (%d/%d): %s (%.1f s)", what, subject, done, len(todo), summary,
                      time.perf_counter() - t0)

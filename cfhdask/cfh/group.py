@@ -47,10 +47,17 @@ from cfhdask.inputs import ID_COLUMN, match_subjects
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Reference", "ensure_group_counterpart", "filter_columns", "hemisphere_blocks",
-           "resolve_reference", "run_group_sum"]
+__all__ = ["MIN_GROUP_BLOCKS", "Reference", "ensure_group_counterpart", "filter_columns",
+           "group_block", "hemisphere_blocks", "resolve_reference", "run_group_sum"]
 
 OPTION = "--reference-subjects"
+
+#: The group sum cuts each hemisphere into at least this many blocks when
+#: ``cfh.block`` would give fewer (a coarse grid), so that one batch of subjects
+#: is about this number squared of GEMM tasks: enough to keep a cluster busy.
+MIN_GROUP_BLOCKS = 4
+#: Blocks the rule above makes smaller are a multiple of this many voxels.
+GROUP_BLOCK_ALIGN = 128
 _FILTER = re.compile(r"^\s*([^=!]+?)\s*(==|!=)\s*(.*?)\s*$")
 
 
@@ -176,6 +183,19 @@ def resolve_reference(store, reference: Sequence[str] | None,
     if missing:
         raise CfhdaskInputError(f"{OPTION}: not ingested in {store.url}: {', '.join(missing)}")
     return Reference(store, sorted(set(items)), {"kind": "subjects"})
+
+
+def group_block(block: int, n_left: int, n_right: int) -> int:
+    """Voxels per side of a block of the group sum: ``block``, or less on a small grid.
+
+    At most ``block`` (``cfh.block``), and small enough that the larger
+    hemisphere makes :data:`MIN_GROUP_BLOCKS` blocks (a multiple of
+    :data:`GROUP_BLOCK_ALIGN` voxels, at least one).  It depends on the grid alone, never on
+    the cluster, so the sums are the same whatever ran them.
+    """
+    per = -(-max(int(n_left), int(n_right), 1) // MIN_GROUP_BLOCKS)
+    per = max(GROUP_BLOCK_ALIGN, per // GROUP_BLOCK_ALIGN * GROUP_BLOCK_ALIGN)
+    return int(max(1, min(int(block), per)))
 
 
 def hemisphere_blocks(start: int, stop: int, block: int, chunk: int) -> list[tuple[int, int]]:
@@ -457,8 +477,9 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
 def _compute(store, reference: Reference, cfg, client) -> dict:
     src = reference.source
     n_left, n_lr = src.n_left, src.n_left + src.n_right
-    left = hemisphere_blocks(0, n_left, cfg.block, src.voxel_chunk)
-    right = hemisphere_blocks(n_left, n_lr, cfg.block, src.voxel_chunk)
+    block = group_block(cfg.block, n_left, src.n_right)
+    left = hemisphere_blocks(0, n_left, block, src.voxel_chunk)
+    right = hemisphere_blocks(n_left, n_lr, block, src.voxel_chunk)
     reader = src.series_reader(reference.subjects)
     plan = GroupPlan.make(reader, len(reference.subjects), left, right,
                           batch=cfg.subject_batch, chain=cfg.subject_chain,
@@ -492,7 +513,7 @@ def _compute(store, reference: Reference, cfg, client) -> dict:
     summed[store.left] = res["left_sum"]
     summed[store.right] = res["right_sum"]
     return {"index": index, "summed_r": summed, "n_blocks": [len(left), len(right)],
-            "kernel": facts}
+            "group_block": block, "kernel": facts}
 
 
 def ensure_group_counterpart(store, cfg, *, participants=None, client, overwrite: bool = False,
@@ -548,14 +569,16 @@ def ensure_group_counterpart(store, cfg, *, participants=None, client, overwrite
                "n_blocks": other.get("params", {}).get("n_blocks")}
     else:
         log.info("Group counterpart from %d reference subject(s) (%s), batches of %d, "
-                 "block %d", n_ref, reference.spec["kind"], cfg.subject_batch, cfg.block)
+                 "block %d", n_ref, reference.spec["kind"], cfg.subject_batch,
+                 group_block(cfg.block, reference.source.n_left, reference.source.n_right))
         res = _compute(store, reference, cfg, client)
     disp = counterpart_displacement(store.xyz, np.asarray(res["index"]))
     spec = {**reference.spec, "n_subjects": n_ref, "subjects": reference.subjects}
     attrs = {"fingerprint": fp, "reference": spec,
              "params": {"block": cfg.block, "split_every": cfg.split_every,
                         "subject_batch": cfg.subject_batch, "constant_rtol": CONSTANT_RTOL,
-                        "n_blocks": res["n_blocks"], **res.get("kernel", {})},
+                        "n_blocks": res["n_blocks"], "group_block": res.get("group_block"),
+                        **res.get("kernel", {})},
              "seconds": round(time.perf_counter() - t0, 3),
              "median_displacement_mm": float(np.nanmedian(disp)) if np.isfinite(disp).any()
              else None}

@@ -6,7 +6,7 @@ many units are in flight at once as half the workers' memory holds (each unit
 declares the bytes it needs at its peak), and never fewer than one per worker
 thread when memory allows it; as each unit finishes, the next ones are
 submitted.  The bound is re-read from the scheduler at refills, at most once
-every :data:`CAPACITY_REFRESH_S` seconds, so a cluster that grows (``adapt``,
+every :data:`~cfhdask.inflight.REFRESH_S` seconds, so a cluster that grows (``adapt``,
 new SLURM jobs) gets more work and one that shrinks is not flooded.  Nothing
 here waits on a fixed look-ahead, and the client holds only the futures of the units in flight.
 
@@ -19,12 +19,11 @@ rerun by Dask elsewhere (its inputs are in the store, never scattered).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BATCHES_PER_THREAD", "CAPACITY_REFRESH_S", "MEMORY_FRACTION", "WHOLE_TASK_BYTES",
+__all__ = ["BATCHES_PER_THREAD", "MEMORY_FRACTION", "WHOLE_TASK_BYTES",
            "Capacity", "batch_units", "cluster_batches", "cluster_capacity", "in_flight_limit",
            "run_waves"]
 
@@ -34,9 +33,6 @@ log = logging.getLogger(__name__)
 MEMORY_FRACTION = 0.5
 #: Units in flight per worker thread when the workers have no memory limit.
 UNBOUNDED_PER_THREAD = 4
-#: Seconds between two reads of the cluster's capacity from the scheduler while units run
-#: (one read per finished unit cost the client ~10 ms a subject on 1000-subject cohorts).
-CAPACITY_REFRESH_S = 1.0
 #: A subject whose stored series weighs at most this is done whole by one task (load,
 #: prepare, write, publish on a worker) in a batch of such subjects; larger ones are
 #: split into a chunked graph.
@@ -138,7 +134,7 @@ def cluster_batches(n_items: int, capacity: Capacity,
 
 
 def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
-              finished: Callable[[Any, Any], None], *, unit_bytes: int,
+              finished: Callable[[Any, Any, Any], None], *, unit_bytes: int,
               what: str = "units") -> None:
     """Run every unit on ``client``, a memory-bounded wave at a time.
 
@@ -150,9 +146,10 @@ def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
     submit : callable
         ``submit(unit) -> Future`` (a ``client.compute`` or ``client.submit``).
     finished : callable
-        ``finished(unit, future)``, called in this process as each unit ends
-        (in completion order), whatever its status; the future is released
-        after the call.
+        ``finished(unit, future, result)``, called in this process as each unit
+        ends (in completion order), whatever its status (``result`` is ``None``
+        unless it finished; results of units that end together come in one
+        gather); the future is released after the call.
     unit_bytes : int
         Peak worker memory of one unit (bounds the units in flight, see
         :func:`in_flight_limit`).
@@ -163,16 +160,13 @@ def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
     cancelled and the exception re-raised (the loop is
     :func:`cfhdask.inflight.run_in_flight`).
     """
-    from cfhdask.inflight import run_in_flight
+    from cfhdask.inflight import run_in_flight, throttled
 
     said: list[int] = []
-    seen: list[tuple[float, Capacity]] = []  # the last read of the capacity, and when
+    capacity = throttled(lambda: cluster_capacity(client))
 
     def limit() -> int:
-        now = time.monotonic()
-        if not seen or now - seen[0][0] >= CAPACITY_REFRESH_S:
-            seen[:] = [(now, cluster_capacity(client))]
-        bound = in_flight_limit(seen[0][1], unit_bytes)
+        bound = in_flight_limit(capacity(), unit_bytes)
         if not said or said[-1] != bound:
             log.info("%s: up to %d in flight (%d in all)", what, bound, len(units))
             said.append(bound)

@@ -419,9 +419,9 @@ def _run_writes(store: CohortStore, units: Sequence[_Job | _Batch], client, begu
         log.error("Ingest of %s failed: %s", subject, str(exc).strip().split("\n")[0])
         log.debug("Ingest of %s failed%s", subject, where, exc_info=exc)
 
-    def batch_ended(batch: _Batch, fut) -> None:
+    def batch_ended(batch: _Batch, fut, result) -> None:
         if fut.status == "finished":
-            results = fut.result()
+            results = list(result)
         else:  # the task itself failed (e.g. its workers kept dying): published ones stay
             exc = fut.exception()
             results = [(inp.subject, None if store.is_published(inp.subject) else exc, "")
@@ -446,9 +446,9 @@ def _run_writes(store: CohortStore, units: Sequence[_Job | _Batch], client, begu
                                      fifo_timeout=0)
             return client.compute(start(unit), fifo_timeout=0)
 
-        def ended(unit: _Job | _Batch, fut) -> None:
+        def ended(unit: _Job | _Batch, fut, result) -> None:
             if isinstance(unit, _Batch):
-                batch_ended(unit, fut)
+                batch_ended(unit, fut, result)
             elif fut.status == "finished":
                 finished(unit.inp.subject)
             else:

@@ -215,23 +215,24 @@ def _round(client: Client, fn: Callable, shared: Sequence[Any], items: Sequence[
            consume: Callable[[int, Any], None], done: np.ndarray, tally: _Tally, *,
            key: str, result_nbytes: int) -> bool:
     """Scatter ``shared``, run every unfinished item; True when the scattered data were lost."""
-    from cfhdask.inflight import run_in_flight
+    from cfhdask.inflight import run_in_flight, throttled
 
+    threads = throttled(lambda: _threads(client))
     shared_f = _scatter(client, shared, tally.what)
 
     def submit(i: int):
         return client.submit(fn, *shared_f, *items[i], pure=False, key=f"{key}-{i}")
 
-    def finished(i: int, fut) -> None:
+    def finished(i: int, fut, result) -> None:
         if fut.status == "error":
             _raise_task_error(fut.exception(), tally.what, int(done.sum()), len(items))
-        consume(i, fut.result())  # CancelledError: finished, then lost before the gather
+        consume(i, result)
         done[i] = True
         tally.add(i)
 
     try:
         return bool(run_in_flight(client, [int(i) for i in np.flatnonzero(~done)], submit,
-                                  finished, lambda: max_in_flight(_threads(client), result_nbytes),
+                                  finished, lambda: max_in_flight(threads(), result_nbytes),
                                   lost=_lost))
     finally:
         scattered = [f for f, v in zip(shared_f, shared, strict=True) if f is not v]

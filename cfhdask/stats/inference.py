@@ -468,11 +468,14 @@ def group_inference(
         return graph, null_settings(gd.t_obs, gd.df, scheme=scheme, cluster_p=cluster_p,
                                     tfce=tfce, tfce_dh=tfce_dh, mass_tfce_on=st.mass_tfce_on)
 
+    from cfhdask.stats.atlas import grid_atlas
+
     if compute == "local":
         gd = group_data(np.asarray(maps), design, used, hemi, schedule, scheme)
         graph, settings = scored(gd)
         null = null_maxima_local(gd.prep, graph, schedule, settings, batch_size)
         gd = gd.summary()
+        atlas_objs = {a: grid_atlas(a, grid_shape, affine) for a in atlases or ()}
     else:
         if client is None:
             from cfhdask.cluster import dask_client
@@ -481,21 +484,20 @@ def group_inference(
         else:
             ctx = contextlib.nullcontext(client)
         with ctx as cl:
+            # the atlases are sampled on the grid by workers while the permutations run
+            # (seconds of gzip reading the client would spend after them)
+            sampled = {a: cl.submit(grid_atlas, a, tuple(grid_shape), np.asarray(affine),
+                                    pure=True) for a in atlases or ()}
             gd, prep = _group_data_on(cl, maps, design, used, hemi, schedule, scheme)
             graph, settings = scored(gd)
             null = null_maxima_dask(cl, prep, graph, schedule, settings, batch_size)
+            atlas_objs = {a: f.result() for a, f in sampled.items()}
     keep, mask_info, t_obs, df = gd.keep, gd.mask_info, gd.t_obs, gd.df
     ijk_m = ijk[keep]
     on_z = st.mass_tfce_on == "z"
     e_obs = settings.enhanced(t_obs)
     t_thr, z_thr = settings.t_threshold, settings.z_threshold
     dhs = [settings.map_dh(sign * e_obs) for sign in SIGNS] if tfce else None
-
-    atlas_objs = {}
-    for a in atlases or ():
-        from cfhdask.stats.atlas import grid_atlas
-
-        atlas_objs[a] = grid_atlas(a, grid_shape, affine)
 
     results: dict[str, ContrastResult] = {}
     for i, (name, sign) in enumerate(zip(design.contrasts, SIGNS, strict=True)):

@@ -252,3 +252,17 @@ def test_hemisphere_blocks_fall_on_chunk_bounds():
         assert all(e - s <= 2 * step for s, e in blocks)
     assert hemisphere_blocks(0, 26210, 8192, 4096) == [(0, 8192), (8192, 16384),
                                                         (16384, 26210)]
+
+
+def test_group_block_cuts_a_coarse_grid_into_enough_blocks():
+    from cfhdask.cfh.group import MIN_GROUP_BLOCKS, group_block, hemisphere_blocks
+
+    # the paper's 3 mm grid keeps cfh.block; 4 and 6 mm get at least 4 blocks a side
+    assert group_block(4096, 26210, 26210) == 4096
+    for n_left, n_right in ((11012, 11020), (3201, 3201), (700, 650)):
+        b = group_block(4096, n_left, n_right)
+        assert b % 128 == 0 and b < 4096
+        assert len(hemisphere_blocks(0, max(n_left, n_right), b, 4096)) >= MIN_GROUP_BLOCKS
+    # a smaller configured block is kept; the rule never depends on the cluster
+    assert group_block(8, 40, 41) == 8
+    assert group_block(4096, 40, 41) == 128

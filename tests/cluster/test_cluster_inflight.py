@@ -24,32 +24,35 @@ def _slow_square(x: int) -> int:
 
 
 def test_bounded_refilled_and_every_item_once(client):
-    state = {"in_flight": 0, "peak": 0, "asked": 0}
+    state = {"in_flight": 0, "peak": 0, "asked": 0, "submitted": 0, "asked_when_all_in": 0}
     results = {}
 
     def submit(x):
+        state["submitted"] += 1
         state["in_flight"] += 1
         state["peak"] = max(state["peak"], state["in_flight"])
         return client.submit(_slow_square, x, pure=False)
 
-    def finished(x, fut):
+    def finished(x, fut, result):
         state["in_flight"] -= 1
-        assert x not in results
-        results[x] = fut.result()
+        assert x not in results and fut.status == "finished"
+        results[x] = result  # gathered with the others that ended with it
 
     def limit():  # a cluster that grows: 1, 2, 3 ... in flight
         state["asked"] += 1
+        state["asked_when_all_in"] += state["submitted"] == 20
         return min(3, state["asked"])
 
     assert run_in_flight(client, range(20), submit, finished, limit) == []
     assert results == {x: x * x for x in range(20)}
-    assert state["peak"] == 3 and state["asked"] >= 20  # asked again at every refill
+    # asked again at every refill while items wait, never once all are submitted
+    assert state["peak"] == 3 and state["asked"] >= 17 and state["asked_when_all_in"] == 0
 
 
 def test_lost_hook_stops_and_returns_the_unfinished_in_order(client):
     seen = []
 
-    def finished(x, fut):
+    def finished(x, fut, result):
         seen.append(x)
 
     left = run_in_flight(client, list(range(10)), lambda x: client.submit(_slow_square, x,
@@ -65,10 +68,44 @@ def test_a_failure_cancels_what_is_in_flight(client):
         futures.append(client.submit(time.sleep, 0.5 if x else 0, pure=False))
         return futures[-1]
 
-    def finished(x, fut):
+    def finished(x, fut, result):
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError, match="stop"):
         run_in_flight(client, range(4), submit, finished, lambda: 4)
     time.sleep(0.2)
     assert [f.status for f in futures[1:]] == ["cancelled"] * 3
+
+
+def test_throttled_reads_at_most_once_per_period(monkeypatch):
+    import cfhdask.inflight as inflight
+
+    now = [100.0]
+    monkeypatch.setattr(inflight.time, "monotonic", lambda: now[0])
+    calls = []
+    read = inflight.throttled(lambda: calls.append(now[0]) or len(calls), seconds=1.0)
+    assert [read(), read()] == [1, 1]  # the second call is the cached value
+    now[0] += 0.99
+    assert read() == 1 and calls == [100.0]
+    now[0] += 0.01
+    assert read() == 2 and calls == [100.0, 101.0]
+
+
+def test_results_that_ended_together_come_in_one_gather(client, monkeypatch):
+    from distributed import wait
+
+    from cfhdask.inflight import _results
+
+    futures = [client.submit(_slow_square, x, pure=False) for x in range(6)]
+    wait(futures)
+    calls = []
+    gather = client.gather
+    monkeypatch.setattr(client, "gather", lambda fs, **kw: calls.append(len(fs)) or gather(fs))
+    assert _results(client, futures) == {f.key: x * x for x, f in enumerate(futures)}
+    assert calls == [6]
+
+    def lost(fs, **kw):
+        raise RuntimeError("a result went with its worker")
+
+    monkeypatch.setattr(client, "gather", lost)
+    assert _results(client, futures) == {}  # each is then asked on its own

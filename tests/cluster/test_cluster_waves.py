@@ -67,10 +67,10 @@ def test_every_unit_runs_once_never_more_than_the_limit_in_flight(local_client):
         peak[0] = max(peak[0], in_flight[0])
         return local_client.submit(_slow, unit, 0.05, pure=False)
 
-    def finished(unit, fut):
+    def finished(unit, fut, result):
         in_flight[0] -= 1
         assert unit not in results
-        results[unit] = fut.result()
+        results[unit] = result
 
     run_waves(local_client, units, submit, finished, unit_bytes=int(memory * 0.5) // limit + 1)
     assert results == {u: u * u for u in units}
@@ -85,7 +85,7 @@ def test_a_failing_unit_cancels_the_units_in_flight(local_client):
         submitted.append(fut)
         return fut
 
-    def finished(unit, fut):
+    def finished(unit, fut, result):
         raise RuntimeError(f"unit {unit} failed")
 
     with pytest.raises(RuntimeError, match="unit 0 failed"):

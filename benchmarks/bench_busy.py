@@ -1,0 +1,128 @@
+"""Workers busy in every stage of the demo study, on the paper's grids, on one LocalCluster.
+
+For each grid asked (``--grids``, default ``6mm,4mm,3mm``) a simulated cohort
+(``cfhdask.sim``, fMRIPrep layout, ``--subjects`` split into patients and
+controls, ``--volumes`` volumes) is written once, then the demo's study
+(:func:`cfhdask.study.demo.run_demo`: ingest with the paper's denoising -> CFH
+with the group counterpart -> permutation inference -> clinical -> report) runs
+on one LocalCluster of ``--workers`` single-threaded worker processes (default
+16: more workers than cores on purpose, this measures concurrency, not
+speed).  Each stage is sampled apart (the study's ``on_stage`` hook starts and
+stops a :class:`BusySampler`): the scheduler is asked every ``--interval``
+seconds how many workers have a task assigned.  Printed per stage: seconds, the
+median of workers busy, their mean share and that share by tenth of the stage
+(idle time at the start is client-side preparation, at the end a tail), client
+RSS and CPU seconds.  Each grid runs in a fresh process, its cohort simulated
+before the cluster is sampled.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_busy.py --grids 6mm,4mm,3mm --subjects 24
+    .venv/bin/python benchmarks/bench_busy.py --grids 3mm --n-perm 5000 --volumes 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from _bench_util import BusySampler  # benchmarks/ is sys.path[0]
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+LINE = "bench-busy-stage "  # prefix of the child's stdout line for one finished stage
+
+
+def child(grid: str, n_subjects: int, n_volumes: int, n_perm: int, n_workers: int,
+          interval: float, work: str) -> None:
+    """Simulate, then run the demo study with every stage sampled; one line per stage."""
+    from distributed import Client, LocalCluster
+
+    from cfhdask.sim.cohort import simulate_cohort
+    from cfhdask.study.demo import run_demo
+
+    t0 = time.perf_counter()
+    simulate_cohort(os.path.join(work, "sim"), n_patients=n_subjects // 2,
+                    n_controls=n_subjects - n_subjects // 2, n_volumes=n_volumes, grid=grid,
+                    layout="fmriprep", seed=0)
+    print(f"bench_busy: {grid}: simulated {n_subjects} subjects in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    lc = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None)
+    client = Client(lc)
+    samplers: dict[str, tuple[float, BusySampler]] = {}
+
+    def on_stage(name: str, event: str) -> None:
+        if event == "start":
+            samplers[name] = (time.perf_counter(), BusySampler(client, interval).__enter__())
+            return
+        t_start, sampler = samplers.pop(name)
+        sampler.__exit__(None, None, None)
+        figures = {"stage": name, "seconds": time.perf_counter() - t_start,
+                   **sampler.summary(n_workers)}
+        print(LINE + json.dumps(figures), flush=True)
+
+    try:
+        run_demo(work, n_perm=n_perm, seed=0, client=client, on_stage=on_stage)
+    finally:
+        client.close()
+        lc.close(timeout=120)
+
+
+def stage_line(grid: str, r: dict, n_workers: int) -> str:
+    return (f"{grid:>4s} {r['stage']:10s} {r['seconds']:8.1f} s  workers busy median "
+            f"{r['busy_median']:4.1f} of {n_workers} (mean {100 * r['busy_share']:3.0f} %; by "
+            f"tenth: {' '.join(f'{100 * t:.0f}' for t in r['busy_tenths'])}), client RSS peak "
+            f"{r['client_rss_peak_mib']:.0f} MiB, client CPU {r['client_cpu_s']:.1f} s")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_child":
+        grid, n, t, n_perm, workers, interval, work = sys.argv[2:9]
+        child(grid, int(n), int(t), int(n_perm), int(workers), float(interval), work)
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--grids", default="6mm,4mm,3mm", help="grids (comma-separated)")
+    p.add_argument("--subjects", type=int, default=24, help="subjects (half patients)")
+    p.add_argument("--volumes", type=int, default=100,
+                   help="volumes per subject, the first 10 dropped by the study")
+    p.add_argument("--n-perm", type=int, default=5000, help="permutations of the stats stage")
+    p.add_argument("--workers", type=int, default=16, help="single-threaded worker processes")
+    p.add_argument("--interval", type=float, default=0.2, help="scheduler sampling period (s)")
+    a = p.parse_args()
+    print(f"bench_busy: {a.subjects} subjects x {a.volumes} volumes, {a.n_perm} permutations, "
+          f"{a.workers} single-threaded workers on {os.cpu_count()} cores; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+    for grid in a.grids.split(","):
+        with tempfile.TemporaryDirectory(prefix="bench-busy-") as work:
+            env = {**os.environ, **ONE_THREAD, "PYTHONDONTWRITEBYTECODE": "1"}
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--_child", grid, str(a.subjects), str(a.volumes),
+                 str(a.n_perm), str(a.workers), str(a.interval), work],
+                env=env, stdout=subprocess.PIPE, text=True)
+            try:
+                for line in proc.stdout:
+                    if line.startswith(LINE):
+                        r = json.loads(line[len(LINE):])
+                        rows.append((grid, r))
+                        print(stage_line(grid, r, a.workers), flush=True)
+                proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(60)
+            if proc.returncode:
+                raise SystemExit(f"bench_busy: the {grid} run failed (exit {proc.returncode})")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    print("grid stage      seconds  busy mean %")
+    for grid, r in rows:
+        print(f"{grid:>4s} {r['stage']:10s} {r['seconds']:7.1f}  {100 * r['busy_share']:5.0f}")
+
+
+if __name__ == "__main__":
+    main()
