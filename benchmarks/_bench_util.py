@@ -1,14 +1,39 @@
-"""Shared helpers of the benchmark scripts: peak memory and CPU time of a process tree,
+"""Shared helpers of the benchmark scripts: a baseline tree from git, peak memory and CPU time of a process tree,
 workers busy sampled on a Dask scheduler, median timings, the float32 GEMM floor, a simulated
 demo subject, the nilearn denoising peer."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def close_cluster(client, cluster) -> None:
+    """Close the client and the cluster; a close that times out on a loaded machine (after
+    the figures were emitted) is noted on stderr, not a failed run."""
+    try:
+        client.close()
+        cluster.close(timeout=120)
+    except TimeoutError as exc:
+        print(f"closing the cluster timed out ({exc!r})", file=sys.stderr)
+
+
+def extract_tree(ref: str, dest: Path) -> Path:
+    """The ``cfhdask`` package at git ``ref`` under ``dest`` (a baseline to run alongside:
+    ``PYTHONPATH=dest``).  Raises ``subprocess.CalledProcessError`` when git cannot."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "cfhdask"],
+                             capture_output=True, check=True).stdout
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 class PeakMemory:

@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bench_util import REPO, extract_tree  # benchmarks/ is sys.path[0]
 
-REPO = Path(__file__).resolve().parents[1]
 #: The commit whose pipeline this tree is compared with (main before issue 11).
 BASELINE_REF = "e224d65"
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -147,14 +147,10 @@ def run_child(kind: str, package_root: Path, *args: str) -> dict:
 def extract_baseline(ref: str, dest: Path) -> Path | None:
     """The ``cfhdask`` package at git ``ref`` under ``dest``; None when git cannot."""
     try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "cfhdask"],
-                                 capture_output=True, check=True).stdout
+        return extract_tree(ref, dest)
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"(no baseline: git archive {ref} failed: {exc})")
         return None
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:

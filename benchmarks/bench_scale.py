@@ -47,9 +47,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from _bench_util import BusySampler  # benchmarks/ is sys.path[0]
+from _bench_util import REPO, BusySampler, close_cluster, extract_tree  # benchmarks/ is sys.path[0]
 
-REPO = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SHAPE = (12, 14, 10)
 AFFINE = np.array([[-4.0, 0, 0, 22.0], [0, 4.0, 0, -28.0], [0, 0, 4.0, -20.0], [0, 0, 0, 1]])
@@ -133,16 +132,6 @@ def child(stages: list[str], inputs: str, work: str, n_workers: int, interval: f
         close_cluster(client, lc)
 
 
-def close_cluster(client, cluster) -> None:
-    """Close the client and the cluster; a close that times out on a loaded machine (after
-    the figures were emitted) is noted on stderr, not a failed run."""
-    try:
-        client.close()
-        cluster.close(timeout=120)
-    except TimeoutError as exc:
-        print(f"bench_scale: closing the cluster timed out ({exc!r})", file=sys.stderr)
-
-
 def emit_stage(stage: str, figures: dict) -> None:
     """One finished stage, as one flushed stdout line for the parent."""
     print(STAGE_LINE + json.dumps({"stage": stage, **figures}), flush=True)
@@ -190,15 +179,6 @@ def stop_child(proc: subprocess.Popen, grace: float = 60.0) -> None:
 def exit_on_sigterm() -> None:
     """SIGTERM raises SystemExit, so ``finally`` blocks (child, cluster, temp dirs) run."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-def extract_tree(ref: str, dest: Path) -> Path:
-    """The ``cfhdask`` package at git ``ref`` under ``dest``."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "cfhdask"],
-                             capture_output=True, check=True).stdout
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 def stage_line(stage: str, n: int, name: str, r: dict, n_workers: int) -> str:

@@ -1186,7 +1186,8 @@ class CohortStore:
             for name in METRICS[metric]:
                 _remove_node(grp.store, _join(grp.path, name))
 
-    def cfh_maps(self, subjects: Sequence[str] | None = None, var: str = "cfh") -> xr.DataArray:
+    def cfh_maps(self, subjects: Sequence[str] | None = None, var: str = "cfh", *,
+                 whole: bool = False) -> xr.DataArray:
         """Per-subject maps of any metric, stacked lazily.
 
         Parameters
@@ -1196,6 +1197,10 @@ class CohortStore:
         var : str
             An array of :data:`METRICS`, e.g. ``"cfh"``, ``"cfh_r"``,
             ``"cfh_subject_counterpart"``, ``"vmhc"``, ``"ai"``.
+        whole : bool
+            One Dask chunk (one read task) per subject's whole map, instead of
+            one per subject and Zarr chunk of voxels: fewer tasks where all the
+            maps go to one place (the group statistics).
 
         Returns
         -------
@@ -1205,7 +1210,7 @@ class CohortStore:
         metric = metric_of(var)
         names = list(self.subjects(metric) if subjects is None else subjects)
         if names:
-            data = self._maps_array(names, metric, var)
+            data = self._maps_array(names, metric, var, whole)
         else:
             data = da.zeros((0, self.n_voxels), dtype=_dtype(var), chunks=(1, self.voxel_chunk))
         return xr.DataArray(
@@ -1214,7 +1219,8 @@ class CohortStore:
                     "hemisphere": ("voxel", self.hemisphere)},
         )
 
-    def _maps_array(self, names: list[str], metric: str, var: str) -> da.Array:
+    def _maps_array(self, names: list[str], metric: str, var: str,
+                    whole: bool = False) -> da.Array:
         """The maps ``var`` of ``names`` (complete for ``metric``) stacked, lazily: read by
         whoever computes them (one task per subject and voxel chunk opens the array by URL).
 
@@ -1237,11 +1243,12 @@ class CohortStore:
                         f"{self._where}: subjects/{s}/{arr_name}: shape {tuple(node.shape)}, "
                         f"expected ({self.n_voxels},)")
                 checked[doc] = node
-        voxel_chunks = normalize_chunks(next(iter(checked.values())).chunks,
-                                                (self.n_voxels,))[0]
+        voxel_chunks = ((self.n_voxels,) if whole else
+                        normalize_chunks(next(iter(checked.values())).chunks,
+                                         (self.n_voxels,))[0])
         bounds = np.cumsum((0, *voxel_chunks)).tolist()
         token = tokenize(self.url, arr_name, names, [groups[s] for s in names],
-                                   [arrays[s] for s in names])
+                         [arrays[s] for s in names], voxel_chunks)
         name = f"{var}-maps-{token}"
         options = json.dumps(self.storage_options, sort_keys=True, default=str)
         layer = {}

@@ -442,7 +442,7 @@ def group_inference(
     covariates = list(des.covariates)
     if hasattr(data, "cfh_maps"):
         store = data
-        maps = store.cfh_maps(used, var=metric).data  # lazy: read by the workers
+        maps = store.cfh_maps(used, var=metric, whole=True).data  # read by the workers
         ijk, grid_shape = np.asarray(store.ijk), tuple(store.grid_shape)
         affine, hemi = np.asarray(store.affine), np.asarray(store.hemisphere)
     else:

@@ -355,6 +355,11 @@ def test_cohort_maps_open_no_array_per_subject(user_mask, rng, tmp_path, monkeyp
     assert maps.chunks == ((1,) * 6, (c,) * (n // c) + ((n % c,) if n % c else ()))
     with dask.config.set(scheduler="sync"):
         np.testing.assert_array_equal(maps.values, np.stack([want[s] for s in names]))
+    # one read task per whole map (the group statistics), same values, other task names
+    whole = open_store(url).cfh_maps(names, whole=True)
+    assert whole.chunks == ((1,) * 6, (n,)) and whole.data.name != maps.data.name
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(whole.values, maps.values)
     assert open_store(url).subjects_attrs(names[::-1]) == {
         s: store.subject_attrs(s) for s in names[::-1]}
     with pytest.raises(CfhdaskInputError, match="no subject 'sub-99' ingested"):
