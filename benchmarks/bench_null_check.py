@@ -70,7 +70,6 @@ def profile_split(store, participants, n_perm: int, tfce: bool) -> dict[str, flo
     from cfhdask.stats.null import (
         map_maxima,
         null_settings,
-        observed_t,
         refine_decisions,
         tfce_maxima,
     )
@@ -85,8 +84,7 @@ def profile_split(store, participants, n_perm: int, tfce: bool) -> dict[str, flo
     keep, prep, _ = analysis_mask(Y, np.asarray(store.hemisphere), design.x, design.Z)
     graph = voxel_graph(np.asarray(store.ijk)[keep], store.grid_shape, 18)
     schedule = make_schedule(design.x, n_perm, 0, "freedman-lane")
-    settings = null_settings(observed_t(prep, schedule, "freedman-lane"), prep.df,
-                             scheme="freedman-lane", cluster_p=0.001, tfce=tfce)
+    settings = null_settings(prep.df, scheme="freedman-lane", cluster_p=0.001, tfce=tfce)
     parts = dict.fromkeys(("float32 GEMM", "float64 refinement", "clusters", "TFCE"), 0.0)
     for mb in range(0, n_perm, MICRO_BATCH):
         perms = schedule.batch(mb, mb + MICRO_BATCH)

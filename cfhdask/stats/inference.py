@@ -24,6 +24,7 @@ from typing import Any, Literal, Unpack
 
 import numpy as np
 import pandas as pd
+from distributed import Future
 from scipy import stats as sstats
 
 from cfhdask.errors import CfhdaskInputError
@@ -32,6 +33,7 @@ from cfhdask.io.participants import read_participants, read_sessions
 from cfhdask.settings import DesignSettings, default_metric
 from cfhdask.stats.clusters import (
     N_MAXIMA,
+    VoxelGraph,
     label_clusters,
     local_maxima,
     voxel_graph,
@@ -330,28 +332,35 @@ def _prep_of(gd: GroupData) -> GLMPrep:
     return gd.prep
 
 
-def _group_data_on(client, maps, design: Design, used: Sequence[str], hemisphere: np.ndarray,
-                   schedule: PermutationSchedule, scheme: str):
-    """:func:`group_data` on a Dask cluster: ``(summary, prep)``.
+def _graph_of(gd: GroupData, ijk: np.ndarray, grid_shape: tuple, connectivity: int
+              ) -> VoxelGraph:
+    return voxel_graph(ijk[gd.keep], grid_shape, connectivity)
 
-    A store's maps (a lazy Dask array, one chunk per map and voxel chunk) are
-    read by the workers, and the GLM is prepared in a worker; the client
-    receives only the :meth:`GroupData.summary` (mask, observed t), and
-    ``prep`` is a future: the permutation batches take the data from worker
-    memory (and Dask recomputes them from the store if their worker is lost).
-    Array data, already in this process, are prepared here (``prep`` is then
-    the data, scattered by :func:`~cfhdask.stats.fanout.fan_out`).
+
+def _group_data_on(client, maps, design: Design, used: Sequence[str], hemisphere: np.ndarray,
+                   schedule: PermutationSchedule, scheme: str, ijk: np.ndarray,
+                   grid_shape: tuple, connectivity: int):
+    """:func:`group_data` and the analysis mask's voxel graph on a Dask cluster:
+    ``(summary, prep, graph)``, each a future or a value.
+
+    A store's maps (a lazy Dask array, one chunk per subject's map) are read
+    by the workers, and the GLM and the graph are prepared in a worker: they
+    are futures, so the permutation batches can be submitted at once and take
+    them from worker memory (Dask recomputes them from the store if their
+    worker is lost); the client later receives only the
+    :meth:`GroupData.summary` (mask, observed t) and the graph.  Array data,
+    already in this process, are prepared here (``prep`` and ``graph`` are
+    then scattered by :func:`~cfhdask.stats.fanout.fan_out`).
     """
     if not hasattr(maps, "dask"):
         gd = group_data(maps, design, used, hemisphere, schedule, scheme)
-        return gd.summary(), gd.prep
+        return gd.summary(), gd.prep, _graph_of(gd, ijk, grid_shape, connectivity)
     import dask
 
     whole = client.compute(dask.delayed(group_data, pure=True)(
         maps, design, list(used), hemisphere, schedule, scheme))
-    prep = client.submit(_prep_of, whole)
-    summary = client.submit(GroupData.summary, whole).result()
-    return summary, prep
+    return (client.submit(GroupData.summary, whole), client.submit(_prep_of, whole),
+            client.submit(_graph_of, whole, ijk, tuple(grid_shape), connectivity))
 
 
 def group_inference(
@@ -461,18 +470,13 @@ def group_inference(
     for w in warnings:
         log.warning("%s", w)
 
-    def scored(gd: GroupData):
-        graph = voxel_graph(ijk[gd.keep], grid_shape, connectivity)
-        if gd.df != design.df:  # pragma: no cover - guarded by build_design
-            raise CfhdaskInputError(f"design df {design.df} != GLM df {gd.df}")
-        return graph, null_settings(gd.t_obs, gd.df, scheme=scheme, cluster_p=cluster_p,
-                                    tfce=tfce, tfce_dh=tfce_dh, mass_tfce_on=st.mass_tfce_on)
-
+    settings = null_settings(design.df, scheme=scheme, cluster_p=cluster_p, tfce=tfce,
+                             tfce_dh=tfce_dh, mass_tfce_on=st.mass_tfce_on)
     from cfhdask.stats.atlas import grid_atlas
 
     if compute == "local":
         gd = group_data(np.asarray(maps), design, used, hemi, schedule, scheme)
-        graph, settings = scored(gd)
+        graph = _graph_of(gd, ijk, grid_shape, connectivity)
         null = null_maxima_local(gd.prep, graph, schedule, settings, batch_size)
         gd = gd.summary()
         atlas_objs = {a: grid_atlas(a, grid_shape, affine) for a in atlases or ()}
@@ -488,10 +492,13 @@ def group_inference(
             # (seconds of gzip reading the client would spend after them)
             sampled = {a: cl.submit(grid_atlas, a, tuple(grid_shape), np.asarray(affine),
                                     pure=True) for a in atlases or ()}
-            gd, prep = _group_data_on(cl, maps, design, used, hemi, schedule, scheme)
-            graph, settings = scored(gd)
+            gd, prep, graph = _group_data_on(cl, maps, design, used, hemi, schedule, scheme,
+                                             ijk, grid_shape, connectivity)
             null = null_maxima_dask(cl, prep, graph, schedule, settings, batch_size)
+            gd, graph = (f.result() if isinstance(f, Future) else f for f in (gd, graph))
             atlas_objs = {a: f.result() for a, f in sampled.items()}
+    if gd.df != design.df:  # pragma: no cover - guarded by build_design
+        raise CfhdaskInputError(f"design df {design.df} != GLM df {gd.df}")
     keep, mask_info, t_obs, df = gd.keep, gd.mask_info, gd.t_obs, gd.df
     ijk_m = ijk[keep]
     on_z = st.mass_tfce_on == "z"

@@ -132,10 +132,10 @@ def observed_t(prep: GLMPrep, schedule: PermutationSchedule, scheme: str) -> np.
     return np.array(t)
 
 
-def null_settings(t_obs: np.ndarray, df: int, *, scheme: str, cluster_p: float,
-                  tfce: bool, tfce_dh: float | None = None,
-                  mass_tfce_on: str = "t") -> NullSettings:
-    """What every permutation of an analysis is scored on, from its observed t-map.
+def null_settings(df: int, *, scheme: str, cluster_p: float, tfce: bool,
+                  tfce_dh: float | None = None, mass_tfce_on: str = "t") -> NullSettings:
+    """What every permutation of an analysis is scored on: nothing of its observed t-map,
+    so the permutations can start before the observed map reaches the client.
 
     The cluster-forming threshold is the one-sided t of ``cluster_p`` at
     ``df``; with ``mass_tfce_on="z"`` mass and TFCE are on z (PALM); with

@@ -279,7 +279,7 @@ def split_null(Y: np.ndarray, Z: np.ndarray, graph: VoxelGraph, spec: SplitSpec,
     prep = prepare_glm(Y[rows], x, Z[rows])
     schedule = make_schedule(x, spec.n_perm, perm_seed, spec.scheme)
     t_obs = observed_t(prep, schedule, spec.scheme)
-    settings = null_settings(t_obs, prep.df, scheme=spec.scheme, cluster_p=spec.cluster_p,
+    settings = null_settings(prep.df, scheme=spec.scheme, cluster_p=spec.cluster_p,
                              tfce=spec.tfce, tfce_dh=spec.tfce_dh,
                              mass_tfce_on=spec.mass_tfce_on)
     observed = map_maxima(graph, t_obs, settings)
