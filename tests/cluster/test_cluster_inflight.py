@@ -45,8 +45,11 @@ def test_bounded_refilled_and_every_item_once(client):
 
     assert run_in_flight(client, range(20), submit, finished, limit) == []
     assert results == {x: x * x for x in range(20)}
-    # asked again at every refill while items wait, never once all are submitted
-    assert state["peak"] == 3 and state["asked"] >= 17 and state["asked_when_all_in"] == 0
+    # asked again at every refill while items wait, never once all are submitted: the
+    # first three refills submit 1, 2, 3 and no refill submits more than 3 (tasks that end
+    # together are one refill, so how many refills there are depends on the timing)
+    assert state["peak"] == 3 and state["asked"] >= 3 + -(-(20 - 6) // 3)
+    assert state["asked_when_all_in"] == 0
 
 
 def test_lost_hook_stops_and_returns_the_unfinished_in_order(client):
