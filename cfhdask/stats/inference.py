@@ -57,7 +57,8 @@ from cfhdask.stats.results import ContrastResult, GroupResult, fwe_p
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TFCE_E", "TFCE_H", "TFCE_STEPS", "GroupData", "analysis_mask", "group_data",
+__all__ = ["TFCE_E", "TFCE_H", "TFCE_STEPS", "GroupData", "analysis_mask", "atlases_on",
+           "group_data",
            "group_inference", "inference_design", "participant_maps"]
 CLUSTER_COLUMNS = [
     "contrast", "cluster", "size_voxels", "size_mm3", "mass", "peak_t", "peak_x", "peak_y",
@@ -332,6 +333,21 @@ def _prep_of(gd: GroupData) -> GLMPrep:
     return gd.prep
 
 
+def atlases_on(client, atlases: Sequence[str] | None, grid_shape: Sequence[int],
+               affine: np.ndarray) -> dict[str, Future]:
+    """Each atlas sampled on the grid (:func:`~cfhdask.stats.atlas.grid_atlas`) by a worker.
+
+    The tasks are pure: the same atlas and grid are one task on the cluster,
+    so a caller that submits them early (a study, while its maps are
+    computed) and holds the Futures lets :func:`group_inference` find them done.
+    """
+    from cfhdask.stats.atlas import grid_atlas
+
+    return {a: client.submit(grid_atlas, a, tuple(int(s) for s in grid_shape),
+                             np.asarray(affine, dtype=float), pure=True)
+            for a in atlases or ()}
+
+
 def _graph_of(gd: GroupData, ijk: np.ndarray, grid_shape: tuple, connectivity: int
               ) -> VoxelGraph:
     return voxel_graph(ijk[gd.keep], grid_shape, connectivity)
@@ -490,8 +506,7 @@ def group_inference(
         with ctx as cl:
             # the atlases are sampled on the grid by workers while the permutations run
             # (seconds of gzip reading the client would spend after them)
-            sampled = {a: cl.submit(grid_atlas, a, tuple(grid_shape), np.asarray(affine),
-                                    pure=True) for a in atlases or ()}
+            sampled = atlases_on(cl, atlases, grid_shape, affine)
             gd, prep, graph = _group_data_on(cl, maps, design, used, hemi, schedule, scheme,
                                              ijk, grid_shape, connectivity)
             null = null_maxima_dask(cl, prep, graph, schedule, settings, batch_size)

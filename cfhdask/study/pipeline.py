@@ -438,6 +438,11 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
         if store.attrs.get("study_fingerprint") is None:
             store.set_attrs(study_fingerprint=store_fp, study_parameters=store_params)
 
+    from cfhdask.stats.inference import atlases_on
+
+    # the stats stage's atlases are sampled on the grid by a worker while the maps are
+    # computed (held until that stage, which finds them done under the same task keys)
+    atlases = atlases_on(client, cfg.stats.atlases, store.grid_shape, store.affine)
     metrics = cfg.analysed_metrics()
     with _Timer(timings, "cfh", on_stage):
         for metric in metrics:
@@ -449,6 +454,7 @@ def _run(cfg: StudyConfig, plan: StudyPlan, client, on_stage) -> StudyResult:
         for metric in metrics:
             per_metric[metric] = _stats(cfg, store, store_fp, metric, plan, runs, client,
                                         skipped)
+    del atlases
     main = per_metric[metrics[0]]
     null_dir = None
     if cfg.null_check.enabled:

@@ -32,10 +32,24 @@ def study(cohort, out, **stats):
             "report": {"dpi": 60, "max_cluster_figures": 1, "vector_format": "svg"}}
 
 
+def _atlas_tasks(dask_scheduler=None) -> dict:
+    return {k: ts.state for k, ts in dask_scheduler.tasks.items()
+            if str(k).startswith("grid_atlas-")}
+
+
 def test_run_study_end_to_end_and_reuse(cohort, tmp_path, local_client):
     cfg = study(cohort, tmp_path / "out")
-    res = run_study(cfg, client=local_client)
+    atlas_tasks = {}
+
+    def on_stage(name, event):  # the atlases' tasks as the scheduler has them
+        if event == "start":
+            atlas_tasks[name] = local_client.run_on_scheduler(_atlas_tasks)
+
+    res = run_study(cfg, client=local_client, on_stage=on_stage)
     assert set(res.timings) == {"ingest", "cfh", "stats", "clinical", "report"}
+    # both atlases were sampled by workers during the cfh stage, not after the permutations
+    assert atlas_tasks["ingest"] == {} and len(atlas_tasks["stats"]) == 2
+    assert set(atlas_tasks["stats"].values()) <= {"processing", "memory"}
     assert os.path.exists(res.report) and os.path.getsize(res.report) > 10_000
     assert os.path.exists(os.path.join(res.stats_dir, "clusters.tsv"))
     t1 = pd.read_csv(tmp_path / "out" / "clinical" / "table1.tsv", sep="\t")
