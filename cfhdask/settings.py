@@ -247,6 +247,13 @@ class ClusterSettings(Section):
                                           "null: no dashboard).")
     blas_threads: int | None = Field(None, ge=1, description="BLAS threads per Dask thread "
                                      "(null: cores // (workers x threads), at least 1).")
+    malloc_trim_threshold: int | None = Field(
+        None, ge=0, description="glibc MALLOC_TRIM_THRESHOLD_ of the worker processes of every "
+        "cluster cfhdask starts (embedded, SLURM/PBS, Kubernetes). null: not set by cfhdask "
+        "(glibc's dynamic default unless the environment sets it), which reuses freed memory "
+        "for the kernels' large temporaries; Dask's own default, 65536, returns freed memory "
+        "to the OS sooner but page-faults every large allocation: 1.7x the CPU time of the "
+        "denoising kernel (benchmarks/bench_worker_env.py).")
     wait_workers: int | None = Field(None, ge=0, description="Workers to wait for before "
                                      "computing (null: 1 for SLURM/PBS/Kubernetes clusters, "
                                      "0 for an attached one).")

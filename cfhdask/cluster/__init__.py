@@ -19,8 +19,15 @@ notebook), it is used as it is.
 
 from cfhdask.cluster.batch import JobKeeper, jobqueue_kwargs, kubernetes_kwargs
 from cfhdask.cluster.client import dask_client
-from cfhdask.cluster.local import available_cores, blas_env, local_layout, start_local_cluster
+from cfhdask.cluster.local import (
+    available_cores,
+    blas_env,
+    local_layout,
+    start_local_cluster,
+    worker_launch_env,
+)
 from cfhdask.cluster.tls import client_security
 
 __all__ = ["JobKeeper", "available_cores", "blas_env", "client_security", "dask_client",
-           "jobqueue_kwargs", "kubernetes_kwargs", "local_layout", "start_local_cluster"]
+           "jobqueue_kwargs", "kubernetes_kwargs", "local_layout", "start_local_cluster",
+           "worker_launch_env"]

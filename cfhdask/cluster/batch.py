@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Mapping
 
 from distributed.core import Status
 
-from cfhdask.cluster.local import blas_env
+from cfhdask.cluster.local import worker_launch_env
 from cfhdask.errors import CfhdaskClusterError, CfhdaskInputError
 from cfhdask.settings import (
     ClusterSettings,
@@ -92,7 +93,7 @@ def jobqueue_kwargs(jq: JobqueueSettings | None = None, kind: str = "slurm",
         from cfhdask.settings import settings
 
         jq = settings().cluster.jobqueue
-    exports = " ".join(f"{k}={v}" for k, v in blas_env(1).items())
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in worker_launch_env(1).items())
     kwargs = {
         "cores": jq.cores, "processes": jq.processes, "memory": jq.memory,
         "walltime": jq.walltime, "queue": jq.queue, "account": jq.account,
@@ -500,7 +501,7 @@ def kubernetes_kwargs(k8s: KubernetesSettings) -> dict:
     res = {"cpu": str(k8s.threads), "memory": _k8s_quantity(k8s.memory)}
     return {"name": "cfhdask", "image": k8s.image, "n_workers": k8s.n_workers,
             "resources": {"requests": dict(res), "limits": dict(res)},
-            "env": blas_env(1),
+            "env": worker_launch_env(1),
             "worker_command": ["dask", "worker", "--nthreads", str(k8s.threads),
                                "--memory-limit", k8s.memory]}
 

@@ -10,7 +10,11 @@ from distributed import LocalCluster
 
 from cfhdask.settings import ClusterSettings, settings
 
-__all__ = ["available_cores", "blas_env", "local_layout", "start_local_cluster"]
+__all__ = ["available_cores", "blas_env", "local_layout", "start_local_cluster",
+           "worker_launch_env"]
+
+#: glibc's trim threshold variable; Dask's nanny sets it to 65536 unless told otherwise
+TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,40 @@ def blas_env(blas_threads: int) -> dict[str, str]:
     return {k: n for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
+def _nanny_env(blas_threads: int, cl: ClusterSettings) -> dict[str, str | None]:
+    """``distributed.nanny.pre-spawn-environ`` of a worker: BLAS pinned, the trim threshold.
+
+    A ``None`` value unsets the variable (Dask's convention for this setting).
+    """
+    trim = cl.malloc_trim_threshold
+    return {**blas_env(blas_threads), TRIM: None if trim is None else str(trim)}
+
+
+def worker_launch_env(blas_threads: int = 1,
+                      config: ClusterSettings | None = None) -> dict[str, str]:
+    """Environment of a ``dask worker`` started outside this process (batch job, pod).
+
+    Its nanny would otherwise apply Dask's default pre-spawn environment
+    (``MALLOC_TRIM_THRESHOLD_=65536``): the same worker environment as the
+    embedded cluster's, from ``cfhdask.cluster.malloc_trim_threshold``.
+
+    Parameters
+    ----------
+    blas_threads : int
+        BLAS/OpenMP threads of each worker process.
+    config : ClusterSettings, optional
+        The cluster settings (default: :func:`cfhdask.settings.settings`).
+    """
+    cl = config or settings().cluster
+    trim = cl.malloc_trim_threshold
+    env = blas_env(blas_threads)
+    if trim is None:  # variables set in the environment win over the config: unset it there
+        env["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"] = f'{{"{TRIM}": None}}'
+    else:
+        env[TRIM] = str(trim)
+    return env
+
+
 def start_local_cluster(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
@@ -75,7 +113,7 @@ def start_local_cluster(
         processes = cl.processes
     if dashboard_address == "default":
         dashboard_address = cl.dashboard_address
-    env = blas_env(blas)
+    env = _nanny_env(blas, cl)
     # worker processes ignore the terminal's Ctrl-C: the client handles it and closes them
     preload = [*dask.config.get("distributed.worker.preload", []),
                *(["cfhdask.cluster.nosigint"] if processes else [])]

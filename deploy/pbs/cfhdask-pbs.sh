@@ -28,9 +28,12 @@ for _ in $(seq "$WAIT_SCHEDULER"); do [ -s "$SCHED_FILE" ] && break; sleep 1; do
 [ -s "$SCHED_FILE" ] || { echo "cfhdask-pbs: no scheduler after ${WAIT_SCHEDULER} s" >&2; exit 1; }
 
 NODES=$(sort -u "$PBS_NODEFILE")
+# workers keep glibc's default malloc trimming (cfhdask.cluster.malloc-trim-threshold: null),
+# as the embedded cluster: Dask's 65536 page-faults every large temporary
 for node in $NODES; do
   pbs_tmrsh "$node" bash -lc "cd '$PBS_O_WORKDIR' && \
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+    DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{\"MALLOC_TRIM_THRESHOLD_\": None}' \
     dask worker --scheduler-file '$SCHED_FILE' --nworkers $WORKERS_PER_NODE \
       --nthreads $THREADS --memory-limit $WORKER_MEM --local-directory \${TMPDIR:-/tmp} \
       ${IFACE[*]}" &

@@ -23,7 +23,7 @@ from dask.utils import parse_bytes
 
 from cfhdask._version import __version__
 from cfhdask.cli import build_parser
-from cfhdask.cluster import kubernetes_kwargs
+from cfhdask.cluster import kubernetes_kwargs, worker_launch_env
 from cfhdask.settings import settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -228,8 +228,7 @@ def test_commands_parse_and_match_the_resources(manifests):
     dashboard = {p["containerPort"] for p in container["ports"]}
     assert int(params["dashboard_address"]) in dashboard
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env == {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                    "MKL_NUM_THREADS")}
+    assert env == worker_launch_env(1)  # BLAS pinned, malloc trimming as the embedded workers
 
     sched = manifests["cluster"]["spec"]["scheduler"]["spec"]["containers"][0]
     assert sched["args"][:2] == ["dask", "scheduler"]
