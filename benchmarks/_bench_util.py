@@ -4,6 +4,7 @@ demo subject, the nilearn denoising peer."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -129,7 +130,12 @@ class BusySampler:
     ``times`` when it was taken: on a loaded machine the samples come late
     and unevenly, so the shares are weighted by time (each count holds until
     the next sample), not by sample.  ``rss0`` / ``rss_peak`` the resident
-    memory of this (the client) process.
+    memory of this (the client) process.  ``worker_cpu`` the CPU seconds the workers'
+    processes used over the run (``Client.run`` on every worker at the start and the
+    end; a worker that joined or left meanwhile is counted from zero or left out):
+    divided by the seconds, the cores the workers kept busy, which tells a stage
+    that is short of tasks from one that is short of cores (more workers than
+    cores: every busy worker shares them).
     """
 
     def __init__(self, client, interval: float = 0.2):
@@ -140,6 +146,8 @@ class BusySampler:
         self.rss0 = psutil.Process().memory_info().rss
         self.rss_peak = self.rss0
         self.client_cpu = 0.0
+        self.worker_cpu = 0.0
+        self._worker_cpu0: dict = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -147,6 +155,12 @@ class BusySampler:
     def _cpu() -> float:
         t = psutil.Process().cpu_times()
         return t.user + t.system
+
+    def _worker_cpus(self) -> dict:
+        try:
+            return dict(self.client.run(BusySampler._cpu))
+        except Exception:  # noqa: BLE001 - the cluster is closing
+            return {}
 
     @staticmethod
     def _busy(dask_scheduler=None) -> int:
@@ -180,9 +194,12 @@ class BusySampler:
                 "samples": int(busy.size),
                 "client_rss_peak_mib": self.rss_peak / 2**20,
                 "client_rss_growth_mib": (self.rss_peak - self.rss0) / 2**20,
-                "client_cpu_s": self.client_cpu}
+                "client_cpu_s": self.client_cpu,
+                "worker_cpu_s": self.worker_cpu,
+                "worker_cores": self.worker_cpu / max(end - times[0], 1e-9)}
 
     def __enter__(self) -> BusySampler:
+        self._worker_cpu0 = self._worker_cpus()
         self.client_cpu = -self._cpu()
         self._thread.start()
         return self
@@ -192,6 +209,15 @@ class BusySampler:
         self._thread.join()
         self.t_end = time.perf_counter()
         self.client_cpu += self._cpu()
+        end = self._worker_cpus()
+        self.worker_cpu = sum(v - self._worker_cpu0.get(k, 0.0) for k, v in end.items())
+
+
+def cores_text(r: dict) -> str:
+    """The cores a stage's workers kept busy (:class:`BusySampler`), against this machine's:
+    near all of them, more concurrency cannot make the stage faster here."""
+    return (f"workers' CPU {r.get('worker_cores', float('nan')):.2f} of {os.cpu_count()} "
+            "cores")
 
 
 def median_time(fn, repeats: int) -> float:

@@ -13,7 +13,8 @@ stops a :class:`BusySampler`): the scheduler is asked every ``--interval``
 seconds how many workers have a task assigned.  Printed per stage: seconds, the
 median of workers busy, their mean share and that share by tenth of the stage
 (idle time at the start is client-side preparation, at the end a tail), client
-RSS and CPU seconds.  Each grid runs in a fresh process, its cohort simulated
+RSS and CPU seconds, and the cores the workers kept busy (their CPU seconds over
+the stage's: near every core, the stage is short of cores, not of tasks).  Each grid runs in a fresh process, its cohort simulated
 before the cluster is sampled.  With ``--baseline REF`` the same cohort also
 runs on the ``cfhdask`` of git ``REF`` (extracted with ``git archive``), the two
 trees taking turns per grid, and the ratios this / baseline are printed from
@@ -38,7 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench_util import BusySampler, close_cluster, extract_tree  # benchmarks/ is sys.path[0]
+from _bench_util import (  # benchmarks/ is sys.path[0]
+    BusySampler,
+    close_cluster,
+    cores_text,
+    extract_tree,
+)
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 LINE = "bench-busy-stage "  # prefix of the child's stdout line for one finished stage
@@ -99,7 +105,8 @@ def stage_line(grid: str, tree: str, r: dict, n_workers: int) -> str:
     return (f"{grid:>4s} {tree:>8s} {r['stage']:10s} {r['seconds']:8.1f} s  workers busy median "
             f"{r['busy_median']:4.1f} of {n_workers} (mean {100 * r['busy_share']:3.0f} %; by "
             f"tenth: {' '.join(f'{100 * t:.0f}' for t in r['busy_tenths'])}), client RSS peak "
-            f"{r['client_rss_peak_mib']:.0f} MiB, client CPU {r['client_cpu_s']:.1f} s")
+            f"{r['client_rss_peak_mib']:.0f} MiB, client CPU {r['client_cpu_s']:.1f} s, "
+            f"{cores_text(r)}")
 
 
 def run_tree(tree: Path | None, work: str, a: argparse.Namespace) -> list[dict]:
@@ -168,11 +175,11 @@ def main() -> None:
                     print(stage_line(grid, name, r, a.workers), flush=True)
             shutil.rmtree(work)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
-    print("grid     tree stage      seconds  busy mean %" + ("  time ratio  busy ratio"
+    print("grid     tree stage      seconds  busy mean %  worker cores" + ("  time ratio  busy ratio"
                                                           if a.baseline else ""))
     for (grid, name, stage), r in rows.items():
         line = (f"{grid:>4s} {name:>8s} {stage:10s} {r['seconds']:7.1f}  "
-                f"{100 * r['busy_share']:5.0f}")
+                f"{100 * r['busy_share']:5.0f}  {r.get('worker_cores', float('nan')):12.2f}")
         base = rows.get((grid, a.baseline, stage)) if name == "this" and a.baseline else None
         if base:
             line += (f"  {r['seconds'] / base['seconds']:10.2f}  "

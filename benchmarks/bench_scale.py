@@ -14,7 +14,9 @@ Every stage asked for (``--stages``) is measured on its own:
   at the end a tail);
 * **client RSS**: the peak resident memory of the client process (workers
   excluded), and its growth over the stage;
-* **seconds per subject** (marginal: the slope between cohort sizes).
+* **seconds per subject** (marginal: the slope between cohort sizes);
+* **workers' CPU**: the cores the workers kept busy over the stage (their CPU
+  seconds, from every worker, over the stage's seconds).
 
 The child hands each stage's figures to the parent as soon as that stage
 ends, and the parent prints them at once (flushed), with the marginal seconds
@@ -47,7 +49,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from _bench_util import REPO, BusySampler, close_cluster, extract_tree  # benchmarks/ is sys.path[0]
+from _bench_util import (  # benchmarks/ is sys.path[0]
+    REPO,
+    BusySampler,
+    close_cluster,
+    cores_text,
+    extract_tree,
+)
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SHAPE = (12, 14, 10)
@@ -190,7 +198,7 @@ def stage_line(stage: str, n: int, name: str, r: dict, n_workers: int) -> str:
             f"{' '.join(f'{100 * t:.0f}' for t in r['busy_tenths'])}), client RSS "
             f"peak {r['client_rss_peak_mib']:.0f} MiB "
             f"(+{r['client_rss_growth_mib']:.0f}), client CPU "
-            f"{r['client_cpu_s']:.1f} s")
+            f"{r['client_cpu_s']:.1f} s, {cores_text(r)}")
 
 
 def across_sizes_lines(results: dict, stage: str, n: int, name: str, sizes: list[int]) -> list[str]:
