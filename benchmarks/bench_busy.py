@@ -14,8 +14,8 @@ seconds how many workers have a task assigned.  Printed per stage: seconds, the
 median of workers busy, their mean share and that share by tenth of the stage
 (idle time at the start is client-side preparation, at the end a tail), client
 RSS and CPU seconds, and the cores the workers kept busy (their CPU seconds over
-the stage's: near every core, the stage is short of cores, not of tasks).  Each grid runs in a fresh process, its cohort simulated
-before the cluster is sampled.  With ``--baseline REF`` the same cohort also
+the stage's: near every core, the stage is short of cores, not of tasks).  Each
+grid runs in a fresh process, its cohort simulated before the cluster is sampled.  With ``--baseline REF`` the same cohort also
 runs on the ``cfhdask`` of git ``REF`` (extracted with ``git archive``), the two
 trees taking turns per grid, and the ratios this / baseline are printed from
 the same run.

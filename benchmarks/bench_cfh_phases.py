@@ -5,7 +5,7 @@ A simulated cohort (``cfhdask.sim``, fMRIPrep layout, ``--subjects``,
 (``cfhdask ingest --bids-derivatives``), then ``compute_cfh`` (the default
 group counterpart) runs ``--repeats`` + 1 times on one LocalCluster of
 ``--workers`` single-threaded worker processes; the first run warms the
-workers (imports, compiled kernels) and is not reported.  For each reported
+workers (imports, compiled kernels): only its time is printed.  For each reported
 run, Dask's task stream gives every task kind (its key prefix: ``grp-basis``,
 ``grp-series``, ``grp-link``, ... ``_compute_write_unit``): how many tasks,
 their summed compute seconds and share of all of them, the mean, and when the
@@ -85,10 +85,12 @@ def main() -> None:
                       "--scheduler", lc.scheduler_address])
             if rc:
                 sys.exit(f"bench_cfh_phases: ingest failed ({rc})")
-            compute_cfh(store, client=client, show_progress=False)  # warm-up, not reported
+            t_warm = time.perf_counter()
+            compute_cfh(store, client=client, show_progress=False)  # warm-up, not profiled
             print(f"bench_cfh_phases: {a.grid}, {a.subjects} subjects x {a.volumes} volumes, "
-                  f"{a.workers} single-threaded workers on {os.cpu_count()} cores; load "
-                  f"average {os.getloadavg()[0]:.1f}", flush=True)
+                  f"{a.workers} single-threaded workers on {os.cpu_count()} cores; warm-up run "
+                  f"(fresh workers) {time.perf_counter() - t_warm:.1f} s; load average "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
             for k in range(a.repeats):
                 with get_task_stream(client) as ts, BusySampler(client, 0.2) as sampler:
                     t0 = time.time()
