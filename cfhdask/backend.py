@@ -37,6 +37,21 @@ def array_module(*arrays: Any) -> ModuleType:
     return np
 
 
+def aligned(a: Any, dtype: Any = None) -> Any:
+    """``a`` (as ``dtype``) starting on a multiple of its item size; a copy only where not.
+
+    An array a worker receives from another (a task's result, a scattered
+    input) may start at any byte of the message it came in.  OpenBLAS takes
+    another path for a small GEMM of such inputs and rounds otherwise, so the
+    same product would change in its last bits with where its inputs were
+    computed.  Every GEMM kernel takes its operands through this.
+    """
+    xp = array_module(a)
+    if xp is not np:  # pragma: no cover - CuPy allocations are always aligned
+        return xp.asarray(a, dtype=dtype)
+    return np.require(a, dtype=dtype, requirements="A")
+
+
 def to_numpy(a: Any) -> np.ndarray:
     """Move an array to host memory as a NumPy array."""
     if _cupy is not None and isinstance(a, _cupy.ndarray):

@@ -29,7 +29,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from cfhdask.backend import array_module, to_numpy
+from cfhdask.backend import aligned, array_module, to_numpy
 from cfhdask.cfh.reductions import (
     GROUP_ROWS,
     BlockCount,
@@ -392,8 +392,8 @@ class GemmProduct:
     def __init__(self, a: Any, b: Any):
         xp = array_module(a, b)
         self.xp = xp
-        self.a = xp.ascontiguousarray(a, dtype=xp.float32)
-        self.b = xp.ascontiguousarray(b, dtype=xp.float32)
+        self.a = aligned(xp.ascontiguousarray(a, dtype=xp.float32))
+        self.b = aligned(xp.ascontiguousarray(b, dtype=xp.float32))
         self._bt = self.b.T
         self.shape = (self.a.shape[0], self.b.shape[0])
 
@@ -430,7 +430,7 @@ def dense_product(a: Any, b: Any) -> Any:
     their correlation matrices: ``sum_s a_s @ b_s.T`` in a single GEMM.
     """
     xp = array_module(a, b)
-    return xp.matmul(xp.asarray(a, dtype=xp.float32), xp.asarray(b, dtype=xp.float32).T)
+    return xp.matmul(aligned(a, xp.float32), aligned(b, xp.float32).T)
 
 
 class _Masked:

@@ -63,7 +63,7 @@ from llvmlite import ir as llvm_ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from cfhdask.backend import array_module, to_numpy
+from cfhdask.backend import aligned, array_module, to_numpy
 from cfhdask.cfh.kernels import BlockMax, block_maxcorr, combine_many
 
 __all__ = [
@@ -270,7 +270,7 @@ def gram(*series: Any, dtype: Any = np.float64) -> Any:
     g = xp.zeros((n_t, n_t), dtype=xp.float64)
     for z in series:
         for s, e in _chunks(z.shape[0]):
-            c = xp.asarray(z[s:e], dtype=dtype)
+            c = aligned(z[s:e], dtype)
             g += c.T @ c
     return g
 
@@ -299,8 +299,7 @@ def _tail_norms2(z: Any, vectors: Any) -> Any:
     never its result), the squares and sums in float64.
     """
     xp = array_module(z, vectors)
-    p = (xp.asarray(z, dtype=xp.float32) @ xp.asarray(vectors, dtype=xp.float32)).astype(
-        xp.float64)
+    p = (aligned(z, xp.float32) @ aligned(vectors, xp.float32)).astype(xp.float64)
     p *= p
     tail = xp.cumsum(p[:, ::-1], axis=1)[:, ::-1]
     return xp.concatenate([tail, xp.zeros((tail.shape[0], 1), dtype=xp.float64)], axis=1)
@@ -374,12 +373,12 @@ def project_ladder(z: Any, vectors: Any, ranks: Sequence[int]) -> LowRankFactors
     if vectors.shape[0] != z.shape[1] or vectors.shape[1] < top:
         raise ValueError(f"project: basis {vectors.shape} has no {top} vectors of "
                          f"length T={z.shape[1]}")
-    vk = xp.ascontiguousarray(vectors[:, :top])
+    vk = aligned(xp.ascontiguousarray(vectors[:, :top]))
     n = z.shape[0]
     coef = xp.empty((n, top), dtype=xp.float32)
     resid = xp.empty((n, len(ranks)), dtype=xp.float32)
     for s, e in _chunks(n):
-        z64 = xp.asarray(z[s:e], dtype=xp.float64)
+        z64 = aligned(z[s:e], xp.float64)
         p = z64 @ vk
         coef[s:e] = p
         z2 = (z64 * z64).sum(axis=1)
@@ -760,8 +759,8 @@ def lowrank_block_maxcorr(
     ia, ib = _valid_index(a_valid, na), _valid_index(b_valid, nb)
     a_s = np.ascontiguousarray(a if ia is None else a[ia], dtype=np.float32)
     b_s = np.ascontiguousarray(b if ib is None else b[ib], dtype=np.float32)
-    ca = np.ascontiguousarray(fa.coef if ia is None else fa.coef[ia], dtype=np.float32)
-    cb = np.ascontiguousarray(fb.coef if ib is None else fb.coef[ib], dtype=np.float32)
+    ca = aligned(np.ascontiguousarray(fa.coef if ia is None else fa.coef[ia], dtype=np.float32))
+    cb = aligned(np.ascontiguousarray(fb.coef if ib is None else fb.coef[ib], dtype=np.float32))
     ea = np.ascontiguousarray(fa.resid if ia is None else fa.resid[ia], dtype=np.float32)
     eb = np.ascontiguousarray(fb.resid if ib is None else fb.resid[ib], dtype=np.float32)
     ma, mb = a_s.shape[0], b_s.shape[0]
@@ -1057,8 +1056,8 @@ def pilot_candidates(fa: LowRankFactors, fb: LowRankFactors, a_valid: Any = None
     """
     ia = _valid_index(a_valid, fa.coef.shape[0])
     ib = _valid_index(b_valid, fb.coef.shape[0])
-    ca = np.ascontiguousarray(to_numpy(fa.coef if ia is None else fa.coef[ia]))
-    cb = np.ascontiguousarray(to_numpy(fb.coef if ib is None else fb.coef[ib]))
+    ca = aligned(np.ascontiguousarray(to_numpy(fa.coef if ia is None else fa.coef[ia])))
+    cb = aligned(np.ascontiguousarray(to_numpy(fb.coef if ib is None else fb.coef[ib])))
     ea = np.ascontiguousarray(to_numpy(fa.resid if ia is None else fa.resid[ia]))
     eb = np.ascontiguousarray(to_numpy(fb.resid if ib is None else fb.resid[ib]))
     m, nb = ca.shape[0], cb.shape[0]

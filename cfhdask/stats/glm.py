@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cfhdask.backend import array_module
+from cfhdask.backend import aligned, array_module
 
 SCHEMES = ("freedman-lane", "draper-stoneman")
 #: Permutations per GEMM inside a task.  Fixed and aligned on the global
@@ -171,7 +171,7 @@ def permuted_t(prep: GLMPrep, perms: np.ndarray, scheme: str = "freedman-lane") 
         pidx = xp.asarray(perms)
         for k in range(B):
             M[k][:, pidx[k]] = cols
-        out = (M.reshape(B * (1 + q), n) @ prep.E).reshape(B, 1 + q, -1)
+        out = (M.reshape(B * (1 + q), n) @ aligned(prep.E)).reshape(B, 1 + q, -1)
         a = out[:, 0]
         bss = (out[:, 1:] ** 2).sum(axis=1) if q else xp.zeros_like(a)
         s2 = xp.full(B, float(prep.xr @ prep.xr), dtype=prep.E.dtype)
@@ -179,7 +179,7 @@ def permuted_t(prep: GLMPrep, perms: np.ndarray, scheme: str = "freedman-lane") 
     if scheme == "draper-stoneman":
         xk = prep.x[xp.asarray(perms)]  # (B, n)
         xk = xk - (xk @ prep.Qz) @ prep.Qz.T
-        a = xk @ prep.E
+        a = xk @ aligned(prep.E)
         s2 = (xk * xk).sum(axis=1)
         return _t_from_parts(a, prep.ss, 0.0, s2, prep.df)
     raise ValueError(f"unknown permutation scheme {scheme!r} ({', '.join(SCHEMES)})")
@@ -223,6 +223,7 @@ def permuted_t_fast(prep: GLMPrep, perms: np.ndarray, scheme: str = "freedman-la
     B = len(perms)
     M, s2 = _design_rows(prep, perms, scheme)
     M = xp.ascontiguousarray(M, dtype=np.float32)
+    e32 = aligned(prep.E32)  # prep may come from another worker
     scale = xp.sqrt(prep.df / s2).astype(np.float32)[:, None]
     inv_s2 = (1.0 / s2).astype(np.float32)[:, None]
     ss = prep.ss.astype(np.float32)
@@ -232,7 +233,7 @@ def permuted_t_fast(prep: GLMPrep, perms: np.ndarray, scheme: str = "freedman-la
     for c0 in range(0, V, chunk):
         c1 = min(c0 + chunk, V)
         g = G[:, :c1 - c0]
-        xp.matmul(M, prep.E32[:, c0:c1], out=g)
+        xp.matmul(M, e32[:, c0:c1], out=g)
         a = g[:B]
         sse = ss[c0:c1] - a * a * inv_s2
         if M.shape[0] > B:
