@@ -276,16 +276,20 @@ def worker_parts(strip: Sequence[int], n_b: int,
 
 
 def series_owners(parts: Sequence[tuple[str | None, list]],
-                  threads: Sequence[int] | None = None) -> dict[tuple[str, int], int]:
+                  threads: Sequence[int] | None = None,
+                  load: list[int] | None = None) -> dict[tuple[str, int], int]:
     """Which part computes each series block of a batch: every block is computed once.
 
-    An A block goes to the part with most pairs in its row (the first on a
-    tie); a B block, which every part needs, to the part among those that
-    need it with the least series per thread so far.  The other parts fetch
-    it: a transfer costs far less than reading and standardising the block
-    again.
+    An A block goes to the part with most pairs in its row; a B block, which
+    every part needs, to a part among those that need it.  Among equals, the
+    part with the least series per thread so far (``load``, then the first).
+    The other parts fetch it: a transfer costs far less than reading and
+    standardising the block again.  ``load`` (series per part, updated in
+    place) carries over from batch to batch, so the batches in flight compute
+    their series on different workers where the pairs leave a choice.
     """
     threads = list(threads or [1] * len(parts))
+    load = [0] * len(parts) if load is None else load
     rows: dict[int, list[int]] = {}
     need_b: dict[int, list[int]] = {}
     for w, (_, pairs) in enumerate(parts):
@@ -293,13 +297,16 @@ def series_owners(parts: Sequence[tuple[str | None, list]],
             rows.setdefault(i, [0] * len(parts))[w] += 1
             if w not in need_b.setdefault(j, []):
                 need_b[j].append(w)
-    owners = {("a", i): int(np.argmax(n)) for i, n in sorted(rows.items())}
-    load = [0] * len(parts)
-    for w in owners.values():
+
+    def least(candidates) -> int:
+        return min(candidates, key=lambda v: (load[v] / max(1, threads[v]), v))
+
+    owners = {}
+    for i, n in sorted(rows.items()):
+        owners[("a", i)] = w = least([v for v, c in enumerate(n) if c == max(n)])
         load[w] += 1
     for j, needers in sorted(need_b.items()):
-        w = min(needers, key=lambda v: (load[v] / max(1, threads[v]), v))
-        owners[("b", j)] = w
+        owners[("b", j)] = w = least(needers)
         load[w] += 1
     return owners
 
@@ -312,6 +319,7 @@ def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
     and each series block computed once (:func:`series_owners`); then the lanes' sums
     reduced (to candidates, with ``bases`` and ``slack``: a low-rank sum).  Returns host
     arrays (candidate sets)."""
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
     from distributed import as_completed
 
     lanes = [list(v) for v in plan.lanes]
@@ -324,34 +332,42 @@ def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
     batch_of: dict = {}  # link key -> (lane, batch)
     ac = as_completed()
     parts = worker_parts(strip, len(plan.b_ranges), workers)
-    owners = series_owners(parts, [dict(workers).get(a, 1) for a, _ in parts])
+    threads = [dict(workers).get(a, 1) for a, _ in parts]
+    load = [0] * len(parts)  # series per part so far, over the batches of this strip
     n_links = len(strip) * len(plan.b_ranges)
 
     def where(addr: str | None) -> dict:
         return {} if addr is None else {"workers": [addr], "allow_other_workers": True}
 
     def submit(lane: int) -> None:
+        # one graph a batch, a layer per worker and kind: each update-graph message costs
+        # the scheduler tens of ms on a busy node, so one per worker delayed the next batch
         st = open_[lane]
         q = lanes[lane].pop(0)
-        series: dict = {}
+        owners = series_owners(parts, threads, load)
+        layers: dict = {}
         for w, (addr, _) in enumerate(parts):
             own = {side: [k for (s, k), o in owners.items() if s == side and o == w]
                    for side in ("a", "b")}
-            tasks = plan.series_tasks(q, own["a"], own["b"], bases)
-            skeys = [k for k in tasks if k[0].startswith("grp-series-")]
-            vkeys = [k for k in tasks if k[0].startswith("grp-bvalid-")]
-            rkeys = [k for k in tasks if k[0].startswith("grp-bresid-")]
-            futs = client.get(tasks, skeys + vkeys + rkeys, sync=False, **where(addr))
-            series.update(zip(skeys, futs[:len(skeys)], strict=True))
-            for keys, into, off in ((vkeys, valid, len(skeys)),
-                                    (rkeys, resid, len(skeys) + len(vkeys))):
-                for k, f in zip(keys, futs[off:off + len(keys)], strict=True):
-                    into.setdefault((k[1], k[2]), {})[q] = f
-        prev: dict = {}
-        for addr, pairs in parts:
-            links = plan.link_tasks(q, pairs, st["prev"], series)
-            futs = client.get(links, list(links), sync=False, **where(addr))
-            prev.update({(k[1], k[2]): f for k, f in zip(links, futs, strict=True)})
+            # before the links of the batch in flight on the same worker: a series block
+            # feeds the links of a whole row or column of the next batch
+            layers[f"series-{w}"] = MaterializedLayer(
+                plan.series_tasks(q, own["a"], own["b"], bases),
+                annotations={"priority": 1, **where(addr)})
+        series_layers = set(layers)
+        for w, (addr, pairs) in enumerate(parts):
+            layers[f"links-{w}"] = MaterializedLayer(plan.link_tasks(q, pairs, st["prev"]),
+                                                     annotations=where(addr))
+        dsk = {k: v for layer in layers.values() for k, v in layer.items()}
+        vkeys = [k for k in dsk if k[0].startswith(("grp-bvalid-", "grp-bresid-"))]
+        lkeys = [k for k in dsk if k[0].startswith("grp-link-")]
+        graph = HighLevelGraph(layers, {n: set() if n in series_layers else series_layers
+                                        for n in layers})
+        futs = client.get(graph, vkeys + lkeys, sync=False)
+        for k, f in zip(vkeys, futs[:len(vkeys)], strict=True):
+            into = valid if k[0].startswith("grp-bvalid-") else resid
+            into.setdefault((k[1], k[2]), {})[q] = f
+        prev = {(k[1], k[2]): f for k, f in zip(lkeys, futs[len(vkeys):], strict=True)}
         st["prev"] = prev  # the series are released when their links are done
         st["flight"].append(q)
         count[(lane, q)] = 0

@@ -208,6 +208,22 @@ def test_series_owners_compute_each_block_once_and_balance_threads():
         ("a", 0): 0, ("a", 1): 0, ("b", 0): 0, ("b", 1): 0, ("b", 2): 0}
 
 
+def test_series_owners_spread_the_batches_in_flight_over_the_workers():
+    """16 single-threaded workers, 4 x 4 blocks: one pair a worker, 8 series a batch.  The
+    load carried from batch to batch puts the next batch's series on other workers; after
+    as many batches as it takes, every worker has computed the same number."""
+    from cfhdask.cfh.group import series_owners, worker_parts
+
+    parts = worker_parts(list(range(4)), 4, [(f"w{k}", 1) for k in range(16)])
+    load = [0] * 16
+    first, second = (set(series_owners(parts, None, load).values()) for _ in range(2))
+    assert len(first | second) >= 12  # without the carried load: the same 7 workers
+    assert set(series_owners(parts).values()) == first
+    for _ in range(2):
+        series_owners(parts, None, load)
+    assert load == [2] * 16
+
+
 def test_streamed_group_sum_keeps_sums_on_their_worker_and_reads_each_series_once(
         rng, local_client):
     """Each worker multiplies and sums its share of the block pairs from batch to batch:
@@ -232,4 +248,46 @@ def test_streamed_group_sum_keeps_sums_on_their_worker_and_reads_each_series_onc
     assert len(computed) == len(set(computed)) == n_series
     fetched = [k for k in moved if "grp-series-" in k]
     assert len(fetched) == len(set(fetched)) <= n_series
+    _check_group(res, subjects)
+
+
+def test_streamed_group_sum_sends_each_batch_as_one_graph(rng, local_client):
+    """One update-graph message a batch, not one per worker and kind: on a busy scheduler
+    each costs tens of ms, and the next batch's series waited behind them.  Series tasks
+    run before links, and every link is restricted to its worker."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    from cfhdask.cfh.group import run_group_sum
+    from cfhdask.cfh.groupsum import GroupPlan
+
+    class Graphs(SchedulerPlugin):
+        name = "count-update-graph"
+
+        def __init__(self):
+            self.calls = []
+
+        def update_graph(self, scheduler, *, tasks, annotations, priority, **kwargs):
+            self.calls.append((list(tasks), annotations, priority))
+
+    nl, nr = 40, 36
+    series, subjects = cohort(rng, nl, nr, (30, 44, 27, 38, 35, 29))
+    plan = GroupPlan.make(ArrayReader(series), len(series), ranges(0, nl, 10),
+                          ranges(nl, nl + nr, 9), batch=2, chain=3, split_every=2)
+    plugin = Graphs()
+    scheduler = local_client.cluster.scheduler
+    scheduler.add_plugin(plugin)
+    try:
+        res = run_group_sum(plan, local_client, t_batch=100, memory_fraction=0.5)
+    finally:
+        scheduler.remove_plugin(plugin.name)
+    batches = [c for c in plugin.calls if any("grp-series-" in str(k) for k in c[0])]
+    assert len(batches) == len(plan.batches)
+    for tasks, annots, priority in batches:
+        series_keys = [k for k in tasks if "grp-series-" in str(k)]
+        q = series_keys[0][-1]  # the batch (its tasks also name the last batch's links)
+        links = [k for k in tasks if "grp-link-" in str(k) and k[-1] == q]
+        assert len(links) == len(plan.a_ranges) * len(plan.b_ranges)
+        assert len(series_keys) == len(plan.a_ranges) + len(plan.b_ranges)
+        assert all(len(annots["workers"][k]) == 1 for k in links)
+        assert max(priority[k] for k in series_keys) < min(priority[k] for k in links)
     _check_group(res, subjects)
