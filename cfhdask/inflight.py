@@ -42,7 +42,9 @@ def throttled(fn: Callable[[], T], seconds: float = REFRESH_S) -> Callable[[], T
 
 def run_in_flight(client, items: Iterable[Any], submit: Callable[[Any], Any],
                   finished: Callable[[Any, Any, Any], None], limit: Callable[[], int], *,
-                  lost: Callable[[Any], bool] | None = None) -> list[Any]:
+                  lost: Callable[[Any], bool] | None = None,
+                  submit_many: Callable[[list[tuple[int, Any]]], list] | None = None
+                  ) -> list[Any]:
     """Run every item on ``client``, at most ``limit()`` in flight at once.
 
     Parameters
@@ -69,6 +71,11 @@ def run_in_flight(client, items: Iterable[Any], submit: Callable[[Any], Any],
         when ``finished`` raises ``CancelledError`` (a result gone with its
         worker before the gather), the loop stops early.  Without ``lost`` the
         ``CancelledError`` is raised as any other exception.
+    submit_many : callable, optional
+        ``submit_many([(position, item), ...]) -> [Future, ...]``: every item a
+        refill submits, in one call (one graph: the scheduler handles one
+        message, not one an item); ``position`` is the item's place in
+        ``items``.  Used instead of ``submit`` when given.
 
     Returns
     -------
@@ -94,6 +101,13 @@ def run_in_flight(client, items: Iterable[Any], submit: Callable[[Any], Any],
         if not todo:
             return
         bound = max(1, int(limit()))
+        if submit_many is not None:
+            entries = [todo.popleft() for _ in range(min(len(todo), bound - len(running)))]
+            for entry, fut in zip(entries, submit_many(entries) if entries else [],
+                                  strict=True):
+                running[fut] = entry
+                queue.add(fut)
+            return
         while todo and len(running) < bound:
             entry = todo.popleft()
             fut = submit(entry[1])

@@ -203,7 +203,9 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
     the units run in submission order, not interleaved task by task: when
     workers leave (``--lifetime``, lost jobs) and their in-memory results are
     recomputed, the oldest units still finish one after another instead of
-    every unit in flight being half done.
+    every unit in flight being half done.  Units that are one task each are
+    sent together, one graph a refill, each with a priority that keeps that
+    order (:func:`_unit_graph`).
 
     Parameters
     ----------
@@ -255,9 +257,38 @@ def run_subjects(todo: Sequence[str], client: Any, submit: Callable[[str], dict]
             log.info("%s %s (%d/%d): %s (%.1f s)", what, subject, done, len(todo), summary,
                      time.perf_counter() - t0)
 
+    def start_many(entries: list[tuple[int, list[str]]]) -> list:
+        graph, keys = _unit_graph(submit, write, entries)
+        futs = client.get(graph, keys, sync=False)
+        progress(futs, show_progress and len(units) == 1)
+        return futs
+
     run_waves(client, units, start, finished,
               unit_bytes=SUBJECT_MEMORY_FACTOR * nbytes * max(len(u) for u in units),
-              what=f"{what}: units")
+              what=f"{what}: units", submit_many=start_many if whole else None)
+
+
+def _unit_graph(submit: Callable[[str], dict], write: Callable[[str, dict], str],
+                entries: Sequence[tuple[int, list[str]]]) -> tuple[Any, list]:
+    """One graph of :func:`_compute_write_unit` tasks, one a ``(position, unit)``, and its keys.
+
+    A layer per unit, its priority minus its position: the scheduler runs
+    them in cohort order, as one generation a unit would, from one message.
+    """
+    import uuid
+
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    from cfhdask._compat import Task
+
+    layers, keys = {}, []
+    for position, unit in entries:
+        key = f"_compute_write_unit-{uuid.uuid4().hex}"
+        layers[key] = MaterializedLayer({key: Task(key, _compute_write_unit, submit, write,
+                                                   list(unit))},
+                                        annotations={"priority": -int(position)})
+        keys.append(key)
+    return HighLevelGraph(layers, {name: set() for name in layers}), keys
 
 
 def paired_values(store, subject: str, partner: np.ndarray, block: int,

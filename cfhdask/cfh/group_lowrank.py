@@ -76,8 +76,9 @@ def subject_bases(client, read: Callable, n_subjects: int, n_all: int, token: An
     """Pass 1: every subject's basis, as Futures kept on the workers, and (rank, full rank,
     T) of each."""
     tok = tokenize(token, n_subjects, n_all)
-    bases = [client.submit(_basis_task, read, s, n_all, key=f"grp-basis-{tok}-{s}")
-             for s in range(n_subjects)]
+    subjects = range(n_subjects)  # one graph for all, not one message a subject
+    bases = client.map(_basis_task, [read] * n_subjects, subjects, [n_all] * n_subjects,
+                       key=[f"grp-basis-{tok}-{s}" for s in subjects])
     ranks = client.gather(client.map(_rank_of, bases, key=[f"grp-rank-{tok}-{s}"
                                                            for s in range(n_subjects)]))
     return bases, [tuple(r) for r in ranks]

@@ -135,7 +135,8 @@ def cluster_batches(n_items: int, capacity: Capacity,
 
 def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
               finished: Callable[[Any, Any, Any], None], *, unit_bytes: int,
-              what: str = "units") -> None:
+              what: str = "units",
+              submit_many: Callable[[list[tuple[int, Any]]], list] | None = None) -> None:
     """Run every unit on ``client``, a memory-bounded wave at a time.
 
     Parameters
@@ -155,6 +156,9 @@ def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
         :func:`in_flight_limit`).
     what : str
         Name of the units in log messages.
+    submit_many : callable, optional
+        Submits the units of a refill together (see
+        :func:`cfhdask.inflight.run_in_flight`).
 
     On any exception (``KeyboardInterrupt`` included) the units in flight are
     cancelled and the exception re-raised (the loop is
@@ -172,4 +176,4 @@ def run_waves(client, units: Sequence[Any], submit: Callable[[Any], Any],
             said.append(bound)
         return bound
 
-    run_in_flight(client, units, submit, finished, limit)
+    run_in_flight(client, units, submit, finished, limit, submit_many=submit_many)

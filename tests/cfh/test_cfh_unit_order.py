@@ -56,3 +56,15 @@ def test_units_finish_in_the_order_they_were_submitted(local_client, tmp_path):
     first = min(written.values())
     assert sum(b < first for b in began.values()) <= N_UNITS // 2 + 1, (began, written)
     assert min(written, key=written.get) in todo[:N_UNITS // 2]
+
+
+def test_unit_graph_orders_units_by_their_position():
+    """Units sent together keep the cohort's order: a layer a unit, priority -position."""
+    from cfhdask.cfh.compute import _compute_write_unit, _unit_graph
+
+    graph, keys = _unit_graph(print, print, [(3, ["sub-3"]), (4, ["sub-4", "sub-5"])])
+    assert len(keys) == len(set(keys)) == 2 and all(k.startswith("_compute_write_unit-")
+                                                    for k in keys)
+    assert [graph.layers[k].annotations for k in keys] == [{"priority": -3}, {"priority": -4}]
+    task = graph.layers[keys[1]][keys[1]]
+    assert task.func is _compute_write_unit

@@ -52,6 +52,30 @@ def test_bounded_refilled_and_every_item_once(client):
     assert state["asked_when_all_in"] == 0
 
 
+def test_submit_many_sends_each_refill_in_one_call(client):
+    """With ``submit_many``, a refill submits everything it can in one call (one graph),
+    with each item's position in the cohort; ``submit`` is not used."""
+    calls, results = [], {}
+
+    def submit_many(entries):
+        calls.append([pos for pos, _ in entries])
+        return client.map(_slow_square, [x for _, x in entries], pure=False)
+
+    def submit(x):
+        raise AssertionError("submit_many replaces submit")
+
+    def finished(x, fut, result):
+        results[x] = result
+
+    items = list(range(10, 22))
+    assert run_in_flight(client, items, submit, finished, lambda: 5,
+                         submit_many=submit_many) == []
+    assert results == {x: x * x for x in items}
+    assert calls[0] == [0, 1, 2, 3, 4]  # the first refill fills every slot at once
+    assert sorted(p for c in calls for p in c) == list(range(12))
+    assert all(0 < len(c) <= 5 for c in calls) and len(calls) < len(items)
+
+
 def test_lost_hook_stops_and_returns_the_unfinished_in_order(client):
     seen = []
 
