@@ -44,7 +44,8 @@ def aligned(a: Any, dtype: Any = None) -> Any:
     input) may start at any byte of the message it came in.  OpenBLAS takes
     another path for a small GEMM of such inputs and rounds otherwise, so the
     same product would change in its last bits with where its inputs were
-    computed.  Every GEMM kernel takes its operands through this.
+    computed.  The GEMM kernels that may get such arrays (the block products,
+    the low-rank products, the permutation GLM) take their operands through this.
     """
     xp = array_module(a)
     if xp is not np:  # pragma: no cover - CuPy allocations are always aligned
