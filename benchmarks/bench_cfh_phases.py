@@ -29,7 +29,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import os
+import pstats
 import re
 import sys
 import tempfile
@@ -104,6 +107,12 @@ def main() -> None:
     p.add_argument("--timeline", action="store_true",
                    help="also print each worker's tasks and input fetches of 50 ms or more in "
                         "time order, and its seconds with no task in compute")
+    p.add_argument("--cold", action="store_true",
+                   help="also report the first run, on fresh workers and a store without maps "
+                        "(as in a study), as run 0; the later runs recompute (overwrite)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile the client's thread (cProfile) in the reported runs and "
+                        "print its N functions of most cumulative time (default 0: none)")
     a = p.parse_args()
     os.environ.update(ONE_THREAD)
     from distributed import Client, LocalCluster, get_task_stream
@@ -138,22 +147,27 @@ def main() -> None:
                       "--scheduler", lc.scheduler_address])
             if rc:
                 sys.exit(f"bench_cfh_phases: ingest failed ({rc})")
-            t_warm = time.perf_counter()
-            compute_cfh(store, client=client, show_progress=False)  # warm-up, not profiled
+            if not a.cold:
+                t_warm = time.perf_counter()
+                compute_cfh(store, client=client, show_progress=False)  # warm-up, not profiled
+                warm = f"warm-up run (fresh workers) {time.perf_counter() - t_warm:.1f} s"
+            else:
+                warm = "run 0 on the fresh workers, as a study's first cfh stage"
             print(f"bench_cfh_phases: {a.grid}, {a.subjects} subjects x {a.volumes} volumes, "
-                  f"{a.workers} single-threaded workers on {os.cpu_count()} cores; warm-up run "
-                  f"(fresh workers) {time.perf_counter() - t_warm:.1f} s; load average "
-                  f"{os.getloadavg()[0]:.1f}", flush=True)
-            for k in range(a.repeats):
+                  f"{a.workers} single-threaded workers on {os.cpu_count()} cores; {warm}; "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+            for k in range(0 if a.cold else 1, a.repeats + 1):
                 graphs.events.clear()
                 with get_task_stream(client) as ts, BusySampler(client, 0.2) as sampler:
+                    prof = cProfile.Profile() if a.profile else contextlib.nullcontext()
                     t0 = time.time()
-                    compute_cfh(store, client=client, show_progress=False, overwrite=True)
+                    with prof:
+                        compute_cfh(store, client=client, show_progress=False, overwrite=k > 0)
                     wall = time.time() - t0
                 r = {"seconds": wall, **sampler.summary(a.workers)}
                 kinds, sent = by_kind(ts.data, t0), arrivals(graphs.events, t0)
                 total = sum(v[1] for v in kinds.values()) or 1.0
-                print(f"run {k + 1}: {wall:.2f} s, workers busy mean "
+                print(f"run {k}: {wall:.2f} s, workers busy mean "
                       f"{100 * r['busy_share']:.0f} %, {cores_text(r)}, client CPU "
                       f"{r['client_cpu_s']:.1f} s; task compute seconds summed {total:.1f} "
                       f"(= {total / wall:.1f} workers on average); {len(graphs.events)} "
@@ -168,6 +182,9 @@ def main() -> None:
                           f"{s_a:10.2f} {s_b:6.2f}", flush=True)
                 if a.timeline:
                     print("\n".join(timeline(ts.data, t0, wall)), flush=True)
+                if a.profile:
+                    pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(
+                        a.profile)
         finally:
             close_cluster(client, lc)
 

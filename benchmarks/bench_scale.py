@@ -65,8 +65,13 @@ N_VOLUMES = 60
 
 # ---------------------------------------------------------------- inputs
 def write_inputs(folder: Path, n: int, n_volumes: int = N_VOLUMES,
-                 seed: int = 0) -> tuple[list[str], str, str]:
-    """``n`` tiny BOLD images, a box mask and a participants table (two groups)."""
+                 seed: int = 0, rank: int = 0) -> tuple[list[str], str, str]:
+    """``n`` tiny BOLD images, a box mask and a participants table (two groups).
+
+    ``rank`` > 0: each voxel's series mixes only the ``rank`` slowest cosines
+    of the run (band-limited, as band-passed series are), so the group
+    counterpart takes its low-rank path; 0: white noise plus one shared
+    signal (full rank)."""
     import nibabel as nib
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,9 +82,14 @@ def write_inputs(folder: Path, n: int, n_volumes: int = N_VOLUMES,
     nib.save(nib.Nifti1Image(mask, AFFINE), mask_path)
     paths = []
     for i in range(n):
-        shared = rng.standard_normal(n_volumes)
-        data = (100 + rng.standard_normal((*SHAPE, n_volumes))
-                + rng.random(SHAPE)[..., None] * shared).astype(np.float32)
+        if rank:
+            t = (np.arange(n_volumes) + 0.5) / n_volumes
+            slow = np.cos(np.pi * np.arange(1, rank + 1)[:, None] * t)  # (rank, T)
+            data = (100 + rng.standard_normal((*SHAPE, rank)) @ slow).astype(np.float32)
+        else:
+            shared = rng.standard_normal(n_volumes)
+            data = (100 + rng.standard_normal((*SHAPE, n_volumes))
+                    + rng.random(SHAPE)[..., None] * shared).astype(np.float32)
         img = nib.Nifti1Image(data, AFFINE)
         img.header.set_xyzt_units("mm", "sec")
         img.header.set_zooms((4.0, 4.0, 4.0, 2.0))
@@ -243,6 +253,10 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=0.2, help="scheduler sampling period (s)")
     p.add_argument("--n-perm", type=int, default=2000, help="permutations of the stats stage")
     p.add_argument("--volumes", type=int, default=N_VOLUMES, help="volumes per subject")
+    p.add_argument("--rank", type=int, default=0,
+                   help="band-limited series of this rank (the slowest cosines of the run), "
+                        "so the group counterpart takes its low-rank path, as on band-passed "
+                        "data (default 0: full-rank noise, the full-rank sum)")
     p.add_argument("--baseline", default="main",
                    help="git ref compared with this tree ('' for this tree only)")
     args = p.parse_args()
@@ -256,10 +270,12 @@ def main() -> None:
                 trees[args.baseline] = extract_tree(args.baseline, Path(tmp, "baseline"))
             print(f"{args.workers} single-threaded workers on {os.cpu_count()} cores; "
                   f"scheduler sampled every {args.interval} s; grid {SHAPE}, "
-                  f"{args.volumes} volumes", flush=True)
+                  f"{args.volumes} volumes"
+                  f"{f', band-limited to rank {args.rank}' if args.rank else ', full rank'}",
+                  flush=True)
             for n in sizes:
                 inputs = Path(tmp, f"in{n}")
-                paths, _, _ = write_inputs(inputs, n, args.volumes)
+                paths, _, _ = write_inputs(inputs, n, args.volumes, rank=args.rank)
                 Path(inputs, "paths.json").write_text(json.dumps(paths))
                 for name, tree in trees.items():
                     for stage, r in run_child(tree, stages, inputs, args.workers, args.interval,

@@ -42,7 +42,8 @@ from cfhdask.settings import resolve
 log = logging.getLogger(__name__)
 
 __all__ = ["MapRun", "assemble_maps", "compute_cfh", "kernel_facts", "run_subjects",
-           "series_bytes", "start_maps", "subject_graph", "subject_units", "whole_units"]
+           "series_bytes", "start_maps", "subject_graph", "subject_units", "unit_size",
+           "whole_units"]
 
 
 # ----------------------------------------------------------------------------- shared
@@ -136,14 +137,18 @@ def series_bytes(store, subjects: Sequence[str], sample: int = 16) -> int:
     return 4 * int(store.n_voxels) * max([*n_time, 1])
 
 
+def unit_size(n_subjects: int, nbytes: int, threads: int) -> int:
+    """Subjects of ``nbytes`` of series a unit: enough for :data:`MIN_UNIT_BYTES`, while
+    leaving :data:`UNITS_PER_THREAD` units per worker thread when the cohort allows."""
+    return max(1, min(-(-MIN_UNIT_BYTES // max(1, nbytes)),
+                      n_subjects // max(1, UNITS_PER_THREAD * threads)))
+
+
 def subject_units(todo: Sequence[str], nbytes: int, threads: int) -> list[list[str]]:
-    """Subjects grouped into units: small subjects together (at least
-    :data:`MIN_UNIT_BYTES` of series a unit), while leaving
-    :data:`UNITS_PER_THREAD` units per worker thread when the cohort allows."""
+    """Subjects grouped into units: small subjects together (:func:`unit_size`)."""
     from cfhdask.cluster.waves import batch_units
 
-    per_unit = max(1, min(-(-MIN_UNIT_BYTES // max(1, nbytes)),
-                          len(todo) // max(1, UNITS_PER_THREAD * threads)))
+    per_unit = unit_size(len(todo), nbytes, threads)
     return [[todo[i] for i in unit] for unit in batch_units([nbytes] * len(todo),
                                                             per_unit * nbytes)]
 

@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cfhdask.cfh.group_lowrank import LowRankDeclined, lowrank_group_sum, subject_bases
+from cfhdask.cfh.compute import series_bytes, unit_size
+from cfhdask.cfh.group_lowrank import (
+    PROBE_SUBJECTS,
+    LowRankDeclined,
+    SubjectBases,
+    lowrank_group_sum,
+    subject_bases,
+)
 from cfhdask.cfh.groupsum import GroupPlan
 from cfhdask.cfh.kernels import CONSTANT_RTOL
 from cfhdask.cfh.lowrank_group import combine_candidates, concat_candidates
@@ -79,13 +86,20 @@ class Reference:
     source: Any
     subjects: list[str]
     spec: dict = field(default_factory=dict)
+    _attrs: dict | None = field(default=None, init=False, repr=False, compare=False)
+
+    def attrs(self) -> dict[str, dict]:
+        """Each subject's attributes (:meth:`CohortStore.subjects_attrs`: the documents
+        read at once), read once."""
+        if self._attrs is None:
+            self._attrs = self.source.subjects_attrs(self.subjects)
+        return self._attrs
 
     def fingerprint(self) -> str:
         """A hash of the reference's content: subjects and when/how they were ingested."""
-        items = []
-        for s in self.subjects:
-            a = self.source.subject_attrs(s)
-            items.append([s, a.get("ingested"), a.get("n_volumes"), str(a.get("source"))])
+        attrs = self.attrs()
+        items = [[s, attrs[s].get("ingested"), attrs[s].get("n_volumes"),
+                  str(attrs[s].get("source"))] for s in self.subjects]
         blob = json.dumps({"subjects": items, "constant_rtol": CONSTANT_RTOL, "v": 1},
                           sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -312,7 +326,7 @@ def series_owners(parts: Sequence[tuple[str | None, list]],
 
 
 def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
-               workers: Sequence[tuple[str, int]] = (), bases: Sequence | None = None,
+               workers: Sequence[tuple[str, int]] = (), bases: SubjectBases | None = None,
                slack: float | None = None) -> dict:
     """Every lane of ``plan`` over the A blocks ``strip``, ``n_active`` lanes at a time, each
     with two batches in flight, the links shared out to ``workers`` (:func:`worker_parts`)
@@ -422,7 +436,7 @@ def _run_strip(plan: GroupPlan, client, strip: list[int], n_active: int,
 
 
 def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
-                  memory_fraction: float = MEMORY_FRACTION, bases: Sequence | None = None,
+                  memory_fraction: float = MEMORY_FRACTION, bases: SubjectBases | None = None,
                   slack: float | None = None) -> dict[str, Any]:
     """Run a :class:`~cfhdask.cfh.groupsum.GroupPlan` on ``client`` in memory-bounded pieces.
 
@@ -446,8 +460,9 @@ def run_group_sum(plan: GroupPlan, client, *, t_batch: int,
     memory_fraction : float
         Share of the workers' memory the sums and series in flight may take.
     bases, slack : optional
-        A low-rank sum (:mod:`cfhdask.cfh.lowrank_group`): one Future of each
-        subject's basis, and the bound's slack.
+        A low-rank sum (:mod:`cfhdask.cfh.lowrank_group`): the subjects' bases
+        on the workers (:class:`~cfhdask.cfh.group_lowrank.SubjectBases`), and
+        the bound's slack.
 
     Returns
     -------
@@ -501,13 +516,20 @@ def _compute(store, reference: Reference, cfg, client) -> dict:
                           batch=cfg.subject_batch, chain=cfg.subject_chain,
                           split_every=cfg.split_every, backend=cfg.backend,
                           token=(src.url, reference.fingerprint()))
-    lengths = [int(src.subject_attrs(s).get("n_volumes") or 0) for s in reference.subjects]
+    attrs = reference.attrs()
+    lengths = [int(attrs[s].get("n_volumes") or 0) for s in reference.subjects]
     t_batch = max(sum(lengths[b[0]:b[-1] + 1]) for b in plan.batches)
     kernel = cfg.kernel if cfg.backend == "numpy" else "full"
     res, facts = None, {"kernel": cfg.kernel, "kernel_used": "full"}
     if kernel != "full":
-        bases, ranks = subject_bases(client, reader, len(reference.subjects), n_lr, plan.tok)
+        # small subjects share a basis task, as they share a maps unit (compute.unit_size)
+        per_task = unit_size(len(reference.subjects), series_bytes(src, reference.subjects),
+                             cluster_capacity(client).threads)
+        bases = None
         try:
+            bases, ranks = subject_bases(client, reader, len(reference.subjects), n_lr,
+                                         plan.tok, per_task,
+                                         probe=PROBE_SUBJECTS if kernel == "auto" else 0)
             res = lowrank_group_sum(plan, client, bases, ranks, kernel=kernel,
                                     run_group_sum=run_group_sum)
             facts = {**facts, "kernel_used": "lowrank", **res.pop("lowrank")}
@@ -515,7 +537,8 @@ def _compute(store, reference: Reference, cfg, client) -> dict:
             log.info("Group counterpart: the full-rank sum instead (%s)", exc)
             facts["reason"] = str(exc)
         finally:
-            client.cancel(bases)
+            if bases is not None:
+                client.cancel(bases.units)
     elif cfg.kernel != "full":
         log.info("Group counterpart: the low-rank sum runs on the CPU; the %s backend runs "
                  "the full-rank sum", cfg.backend)

@@ -3,8 +3,11 @@
 Three passes on the cluster (:mod:`cfhdask.cfh.lowrank_group` has the
 arithmetic and why it is exact):
 
-1. one task per reference subject reads its series once and chooses its
-   temporal basis and rank (:func:`~cfhdask.cfh.lowrank_group.subject_basis`);
+1. each reference subject's series is read once and its temporal basis and
+   rank chosen (:func:`~cfhdask.cfh.lowrank_group.subject_basis`), one task
+   per unit of consecutive subjects (:class:`SubjectBases`: a subject each,
+   or several small ones, so that a cohort of thousands is not thousands of
+   millisecond tasks);
 2. the group sum of :func:`~cfhdask.cfh.group.run_group_sum` over the
    concatenated coefficients (``sum_s k_s`` columns instead of
    ``sum_s T_s``), reduced to each voxel's candidate counterparts;
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from dask.base import tokenize
@@ -43,12 +46,18 @@ from cfhdask.errors import CfhdaskInputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_OVERFLOW_FRACTION", "MIN_SAVING", "LowRankDeclined", "exact_candidates",
-           "lowrank_group_sum", "subject_bases"]
+__all__ = ["MAX_OVERFLOW_FRACTION", "MIN_SAVING", "PROBE_SUBJECTS", "LowRankDeclined",
+           "SubjectBases",
+           "exact_candidates", "lowrank_group_sum", "subject_bases"]
 
 #: ``auto`` runs the full-rank sum when the coefficients keep more than this
 #: fraction of the concatenated time axis (too little to gain).
 MIN_SAVING = 0.8
+
+#: ``auto`` looks at the ranks of this many first subjects as soon as they are known, and
+#: runs the full-rank sum at once when they alone keep more than :data:`MIN_SAVING` of
+#: their time axes (unfiltered series): the other subjects' bases are then never computed.
+PROBE_SUBJECTS = 8
 
 #: A low-rank sum whose overflowed voxels (checked against the whole other
 #: hemisphere, one float64 row per subject each) exceed this fraction of the
@@ -61,27 +70,86 @@ class LowRankDeclined(Exception):
     """The low-rank sum would not pay (or pruned badly): run the full-rank sum."""
 
 
-def _basis_task(read: Callable, s: int, n_all: int) -> SubjectBasis:
-    z, valid = standardize(read(s, 0, n_all))
-    return subject_basis(z, valid)
+class SubjectBases(NamedTuple):
+    """Every subject's :class:`~cfhdask.cfh.lowrank_group.SubjectBasis`, kept on the workers.
+
+    Attributes
+    ----------
+    units : list of Future
+        One per unit of consecutive subjects: the tuple of its subjects' bases.
+    where : list of (int, int)
+        For each subject, its unit and its position in the unit.
+    """
+
+    units: list
+    where: list[tuple[int, int]]
+
+    @property
+    def keys(self) -> list:
+        return [getattr(f, "key", f) for f in self.units]
+
+    def of(self, subjects: Sequence[int]) -> tuple[tuple, tuple[tuple[int, int], ...]]:
+        """The units holding the bases of ``subjects``, and each subject's (unit among
+        them, position): the arguments of a task that needs those bases."""
+        used = sorted({self.where[s][0] for s in subjects})
+        at = {u: k for k, u in enumerate(used)}
+        return (tuple(self.units[u] for u in used),
+                tuple((at[self.where[s][0]], self.where[s][1]) for s in subjects))
 
 
-def _rank_of(basis: SubjectBasis) -> tuple[int, bool, int]:
-    n_t = int(basis.rank if basis.vectors is None else basis.vectors.shape[0])
-    return int(basis.rank), basis.vectors is None, n_t
+def _bases_task(read: Callable, subjects: Sequence[int], n_all: int
+                ) -> tuple[SubjectBasis, ...]:
+    out = []
+    for s in subjects:
+        z, valid = standardize(read(s, 0, n_all))
+        out.append(subject_basis(z, valid))
+    return tuple(out)
 
 
-def subject_bases(client, read: Callable, n_subjects: int, n_all: int, token: Any
-                  ) -> tuple[list, list[tuple[int, bool, int]]]:
-    """Pass 1: every subject's basis, as Futures kept on the workers, and (rank, full rank,
-    T) of each."""
-    tok = tokenize(token, n_subjects, n_all)
-    subjects = range(n_subjects)  # one graph for all, not one message a subject
-    bases = client.map(_basis_task, [read] * n_subjects, subjects, [n_all] * n_subjects,
-                       key=[f"grp-basis-{tok}-{s}" for s in subjects])
-    ranks = client.gather(client.map(_rank_of, bases, key=[f"grp-rank-{tok}-{s}"
-                                                           for s in range(n_subjects)]))
-    return bases, [tuple(r) for r in ranks]
+def _ranks_of(bases: Sequence[SubjectBasis]) -> list[tuple[int, bool, int]]:
+    return [(int(b.rank), b.vectors is None,
+             int(b.rank if b.vectors is None else b.vectors.shape[0])) for b in bases]
+
+
+def _declines(ranks: Sequence[tuple[int, bool, int]], what: str) -> None:
+    k_total, t_total = sum(r for r, _, _ in ranks), sum(t for _, _, t in ranks)
+    if k_total > MIN_SAVING * t_total:
+        raise LowRankDeclined(f"the coefficients {what} keep {k_total} of {t_total} "
+                              "time points")
+
+
+def subject_bases(client, read: Callable, n_subjects: int, n_all: int, token: Any,
+                  per_task: int = 1, *, probe: int = 0
+                  ) -> tuple[SubjectBases, list[tuple[int, bool, int]]]:
+    """Pass 1: every subject's basis, kept on the workers, and (rank, full rank, T) of each.
+
+    ``per_task`` consecutive subjects share a task (the last unit may hold
+    fewer).  Each subject's basis is computed alone whatever the unit, so the
+    bases, and everything after them, do not depend on it.  With ``probe``,
+    the ranks of the first ``probe`` subjects are read as soon as they are
+    known, and :class:`LowRankDeclined` is raised (the other tasks cancelled)
+    when they alone would not pay (:data:`MIN_SAVING`): a decision on those
+    subjects' data only, whatever the cluster.
+    """
+    per_task = max(1, int(per_task))
+    tok = tokenize(token, n_subjects, n_all, per_task)
+    units = [tuple(range(s, min(s + per_task, n_subjects)))
+             for s in range(0, n_subjects, per_task)]
+    # one graph for all, not one message a unit
+    futs = client.map(_bases_task, [read] * len(units), units, [n_all] * len(units),
+                      key=[f"grp-basis-{tok}-{u[0]}" for u in units])
+    rank_futs = client.map(_ranks_of, futs, key=[f"grp-rank-{tok}-{u[0]}" for u in units])
+    if 0 < probe < n_subjects:
+        head = [f for f, u in zip(rank_futs, units, strict=True) if u[0] < probe]
+        try:
+            _declines([r for rs in client.gather(head) for r in rs][:probe],
+                      f"of the first {probe} subjects")
+        except LowRankDeclined:
+            client.cancel(futs + rank_futs)
+            raise
+    ranks = client.gather(rank_futs)
+    where = [(k, p) for k, u in enumerate(units) for p in range(len(u))]
+    return SubjectBases(futs, where), [tuple(r) for rs in ranks for r in rs]
 
 
 def _pairs(left: CandidateSet, right: CandidateSet, n_left: int, n_right: int
@@ -140,7 +208,7 @@ def _select(cs: CandidateSet, exact: np.ndarray, where: dict, label: str
     return summed, arg
 
 
-def lowrank_group_sum(plan: GroupPlan, client, bases: Sequence, ranks: Sequence[tuple], *,
+def lowrank_group_sum(plan: GroupPlan, client, bases: SubjectBases, ranks: Sequence[tuple], *,
                       kernel: str, run_group_sum: Callable) -> dict[str, Any]:
     """Passes 2 and 3 for the bases of pass 1; the outputs of ``run_group_sum``.
 
@@ -158,12 +226,12 @@ def lowrank_group_sum(plan: GroupPlan, client, bases: Sequence, ranks: Sequence[
              "median %d (%d-%d), %d subject(s) at full rank", k_total, t_total,
              100.0 * k_total / max(t_total, 1), int(np.median(rk)), int(rk.min()),
              int(rk.max()), n_full)
-    if kernel == "auto" and k_total > MIN_SAVING * t_total:
-        raise LowRankDeclined(f"the coefficients keep {k_total} of {t_total} time points")
+    if kernel == "auto":
+        _declines(ranks, "of all subjects")
     slack = group_slack(batch_k, plan.n_subjects)
     # task names of their own: a full-rank sum of the same plan (a fallback) must never
     # meet these coefficients under the same keys
-    plan = replace(plan, token=("lowrank", plan.token, [getattr(b, "key", b) for b in bases]))
+    plan = replace(plan, token=("lowrank", plan.token, bases.keys))
     res = run_group_sum(plan, client, t_batch=max(batch_k), bases=bases, slack=slack)
     left, right = res["left"], res["right"]
     n_left, n_right = left.lb.size, right.lb.size

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -65,12 +66,15 @@ from cfhdask.cfh.reductions import BlockSum, MaxArgmax
 from cfhdask.errors import CfhdaskInputError
 from cfhdask.settings import settings
 
+if TYPE_CHECKING:
+    from cfhdask.cfh.group_lowrank import SubjectBases
+
 __all__ = ["GroupPlan", "group_sum_graph"]
 
 
 # ----------------------------------------------------------------------------- tasks
 def _batch_series_task(read: Callable, subjects: tuple, start: int, stop: int,
-                       backend: str = "numpy", *bases):
+                       backend: str = "numpy", *units, picks: Sequence = ()):
     """One voxel block of a batch of subjects, standardised and concatenated along time.
 
     Returns the float32 ``(stop - start, sum T_s)`` concatenation and whether
@@ -78,9 +82,11 @@ def _batch_series_task(read: Callable, subjects: tuple, start: int, stop: int,
     the subjects' ``bases`` (:class:`~cfhdask.cfh.lowrank_group.SubjectBasis`)
     the concatenation holds their low-rank coefficients instead, and a third
     item the summed squared residual norms
-    (:func:`~cfhdask.cfh.lowrank_group.project_batch`).
+    (:func:`~cfhdask.cfh.lowrank_group.project_batch`); the bases are read
+    from ``units`` (tuples of bases) at ``picks``, (unit, position) per subject.
     """
-    if bases:
+    if units:
+        bases = [units[u][p] for u, p in picks]
         return project_batch([read(s, start, stop) for s in subjects], bases)
     parts = [to_backend(read(s, start, stop), backend) for s in subjects]
     mom = [moments(x) for x in parts]
@@ -180,7 +186,7 @@ class GroupPlan:
                    tuple(tuple(map(int, r)) for r in b_ranges), max(1, int(batch)),
                    max(1, chain), split_every, blas_threads, backend, token)
 
-    @property
+    @cached_property  # a token of the whole plan, asked for every task key
     def tok(self) -> str:
         return tokenize(self.token, self.n_subjects, self.a_ranges, self.b_ranges, self.batch,
                         self.chain, self.split_every, self.blas_threads, self.backend)
@@ -214,24 +220,25 @@ class GroupPlan:
 
     def series_tasks(self, q: int, a_blocks: Iterable[int],
                      b_blocks: Iterable[int] | None = None,
-                     bases: Sequence | None = None) -> dict:
+                     bases: SubjectBases | None = None) -> dict:
         """The series tasks of batch ``q`` for side-A blocks ``a_blocks`` and side-B blocks
         ``b_blocks`` (default every B block), with the small per-batch validity of each.
 
-        ``bases`` (one Future or TaskRef of a
-        :class:`~cfhdask.cfh.lowrank_group.SubjectBasis` per subject) makes them
-        the low-rank coefficients, with their residual norms (``resid_key``).
+        ``bases`` (:class:`~cfhdask.cfh.group_lowrank.SubjectBases`: the
+        subjects' :class:`~cfhdask.cfh.lowrank_group.SubjectBasis` on the
+        workers) makes them the low-rank coefficients, with their residual norms
+        (``resid_key``).
         """
         subs = self.batches[q]
         b_blocks = range(len(self.b_ranges)) if b_blocks is None else b_blocks
-        extra = () if bases is None else tuple(bases[s] for s in subs)
+        extra, picks = ((), ()) if bases is None else bases.of(subs)
         out = {}
         for side, blocks in (("a", a_blocks), ("b", b_blocks)):
             for k in blocks:
                 s0, s1 = self._ranges(side)[k]
                 key, vkey = self.series_key(side, k, q), self.valid_key(side, k, q)
                 out[key] = Task(key, _batch_series_task, self.read, subs, s0, s1, self.backend,
-                                *extra)
+                                *extra, picks=picks)
                 out[vkey] = Task(vkey, _valid_of, TaskRef(key))
                 if extra:
                     rkey = self.resid_key(side, k, q)

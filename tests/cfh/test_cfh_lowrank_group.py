@@ -122,19 +122,21 @@ def test_pair_correlations_match_corrcoef(rng):
     assert valid.tolist() == [v != 4 for v in range(9)]
 
 
-def _lowrank(series, nl, nr, a_block, b_block, batch, client, kernel="lowrank", chain=2):
+def _lowrank(series, nl, nr, a_block, b_block, batch, client, kernel="lowrank", chain=2,
+             per_task=1):
     from cfhdask.cfh.group import run_group_sum
     from cfhdask.cfh.groupsum import GroupPlan
 
     reader = ArrayReader(series)
     plan = GroupPlan.make(reader, len(series), ranges(0, nl, a_block),
                           ranges(nl, nl + nr, b_block), batch=batch, chain=chain, split_every=2)
-    bases, ranks = group_lowrank.subject_bases(client, reader, len(series), nl + nr, "t")
+    bases, ranks = group_lowrank.subject_bases(client, reader, len(series), nl + nr, "t",
+                                               per_task)
     try:
         return group_lowrank.lowrank_group_sum(plan, client, bases, ranks, kernel=kernel,
                                                run_group_sum=run_group_sum)
     finally:
-        client.cancel(bases)
+        client.cancel(bases.units)
 
 
 def _check(res, subjects):
@@ -159,6 +161,50 @@ def test_lowrank_group_sum_matches_brute_force(rng, local_client, nl, nr, a_bloc
     info = res["lowrank"]
     assert info["time_points"] < 0.75 * info["of"]
     assert info["overflowed"] == 0 and info["candidates_per_voxel"] < 2
+
+
+def test_bases_shared_by_tasks_give_the_same_sum(rng, local_client):
+    # small subjects share a basis task: fewer tasks, the same bases, the same sum bit for bit
+    nl, nr = 21, 19
+    series, subjects = _banded_cohort(rng, nl, nr, (100, 120, 90, 110, 105))
+    reader = ArrayReader(series)
+    one = _lowrank(series, nl, nr, 8, 8, 2, local_client)
+    for per_task in (2, 3, 5):
+        bases, ranks = group_lowrank.subject_bases(local_client, reader, 5, nl + nr, "u",
+                                                   per_task)
+        try:
+            assert len(bases.units) == -(-5 // per_task)
+            assert [len(u) for u in local_client.gather(bases.units)][0] == per_task
+            assert bases.where[3] == (3 // per_task, 3 % per_task)
+            units, picks = bases.of([1, 3, 4])
+            assert [units[u] for u, _ in picks] == [bases.units[bases.where[s][0]]
+                                                     for s in (1, 3, 4)]
+        finally:
+            local_client.cancel(bases.units)
+        res = _lowrank(series, nl, nr, 8, 8, 2, local_client, per_task=per_task)
+        for k in ("left_arg", "right_arg", "left_sum", "right_sum"):
+            np.testing.assert_array_equal(res[k], one[k], err_msg=f"{k}, {per_task} a task")
+        assert res["lowrank"] == one["lowrank"]
+    _check(one, subjects)
+
+
+def test_auto_declines_on_the_ranks_of_the_first_subjects(rng, local_client):
+    # unfiltered (full-rank) first subjects: declined before the other bases are waited for
+    nl, nr, probe = 21, 19, group_lowrank.PROBE_SUBJECTS
+    n = probe + 3
+    series, _ = _banded_cohort(rng, nl, nr, (60,) * n, unfiltered=tuple(range(probe)))
+    reader = ArrayReader(series)
+    with pytest.raises(group_lowrank.LowRankDeclined, match=f"first {probe} subjects keep"):
+        group_lowrank.subject_bases(local_client, reader, n, nl + nr, "p", 3, probe=probe)
+    bases, ranks = group_lowrank.subject_bases(local_client, reader, n, nl + nr, "p", 3)
+    local_client.cancel(bases.units)
+    assert [full for _, full, _ in ranks] == [True] * probe + [False] * 3
+    # band-passed first subjects: the probe lets the sum run, on every subject's bases
+    series, _ = _banded_cohort(rng, nl, nr, (60,) * n, unfiltered=(probe, probe + 1))
+    bases, ranks = group_lowrank.subject_bases(local_client, ArrayReader(series), n, nl + nr,
+                                               "q", 3, probe=probe)
+    local_client.cancel(bases.units)
+    assert len(ranks) == n and [full for _, full, _ in ranks].count(True) == 2
 
 
 def test_lowrank_group_sum_independent_of_batch_blocks_and_order(rng, local_client):
