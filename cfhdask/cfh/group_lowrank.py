@@ -11,8 +11,9 @@ arithmetic and why it is exact):
 2. the group sum of :func:`~cfhdask.cfh.group.run_group_sum` over the
    concatenated coefficients (``sum_s k_s`` columns instead of
    ``sum_s T_s``), reduced to each voxel's candidate counterparts;
-3. one task per subject correlates the candidate pairs exactly (float64), the
-   results are tree-summed in subject order, and each voxel takes the
+3. one task per subject (or per tree leaf group of small subjects, whose
+   first tree level it sums) correlates the candidate pairs exactly (float64),
+   the results are tree-summed in subject order, and each voxel takes the
    candidate of largest exact sum, ties to the smaller index.
 
 The result is the group counterpart of the full-rank sum; its summed
@@ -87,6 +88,11 @@ class SubjectBases(NamedTuple):
     @property
     def keys(self) -> list:
         return [getattr(f, "key", f) for f in self.units]
+
+    @property
+    def per_task(self) -> int:
+        """Subjects of the largest unit."""
+        return 1 + max((p for _, p in self.where), default=0)
 
     def of(self, subjects: Sequence[int]) -> tuple[tuple, tuple[tuple[int, int], ...]]:
         """The units holding the bases of ``subjects``, and each subject's (unit among
@@ -178,13 +184,34 @@ def _exact_task(read: Callable, s: int, n_all: int, u, w) -> np.ndarray:
     return pair_correlations(read(s, 0, n_all), u, w)[0]
 
 
+def _exact_group_task(read: Callable, subjects: Sequence[int], n_all: int, u, w
+                      ) -> np.ndarray:
+    """The exact pairs of consecutive subjects summed as the first level of the tree sums
+    them (:func:`~cfhdask.cfh.graph._tree` with :func:`sum_parts`): the same values."""
+    parts = [_exact_task(read, s, n_all, u, w) for s in subjects]
+    return sum_parts(parts) if len(parts) > 1 else parts[0]
+
+
 def exact_candidates(client, read: Callable, n_subjects: int, n_all: int, u, w, *,
-                     split_every: int, token: Any) -> np.ndarray:
-    """Pass 3: ``sum_s r_s(u[k], w[k])`` in float64, tree-summed in subject order."""
-    tok = tokenize(token, n_subjects, n_all, u, w)
+                     split_every: int, token: Any, grouped: bool = False) -> np.ndarray:
+    """Pass 3: ``sum_s r_s(u[k], w[k])`` in float64, tree-summed in subject order.
+
+    ``grouped``: one task per ``split_every`` consecutive subjects, which
+    computes their exact pairs and the tree's first level over them (small
+    subjects, many of them); the tree above it, and so the sum bit for bit,
+    are those of one task per subject.
+    """
+    grouped = grouped and n_subjects > split_every
+    tok = tokenize(token, n_subjects, n_all, u, w, grouped)
     uf, wf = client.scatter([u, w], broadcast=True, hash=False)
-    tasks = {(f"grp-exact-{tok}", s): Task((f"grp-exact-{tok}", s), _exact_task, read, s,
-                                           n_all, uf, wf) for s in range(n_subjects)}
+    if grouped:
+        tasks = {(f"grp-exact-{tok}", g): Task(
+            (f"grp-exact-{tok}", g), _exact_group_task, read,
+            tuple(range(g * split_every, min((g + 1) * split_every, n_subjects))), n_all, uf,
+            wf) for g in range(-(-n_subjects // split_every))}
+    else:
+        tasks = {(f"grp-exact-{tok}", s): Task((f"grp-exact-{tok}", s), _exact_task, read, s,
+                                               n_all, uf, wf) for s in range(n_subjects)}
     root = _tree(tasks, f"grp-exsum-{tok}", 0, [TaskRef(k) for k in tasks], sum_parts,
                  split_every)
     try:
@@ -247,7 +274,8 @@ def lowrank_group_sum(plan: GroupPlan, client, bases: SubjectBases, ranks: Seque
                                 f"{n_over} voxels; use --kernel auto or full")
     u, w, where = _pairs(left, right, n_left, n_right)
     exact = exact_candidates(client, plan.read, plan.n_subjects, n_left + n_right, u, w,
-                             split_every=plan.split_every, token=plan.tok)
+                             split_every=plan.split_every, token=plan.tok,
+                             grouped=bases.per_task >= plan.split_every)
     out: dict[str, Any] = {}
     for label, cs in (("left", left), ("right", right)):
         summed, arg = _select(cs, exact, where, label)

@@ -188,6 +188,21 @@ def test_bases_shared_by_tasks_give_the_same_sum(rng, local_client):
     _check(one, subjects)
 
 
+@pytest.mark.parametrize("n,split_every", [(20, 8), (17, 8), (9, 2), (27, 3), (5, 8)])
+def test_exact_pass_in_groups_of_subjects_sums_the_same(rng, local_client, n, split_every):
+    # a task per tree leaf group sums its subjects as the tree's first level: bit for bit
+    series = [rng.standard_normal((30, 24)).astype(np.float32) for _ in range(n)]
+    reader = ArrayReader(series)
+    u, w = rng.integers(0, 15, 40), rng.integers(15, 30, 40)
+    one = group_lowrank.exact_candidates(local_client, reader, n, 30, u, w,
+                                         split_every=split_every, token="x")
+    grouped = group_lowrank.exact_candidates(local_client, reader, n, 30, u, w,
+                                             split_every=split_every, token="x", grouped=True)
+    np.testing.assert_array_equal(grouped, one)
+    ref = np.sum([pair_correlations(x, u, w)[0] for x in series], axis=0)
+    np.testing.assert_allclose(one, ref, rtol=1e-12)
+
+
 def test_auto_declines_on_the_ranks_of_the_first_subjects(rng, local_client):
     # unfiltered (full-rank) first subjects: declined before the other bases are waited for
     nl, nr, probe = 21, 19, group_lowrank.PROBE_SUBJECTS
