@@ -31,7 +31,7 @@ import numpy as np
 from dask.base import tokenize
 
 from cfhdask._compat import Task, TaskRef
-from cfhdask.cfh.graph import _tree
+from cfhdask.cfh.graph import _combine_task, _tree
 from cfhdask.cfh.groupsum import GroupPlan
 from cfhdask.cfh.kernels import pair_correlations, standardize
 from cfhdask.cfh.lowrank_group import (
@@ -48,8 +48,7 @@ from cfhdask.errors import CfhdaskInputError
 log = logging.getLogger(__name__)
 
 __all__ = ["MAX_OVERFLOW_FRACTION", "MIN_SAVING", "PROBE_SUBJECTS", "LowRankDeclined",
-           "SubjectBases",
-           "exact_candidates", "lowrank_group_sum", "subject_bases"]
+           "SubjectBases", "exact_candidates", "lowrank_group_sum", "subject_bases"]
 
 #: ``auto`` runs the full-rank sum when the coefficients keep more than this
 #: fraction of the concatenated time axis (too little to gain).
@@ -186,10 +185,10 @@ def _exact_task(read: Callable, s: int, n_all: int, u, w) -> np.ndarray:
 
 def _exact_group_task(read: Callable, subjects: Sequence[int], n_all: int, u, w
                       ) -> np.ndarray:
-    """The exact pairs of consecutive subjects summed as the first level of the tree sums
-    them (:func:`~cfhdask.cfh.graph._tree` with :func:`sum_parts`): the same values."""
-    parts = [_exact_task(read, s, n_all, u, w) for s in subjects]
-    return sum_parts(parts) if len(parts) > 1 else parts[0]
+    """The exact pairs of consecutive subjects summed by the first level's own task
+    function (:func:`~cfhdask.cfh.graph._tree` with :func:`sum_parts`): the same values."""
+    return _combine_task(sum_parts, None, *(_exact_task(read, s, n_all, u, w)
+                                            for s in subjects))
 
 
 def exact_candidates(client, read: Callable, n_subjects: int, n_all: int, u, w, *,
