@@ -17,6 +17,25 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 
 
+def warm_kernels(tree: Path | None = None) -> str:
+    """Write numba's cache of ``tree``'s kernels (None: this checkout's) before anything is
+    measured, with this checkout's ``cfhdask/warmup.py`` (a baseline may predate it); its
+    printed line, which says what compiling cost.  Without it the first run of each fresh
+    tree pays every worker's compilation (seconds of CPU each) and the cohort size it runs
+    at looks slower than it is."""
+    import tempfile
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree or REPO)}
+    code = (f"import runpy, sys; sys.argv = ['warmup']; "
+            f"runpy.run_path({str(REPO / 'cfhdask' / 'warmup.py')!r}, run_name='__main__')")
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, text=True,
+                             capture_output=True)
+    if out.returncode != 0:
+        return f"warm-up of {tree or 'this tree'} failed: {out.stderr.strip()[-300:]}"
+    return f"{tree or 'this tree'}: {out.stdout.strip()}"
+
+
 def close_cluster(client, cluster) -> None:
     """Close the client and the cluster; a close that times out on a loaded machine (after
     the figures were emitted) is noted on stderr, not a failed run."""

@@ -44,6 +44,7 @@ from _bench_util import (  # benchmarks/ is sys.path[0]
     close_cluster,
     cores_text,
     extract_tree,
+    warm_kernels,
 )
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -166,6 +167,8 @@ def main() -> None:
         trees: dict[str, Path | None] = {"this": None}
         if a.baseline:
             trees[a.baseline] = extract_tree(a.baseline, Path(tmp, "baseline"))
+        for tree in trees.values():  # no measured run pays numba's compilation
+            print(warm_kernels(tree), flush=True)
         for grid in a.grids.split(","):
             work = os.path.join(tmp, grid)
             simulate(grid, a.subjects, a.volumes, os.path.join(work, "sim"))

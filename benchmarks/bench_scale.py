@@ -55,6 +55,7 @@ from _bench_util import (  # benchmarks/ is sys.path[0]
     close_cluster,
     cores_text,
     extract_tree,
+    warm_kernels,
 )
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -268,6 +269,8 @@ def main() -> None:
             trees = {"this": REPO}
             if args.baseline:
                 trees[args.baseline] = extract_tree(args.baseline, Path(tmp, "baseline"))
+            for tree in trees.values():  # no measured run pays numba's compilation
+                print(warm_kernels(tree), flush=True)
             print(f"{args.workers} single-threaded workers on {os.cpu_count()} cores; "
                   f"scheduler sampled every {args.interval} s; grid {SHAPE}, "
                   f"{args.volumes} volumes"

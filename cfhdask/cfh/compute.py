@@ -145,12 +145,21 @@ def unit_size(n_subjects: int, nbytes: int, threads: int) -> int:
 
 
 def subject_units(todo: Sequence[str], nbytes: int, threads: int) -> list[list[str]]:
-    """Subjects grouped into units: small subjects together (:func:`unit_size`)."""
-    from cfhdask.cluster.waves import batch_units
+    """Subjects grouped into units: small subjects together (:func:`unit_size`), in order.
 
-    per_unit = unit_size(len(todo), nbytes, threads)
-    return [[todo[i] for i in unit] for unit in batch_units([nbytes] * len(todo),
-                                                            per_unit * nbytes)]
+    When subjects are batched and the units outnumber the worker threads, their number
+    is rounded to a whole number of waves (a multiple of ``threads``) and their sizes
+    differ by at most one, so the last wave keeps every thread busy instead of a few
+    units running alone at the end.
+    """
+    from cfhdask.cluster.waves import even_ranges
+
+    n, threads = len(todo), max(1, int(threads))
+    per_unit = unit_size(n, nbytes, threads)
+    n_units = -(-n // per_unit)
+    if per_unit > 1 and n_units > threads:
+        n_units = max(1, round(n_units / threads)) * threads
+    return [[todo[i] for i in unit] for unit in even_ranges(n, n_units)]
 
 
 def _write_unit(write: Callable[[str, dict], str], subjects: list[str],

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BATCHES_PER_THREAD", "MEMORY_FRACTION", "WHOLE_TASK_BYTES",
-           "Capacity", "batch_units", "cluster_batches", "cluster_capacity", "in_flight_limit",
+           "Capacity", "batch_units", "cluster_batches", "cluster_capacity", "even_ranges", "in_flight_limit",
            "run_waves"]
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,14 @@ def cluster_batches(n_items: int, capacity: Capacity,
     """
     if n_items <= 0:
         return []
-    n = max(1, min(n_items, per_thread * max(1, capacity.threads)))
-    size, extra = divmod(n_items, n)
+    return even_ranges(n_items, per_thread * max(1, capacity.threads))
+
+
+def even_ranges(n_items: int, n_parts: int) -> list[range]:
+    """``n_items`` consecutive items in ``n_parts`` ranges (fewer when there are fewer
+    items) of sizes differing by at most one, in order."""
+    n = max(1, min(int(n_items), int(n_parts)))
+    size, extra = divmod(int(n_items), n)
     out, start = [], 0
     for i in range(n):
         stop = start + size + (1 if i < extra else 0)

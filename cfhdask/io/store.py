@@ -196,6 +196,37 @@ def _read_documents(store, keys: Sequence[str]) -> list[bytes | None]:
     return _zarr_sync(read_all()) if keys else []
 
 
+def _unflagged_document(doc: bytes, flag: str) -> bytes | None:
+    """A group document with ``flag`` set to false (None: the flag is not there)."""
+    meta = json.loads(doc)
+    if flag not in (meta.get("attributes") or {}):
+        return None
+    meta["attributes"][flag] = False
+    return json.dumps(meta, indent=2).encode()
+
+
+def _hide_and_remove(store, jobs: Sequence[tuple[str, bytes | None, Sequence[str]]]) -> None:
+    """For each ``(group path, new group document or None, node paths)``, concurrently:
+    write the document, then remove the nodes (each its metadata first)."""
+    proto = default_buffer_prototype()
+
+    async def run_all() -> None:
+        limit = asyncio.Semaphore(DOCUMENT_READS_AT_ONCE)
+
+        async def one(path: str, doc: bytes | None, nodes: Sequence[str]) -> None:
+            async with limit:
+                if doc is not None:
+                    await store.set(_join(path, META), proto.buffer.from_bytes(doc))
+                for node in nodes:
+                    await store.delete(_join(node, META))
+                    await store.delete_dir(node)
+
+        await asyncio.gather(*(one(*job) for job in jobs))
+
+    if jobs:
+        _zarr_sync(run_all())
+
+
 def _group_attributes(doc: bytes | None) -> dict | None:
     """The attributes of a Zarr v3 group document (None: absent, unreadable or an array)."""
     if doc is None:
@@ -1176,15 +1207,20 @@ class CohortStore:
             raise
 
     def invalidate(self, metric: str, subjects: Sequence[str]) -> None:
-        """Hide (and delete) the maps of ``metric`` of these subjects, e.g. when stale."""
+        """Hide (and delete) the maps of ``metric`` of these subjects, e.g. when stale.
+
+        Each subject's flag is unset before its arrays go (a reader never sees a flagged
+        subject without its maps); the subjects are handled concurrently, their group
+        documents read at once, so a cohort costs a few round trips, not several a
+        subject.  Subjects without a group are skipped.
+        """
         self._require_writable()
         flag = self._flag(metric)
-        for s in subjects:
-            grp = self._subjects_group()[s]
-            if flag in grp.attrs:
-                grp.attrs.update({flag: False})
-            for name in METRICS[metric]:
-                _remove_node(grp.store, _join(grp.path, name))
+        docs = self._subject_documents(subjects)
+        jobs = [(self._subject_key(s), _unflagged_document(docs[s], flag),
+                 [self._subject_key(s, name) for name in METRICS[metric]])
+                for s in docs if _group_attributes(docs[s]) is not None]
+        _hide_and_remove(self._root.store, jobs)
 
     def cfh_maps(self, subjects: Sequence[str] | None = None, var: str = "cfh", *,
                  whole: bool = False) -> xr.DataArray:
@@ -1418,9 +1454,11 @@ def _reopen(url: str, mode: Literal["r", "r+"], storage_options: dict) -> Cohort
 
 @functools.lru_cache(maxsize=1024)
 def _bold_array(url: str, options: str, subject: str) -> zarr.Array:
-    root = zarr.open_group(store=url, mode="r", zarr_format=3,
-                           storage_options=json.loads(options) or None, use_consolidated=False)
-    return root[SUBJECTS][subject]["bold"]
+    """A subject's series, opened from its own metadata document alone: not through the
+    root's, whose history grows with the cohort (read once per subject, it made a
+    worker's reads quadratic in the cohort size)."""
+    return zarr.open_array(store=url, path=_join(SUBJECTS, subject, "bold"), mode="r",
+                           zarr_format=3, storage_options=json.loads(options) or None)
 
 
 class SeriesReader:

@@ -16,7 +16,7 @@ import pytest
 from cfhstore import make_banded_store
 
 from cfhdask.cfh.autonomy import compute_autonomy
-from cfhdask.cfh.compute import compute_cfh, whole_units
+from cfhdask.cfh.compute import MIN_UNIT_BYTES, compute_cfh, subject_units, whole_units
 from cfhdask.cfh.vmhc import compute_vmhc
 from cfhdask.cluster import waves
 from cfhdask.io.store import open_store
@@ -71,3 +71,19 @@ def test_units_as_one_task_give_the_same_maps(tmp_path, rng, local_client, monke
 ])
 def test_whole_units_rule(units, nbytes, threads, expected):
     assert whole_units(units, nbytes, threads) is expected
+
+
+@pytest.mark.parametrize(("n", "nbytes", "threads", "n_units", "sizes"), [
+    (1000, 115_200, 16, 64, {15, 16}),  # 67 units of 15 would leave 3 alone at the end
+    (300, 115_200, 16, 80, {3, 4}),  # 75 -> 5 whole waves
+    (100, 1000, 4, 16, {6, 7}),
+    (24, MIN_UNIT_BYTES, 16, 24, {1}),  # large subjects stay alone
+    (17, 1000, 16, 17, {1}),  # fewer subjects than 4 units a thread: one a unit
+    (40, 1000, 64, 40, {1}),
+])
+def test_subject_units_fill_whole_waves_in_order(n, nbytes, threads, n_units, sizes):
+    todo = [f"sub-{i:04d}" for i in range(n)]
+    units = subject_units(todo, nbytes, threads)
+    assert len(units) == n_units
+    assert {len(u) for u in units} == sizes
+    assert [s for u in units for s in u] == todo

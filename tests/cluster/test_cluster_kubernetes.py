@@ -162,6 +162,13 @@ def test_dockerfile_installs_cfhdask():
     assert set(extras) <= set(optional)
     assert "import cfhdask" in install  # the build fails if cfhdask cannot be imported
     assert "OMP_NUM_THREADS=1" in text and any(ln.startswith("USER ") for ln in lines)
+    # numba's kernels compiled at build time into a cache the workers' user can write
+    env = " ".join(ln for ln in lines if ln.startswith("ENV "))
+    cache = re.search(r"NUMBA_CACHE_DIR=(\S+)", env).group(1)
+    warm = next(k for k, ln in enumerate(lines) if "python -m cfhdask.warmup" in ln)
+    user = next(k for k, ln in enumerate(lines) if ln.startswith("USER "))
+    assert lines.index(install) < warm < user
+    assert any(f"chown -R cfhdask {cache}" in ln for ln in lines[warm:user])
 
 
 def test_dockerignore_keeps_the_build_context_small(tmp_path):

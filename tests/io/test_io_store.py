@@ -267,6 +267,60 @@ def test_subject_lookup_reads_only_the_subject_document(user_mask, rng, tmp_path
         store.cfh_maps(["sub-01"])
 
 
+def test_invalidate_hides_then_removes_the_maps_of_many_subjects_at_once(user_mask, rng,
+                                                                         tmp_path, monkeypatch):
+    """A changed group counterpart at cohort scale: every stale subject's maps hidden and
+    removed with one read of each subject's document (all at once), no other subject
+    touched; the attributes the subject had are kept."""
+    from cfhdask.io.store import METRICS
+
+    url = str(tmp_path / "s.zarr")
+    store = _create(user_mask, url)
+    n = store.n_voxels
+    names = [f"sub-{i:02d}" for i in range(5)]
+    for s in names:
+        store.write_subject(s, rng.standard_normal((n, 12)).astype(np.float32), {"tr": 2.0})
+        v = rng.standard_normal(n).astype(np.float32)
+        store.write_cfh(s, v, np.arange(n), np.tanh(v), {"cfh_params": {"block": 8}})
+    kept = store.cfh_maps(["sub-04"]).values
+    reads = _count_local_store(monkeypatch, "get")
+    store.invalidate("cfh", ["sub-00", "sub-01", "sub-02", "sub-03", "sub-99"])
+    assert sorted(reads) == sorted(f"subjects/{s}/zarr.json"
+                                   for s in [*names[:4], "sub-99"])
+    again = open_store(url)
+    assert again.subjects("cfh") == ["sub-04"]
+    assert again.subjects() == names
+    for s in names[:4]:
+        attrs = again.subject_attrs(s)
+        assert attrs["cfh_complete"] is False and attrs["tr"] == 2.0
+        assert attrs["cfh_params"] == {"block": 8}
+        for name in METRICS["cfh"]:
+            assert not (tmp_path / "s.zarr" / "subjects" / s / name).exists()
+    np.testing.assert_array_equal(again.cfh_maps(["sub-04"]).values, kept)
+    store.invalidate("cfh", names[:2])  # nothing left to hide: harmless
+    assert open_store(url).subjects("cfh") == ["sub-04"]
+
+
+def test_series_reads_open_no_document_above_the_subject(user_mask, rng, tmp_path,
+                                                         monkeypatch):
+    """A worker reading a subject's series parses only that array's document: the root's
+    grows with the cohort's history (input paths, subject lists), and was read once per
+    subject."""
+    import cfhdask.io.store as store_mod
+
+    url = str(tmp_path / "s.zarr")
+    store = _create(user_mask, url)
+    bold = rng.standard_normal((store.n_voxels, 12)).astype(np.float32)
+    for s in ("sub-01", "sub-02"):
+        store.write_subject(s, bold, {})
+    reader = store.series_reader(["sub-01", "sub-02"])
+    store_mod._bold_array.cache_clear()
+    reads = _count_local_store(monkeypatch, "get")
+    np.testing.assert_array_equal(reader(1, 3, 40), bold[3:40])
+    docs = [k for k in reads if k.endswith("zarr.json")]
+    assert docs == ["subjects/sub-02/bold/zarr.json"]
+
+
 def test_open_errors_and_version(user_mask, tmp_path):
     url = str(tmp_path / "v.zarr")
     _create(user_mask, url)
