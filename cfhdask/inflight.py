@@ -18,13 +18,26 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
 from typing import Any, TypeVar
 
-__all__ = ["REFRESH_S", "run_in_flight", "throttled"]
+__all__ = ["REFRESH_S", "release", "run_in_flight", "throttled"]
 
 T = TypeVar("T")
 
 #: Seconds between two reads of the cluster's size while work runs (a scheduler round
 #: trip, 10-25 ms of client time: once per finished task it cost seconds per stage).
 REFRESH_S = 1.0
+
+
+def release(futures: Iterable[Any]) -> None:
+    """Drop this client's hold on ``futures``: the scheduler forgets what no one else wants,
+    finished or not, and stops what it has not run yet.
+
+    Unlike ``Client.cancel`` this leaves nothing behind that a later graph with the same
+    keys could inherit: cancelled futures whose keys are submitted again at once can come
+    back cancelled, while released keys are simply computed again (or, if still held,
+    reused: the same key is the same value).
+    """
+    for fut in futures:
+        fut.release()
 
 
 def throttled(fn: Callable[[], T], seconds: float = REFRESH_S) -> Callable[[], T]:

@@ -50,6 +50,7 @@ from cfhdask.cfh.reductions import combine_max
 from cfhdask.cluster.restrictions import rescue_loose_restrictions
 from cfhdask.cluster.waves import MEMORY_FRACTION, cluster_capacity
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inflight import release
 from cfhdask.inputs import ID_COLUMN, match_subjects
 
 log = logging.getLogger(__name__)
@@ -538,7 +539,7 @@ def _compute(store, reference: Reference, cfg, client) -> dict:
             facts["reason"] = str(exc)
         finally:
             if bases is not None:
-                client.cancel(bases.units)
+                release(bases.units)
     elif cfg.kernel != "full":
         log.info("Group counterpart: the low-rank sum runs on the CPU; the %s backend runs "
                  "the full-rank sum", cfg.backend)

@@ -44,6 +44,7 @@ from cfhdask.cfh.lowrank_group import (
 )
 from cfhdask.cfh.reductions import sum_parts
 from cfhdask.errors import CfhdaskInputError
+from cfhdask.inflight import release
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def subject_bases(client, read: Callable, n_subjects: int, n_all: int, token: An
     fewer).  Each subject's basis is computed alone whatever the unit, so the
     bases, and everything after them, do not depend on it.  With ``probe``,
     the ranks of the first ``probe`` subjects are read as soon as they are
-    known, and :class:`LowRankDeclined` is raised (the other tasks cancelled)
+    known, and :class:`LowRankDeclined` is raised (the other tasks released)
     when they alone would not pay (:data:`MIN_SAVING`): a decision on those
     subjects' data only, whatever the cluster.
     """
@@ -150,7 +151,7 @@ def subject_bases(client, read: Callable, n_subjects: int, n_all: int, token: An
             _declines([r for rs in client.gather(head) for r in rs][:probe],
                       f"of the first {probe} subjects")
         except LowRankDeclined:
-            client.cancel(futs + rank_futs)
+            release(futs + rank_futs)  # the others are not computed
             raise
     ranks = client.gather(rank_futs)
     where = [(k, p) for k, u in enumerate(units) for p in range(len(u))]
