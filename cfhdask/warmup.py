@@ -3,9 +3,9 @@
 The compiled kernels (the standardisation and pair sums of :mod:`cfhdask.cfh.kernels`,
 the low-rank CFH kernel of :mod:`cfhdask.cfh.lowrank`, the group candidates of
 :mod:`cfhdask.cfh.lowrank_group`, TFCE in :mod:`cfhdask.stats.tfce`) are compiled by
-numba the first time a process calls them, and cached on disk (``cache=True``): next to
-the sources when their folder is writable, otherwise in ``NUMBA_CACHE_DIR`` or the
-user's cache folder.  A process that finds no cache compiles them itself: about 5 s of
+numba the first time a process calls them, and cached on disk (``cache=True``): in
+``NUMBA_CACHE_DIR`` when it is set, otherwise next to the sources when their folder is
+writable, otherwise in the user's cache folder.  A process that finds no cache compiles them itself: about 5 s of
 CPU per worker process on the development machine (``benchmarks/bench_scale.py`` prints
 it), paid at once by every worker of a fresh cluster, which on a node with fewer cores
 than workers is a pause of tens of seconds.  :func:`compile_kernels` runs each kernel
@@ -117,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m cfhdask.warmup",
         description="Compile every numba kernel of cfhdask once and write numba's cache, so "
                     "that worker processes load the kernels instead of compiling them. The "
-                    "cache goes next to the sources when their folder is writable, else to "
-                    "NUMBA_CACHE_DIR (or the user's cache folder): set NUMBA_CACHE_DIR to a "
-                    "folder the workers can read and write, e.g. in a container image.")
+                    "cache goes to NUMBA_CACHE_DIR when it is set, else next to the sources "
+                    "when their folder is writable, else to the user's cache folder. Run it "
+                    "with the environment the workers get: set NUMBA_CACHE_DIR to a folder "
+                    "they can read and write where the installation is read-only (a "
+                    "container image, a shared software module).")
     p.parse_args(argv)
     t0 = time.perf_counter()
     counts = compile_kernels()
