@@ -5,13 +5,13 @@ the low-rank CFH kernel of :mod:`cfhdask.cfh.lowrank`, the group candidates of
 :mod:`cfhdask.cfh.lowrank_group`, TFCE in :mod:`cfhdask.stats.tfce`) are compiled by
 numba the first time a process calls them, and cached on disk (``cache=True``): in
 ``NUMBA_CACHE_DIR`` when it is set, otherwise next to the sources when their folder is
-writable, otherwise in the user's cache folder.  A process that finds no cache compiles them itself: about 5 s of
-CPU per worker process on the development machine (``benchmarks/bench_scale.py`` prints
-it), paid at once by every worker of a fresh cluster, which on a node with fewer cores
-than workers is a pause of tens of seconds.  :func:`compile_kernels` runs each kernel
-once on tiny data, with the argument types the pipelines pass, so that the cache is
-written once (an image build, an installation, a benchmark's set-up) and every later
-process only loads it.
+writable, otherwise in the user's cache folder.  A process that finds no cache compiles
+them itself: about 5 s of CPU per worker process on the development machine
+(``benchmarks/bench_scale.py`` prints it), paid at once by every worker of a fresh
+cluster, which on a node with fewer cores than workers is a pause of tens of seconds.
+:func:`compile_kernels` runs each kernel once on tiny data, with the argument types the
+pipelines pass, so that the cache is written once (an image build, an installation, a
+benchmark's set-up) and every later process only loads it.
 
 Usage::
 
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
           f"signature(s) compiled, {loaded} loaded from the cache (kernels called only "
           "from other kernels are compiled into them)")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

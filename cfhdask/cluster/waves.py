@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BATCHES_PER_THREAD", "MEMORY_FRACTION", "WHOLE_TASK_BYTES",
-           "Capacity", "batch_units", "cluster_batches", "cluster_capacity", "even_ranges", "in_flight_limit",
-           "run_waves"]
+           "Capacity", "batch_units", "cluster_batches", "cluster_capacity", "even_ranges",
+           "in_flight_limit", "run_waves"]
 
 log = logging.getLogger(__name__)
 

@@ -144,12 +144,17 @@ def _key_url(url: str, *parts: str) -> str:
     return "/".join([str(url).rstrip("/"), *parts])
 
 
-def _remove_node(store, path: str) -> None:
+async def _remove_node_async(store, path: str) -> None:
     """Delete a Zarr node, its metadata first: readers stop seeing it before a chunk goes."""
     if not path.strip("/"):
         raise ValueError("refusing to remove the root of a store")
-    _zarr_sync(store.delete(_join(path, META)))
-    _zarr_sync(store.delete_dir(path))
+    await store.delete(_join(path, META))
+    await store.delete_dir(path)
+
+
+def _remove_node(store, path: str) -> None:
+    """:func:`_remove_node_async`, from synchronous code."""
+    _zarr_sync(_remove_node_async(store, path))
 
 
 def _count_keys(store, prefix: str) -> int:
@@ -218,8 +223,7 @@ def _hide_and_remove(store, jobs: Sequence[tuple[str, bytes | None, Sequence[str
                 if doc is not None:
                     await store.set(_join(path, META), proto.buffer.from_bytes(doc))
                 for node in nodes:
-                    await store.delete(_join(node, META))
-                    await store.delete_dir(node)
+                    await _remove_node_async(store, node)
 
         await asyncio.gather(*(one(*job) for job in jobs))
 
